@@ -1,0 +1,317 @@
+"""The calibration mix: domains, templates, sampling, packing, disjoint calibration/evaluation text.
+
+A mix is a YAML file (see prunekit/data/default_mix.yaml). Each domain is one source plus a pure
+`template(record) -> text`; records are split into a calibration pool and a held-out pool by a hash of
+their text (or taken from a separate eval_source), and packed into fixed-length token sequences.
+Everything is deterministic for a seed; the held-out split does not depend on the seed, so every run
+evaluates on the same text.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import string
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import yaml
+
+from prunekit import env
+from prunekit.artifact import sha256_file
+from prunekit.errors import PrunekitError
+
+DEFAULT_MIX = Path(__file__).resolve().parent.parent / "prunekit" / "data" / "default_mix.yaml"
+LOCAL_KINDS = {".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
+SOURCE_KEYS = {"path", "hub", "config", "split", "max_records", "skip", "hub_template"}
+DOMAIN_KEYS = {"source", "eval_source", "template", "weight", "samples", "eval_samples",
+               "eval_fraction", "joiner"}
+MIX_KEYS = {"name", "seq_len", "seed", "total_samples", "eval_samples", "domains"}
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str | None = None
+    hub: str | None = None
+    config: str | None = None
+    split: str = "train"
+    max_records: int | None = None
+    skip: int = 0
+    hub_template: str | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    source: Source
+    template: str
+    samples: int                     # calibration sequences (0: an evaluation-only domain)
+    eval_samples: int
+    eval_source: Source | None = None
+    eval_fraction: float = 0.2
+    joiner: str = "\n\n"
+
+
+@dataclass(frozen=True)
+class Mix:
+    name: str
+    seq_len: int
+    seed: int
+    domains: tuple[Domain, ...]
+    base_dir: str = field(default="", compare=False)
+
+    def spec(self) -> dict:
+        d = asdict(self)
+        d.pop("base_dir")
+        return d
+
+
+# ---------------------------------------------------------------- spec
+
+
+def _bad(where: str, msg: str) -> PrunekitError:
+    return PrunekitError(f"calibration mix: {where}: {msg}")
+
+
+def _source(name: str, raw, what: str) -> Source:
+    if isinstance(raw, str):
+        raw = {"path": raw}
+    if not isinstance(raw, dict):
+        raise _bad(f"domain {name!r}", f"{what} must be a path or a mapping with path/hub keys.")
+    unknown = set(raw) - SOURCE_KEYS
+    if unknown:
+        raise _bad(f"domain {name!r}", f"unknown key(s) {sorted(unknown)} in {what}; "
+                   f"allowed: {sorted(SOURCE_KEYS)}.")
+    if not raw.get("path") and not raw.get("hub"):
+        raise _bad(f"domain {name!r}", f"{what} needs a local `path` or a `hub` data set id.")
+    return Source(**raw)
+
+
+def parse_mix(raw: dict, base_dir: str | Path = "", seq_len: int | None = None,
+              seed: int | None = None, total_samples: int | None = None) -> Mix:
+    """Validate a mix spec (a dict as read from YAML); keyword overrides win over the file."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("domains"), dict) or not raw["domains"]:
+        raise _bad("spec", "needs a `domains:` mapping with at least one domain.")
+    unknown = set(raw) - MIX_KEYS
+    if unknown:
+        raise _bad("spec", f"unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(MIX_KEYS)}.")
+    seq_len = int(seq_len or raw.get("seq_len", 512))
+    total = total_samples if total_samples is not None else raw.get("total_samples")
+    default_eval = int(raw.get("eval_samples", 8))
+    entries = raw["domains"]
+    weights = {}
+    for name, d in entries.items():
+        if not isinstance(d, dict):
+            raise _bad(f"domain {name!r}", "must be a mapping with source and template.")
+        unknown = set(d) - DOMAIN_KEYS
+        if unknown:
+            raise _bad(f"domain {name!r}", f"unknown key(s) {sorted(unknown)}; allowed: {sorted(DOMAIN_KEYS)}.")
+        for key in ("source", "template"):
+            if key not in d:
+                raise _bad(f"domain {name!r}", f"missing `{key}`.")
+        if "samples" not in d:
+            if total is None:
+                raise _bad(f"domain {name!r}", "give `samples`, or `weight` with a top-level `total_samples`.")
+            weights[name] = float(d.get("weight", 1.0))
+    wsum = sum(weights.values())
+    domains = []
+    for name, d in entries.items():
+        n = int(d["samples"]) if "samples" in d else round(int(total) * weights[name] / wsum)
+        frac = float(d.get("eval_fraction", 0.2))
+        if not 0.0 < frac < 1.0 and "eval_source" not in d:
+            raise _bad(f"domain {name!r}", f"eval_fraction must be in (0, 1), got {frac}.")
+        domains.append(Domain(
+            name=name, source=_source(name, d["source"], "source"), template=str(d["template"]),
+            samples=n, eval_samples=int(d.get("eval_samples", default_eval)),
+            eval_source=_source(name, d["eval_source"], "eval_source") if "eval_source" in d else None,
+            eval_fraction=frac, joiner=str(d.get("joiner", "\n\n"))))
+    return Mix(name=str(raw.get("name", "mix")), seq_len=seq_len,
+               seed=int(seed if seed is not None else raw.get("seed", 0)),
+               domains=tuple(domains), base_dir=str(base_dir))
+
+
+def load_mix(path: str | Path | None = None, **overrides) -> Mix:
+    """Read a mix YAML ('default' or None: the packaged default mix)."""
+    p = DEFAULT_MIX if path in (None, "", "default") else Path(path).expanduser()
+    if not p.is_file():
+        raise PrunekitError(f"calibration mix {p} does not exist; pass a YAML file or 'default'.")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise PrunekitError(f"calibration mix {p} is not valid YAML: {e}") from e
+    return parse_mix(raw, base_dir=p.parent, **overrides)
+
+
+# ---------------------------------------------------------------- records
+
+
+def _local_path(mix: Mix, src: Source) -> Path | None:
+    p = Path(src.path).expanduser()
+    if p.is_absolute():
+        return p if p.exists() else None
+    roots = [Path(mix.base_dir)] if mix.base_dir else []
+    if (root := env.data_root()) is not None:
+        roots.append(root)
+    return next((r / p for r in roots if (r / p).exists()), None)
+
+
+def _open(mix: Mix, dom: Domain, src: Source) -> tuple[Iterable[dict], str, str]:
+    """Records of a source, the template that fits them, and a fingerprint of where they came from."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if src.path:
+        path = _local_path(mix, src)
+        if path is not None:
+            kind = LOCAL_KINDS.get(path.suffix.lower())
+            if kind is None:
+                raise _bad(f"domain {dom.name!r}", f"{path} has an unsupported type; use one of "
+                           f"{', '.join(sorted(LOCAL_KINDS))}.")
+            if path.stat().st_size == 0:
+                raise _bad(f"domain {dom.name!r}", f"the source {path} has no records (empty file).")
+            try:
+                ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+            except Exception as e:  # pyarrow and datasets raise many types for malformed files
+                raise _bad(f"domain {dom.name!r}", f"could not read {path} as {kind} "
+                           f"({type(e).__name__}: {e}); fix the file.") from e
+            return ds, dom.template, f"{path.name}:{sha256_file(path)}"
+        if not src.hub:
+            where = [mix.base_dir or "."] + ([str(env.data_root())] if env.data_root() else [])
+            raise _bad(f"domain {dom.name!r}", f"file {src.path} not found (looked in {', '.join(where)}); "
+                       "fix the path, set PRUNEKIT_DATA, or add a `hub:` fallback.")
+    try:
+        ds = datasets.load_dataset(src.hub, src.config, split=src.split, streaming=True)
+    except Exception as e:  # datasets raises many types for a missing hub id or no network
+        raise _bad(f"domain {dom.name!r}", f"could not open hub data set {src.hub!r} "
+                   f"({type(e).__name__}: {e}); use a local file instead.") from e
+    template = src.hub_template or dom.template
+    return _window(ds, src), template, f"hub:{src.hub}:{src.config}:{src.split}:{src.skip}:{src.max_records}"
+
+
+def _window(ds, src: Source) -> Iterator[dict]:
+    """skip/max_records bound a streamed hub data set (a local file is read whole)."""
+    for i, rec in enumerate(ds):
+        if i < src.skip:
+            continue
+        if src.max_records is not None and i >= src.skip + src.max_records:
+            return
+        yield rec
+
+
+def render(template: str, record: dict, domain: str) -> str:
+    """Apply a domain's template to one record, naming the missing field if there is one."""
+    try:
+        return template.format_map(record)
+    except (KeyError, IndexError, TypeError) as e:
+        fields = sorted(k for _, k, _, _ in string.Formatter().parse(template) if k)
+        raise _bad(f"domain {domain!r}", f"template field {e} is not in the record (template uses "
+                   f"{fields}; the record has {sorted(record)}). Fix the template.") from e
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def is_heldout(text: str, fraction: float) -> bool:
+    """Seed-independent split by text hash, so that equal texts always fall on the same side."""
+    return int(text_key(text)[:8], 16) / 0xFFFFFFFF < fraction
+
+
+@dataclass
+class DomainText:
+    calib: list[str]
+    heldout: list[str]
+    fingerprint: str
+
+
+def domain_texts(mix: Mix, dom: Domain) -> DomainText:
+    """The calibration and held-out texts of one domain, disjoint by construction and by check."""
+    records, template, fp = _open(mix, dom, dom.source)
+    texts = [t for t in (render(template, r, dom.name) for r in records) if t.strip()]
+    if not texts:
+        raise _bad(f"domain {dom.name!r}", "the source has no records (or only empty texts).")
+    if dom.eval_source is None:
+        calib = [t for t in texts if not is_heldout(t, dom.eval_fraction)]
+        heldout = [t for t in texts if is_heldout(t, dom.eval_fraction)]
+    else:
+        calib = texts
+        erecs, etemplate, efp = _open(mix, dom, dom.eval_source)
+        seen = {text_key(t) for t in calib}
+        # A record that also occurs in the calibration source is dropped from evaluation.
+        heldout = [t for t in (render(etemplate, r, dom.name) for r in erecs)
+                   if t.strip() and text_key(t) not in seen]
+        fp += "|" + efp
+    check_disjoint(calib, heldout, dom.name)
+    return DomainText(calib, heldout, fp)
+
+
+def check_disjoint(calib: list[str], heldout: list[str], domain: str) -> None:
+    overlap = {text_key(t) for t in calib} & {text_key(t) for t in heldout}
+    if overlap:
+        raise PrunekitError(f"calibration mix: domain {domain!r}: {len(overlap)} texts are in both the "
+                            "calibration and the held-out pool; this is a bug, please report it.")
+
+
+# ---------------------------------------------------------------- packing
+
+
+def pack(texts: list[str], tokenizer, seq_len: int, n: int, joiner: str, domain: str, what: str,
+         seed: int | None = None):
+    """n sequences of seq_len tokens from texts (shuffled by seed when given), joined by `joiner`."""
+    import torch
+
+    if n == 0:
+        return torch.empty(0, seq_len, dtype=torch.long)
+    order = list(range(len(texts)))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    need, buf = n * seq_len, []
+    for i in order:
+        buf.extend(tokenizer(texts[i] + joiner, add_special_tokens=False)["input_ids"])
+        if len(buf) >= need:
+            break
+    if len(buf) < need:
+        raise _bad(f"domain {domain!r}", f"{what} text has {len(buf)} tokens but {n} x {seq_len} = {need} "
+                   "are asked for; lower samples/eval_samples or seq_len, or add text.")
+    return torch.tensor(buf[:need], dtype=torch.long).view(n, seq_len)
+
+
+@dataclass
+class MixData:
+    calib: dict          # domain -> LongTensor (samples, seq_len)
+    heldout: dict        # domain -> LongTensor (eval_samples, seq_len)
+    fingerprint: str
+
+
+def build(mix: Mix, tokenizer, with_calib: bool = True, with_heldout: bool = True) -> MixData:
+    """Tokenised calibration and held-out sequences for every domain of the mix."""
+    calib, heldout, fps = {}, {}, []
+    for k, dom in enumerate(mix.domains):
+        t = domain_texts(mix, dom)
+        fps.append(f"{dom.name}={t.fingerprint}")
+        if with_calib and dom.samples:
+            calib[dom.name] = pack(t.calib, tokenizer, mix.seq_len, dom.samples, dom.joiner, dom.name,
+                                   "calibration", seed=mix.seed * 1000 + k)
+        if with_heldout and dom.eval_samples:
+            heldout[dom.name] = pack(t.heldout, tokenizer, mix.seq_len, dom.eval_samples, dom.joiner,
+                                     dom.name, "held-out")
+    return MixData(calib, heldout, fingerprint(mix, fps))
+
+
+def only_domains(mix: Mix, calib: dict, domains: tuple[str, ...], tokenizer) -> dict:
+    """Calibration data from some domains only, with the same total budget as the whole mix
+    (for single-domain ablations such as C4-only calibration)."""
+    unknown = set(domains) - {d.name for d in mix.domains}
+    if unknown:
+        raise PrunekitError(f"domains {sorted(unknown)} are not in the mix; it has "
+                            f"{', '.join(d.name for d in mix.domains)}.")
+    total = sum(len(v) for v in calib.values())
+    sub = replace(mix, domains=tuple(replace(d, samples=total // len(domains) if d.name in domains else 0)
+                                     for d in mix.domains))
+    return build(sub, tokenizer, with_heldout=False).calib
+
+
+def fingerprint(mix: Mix, sources: list[str]) -> str:
+    blob = json.dumps({"spec": mix.spec(), "sources": sources}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -1,0 +1,281 @@
+"""From scores and deployment constraints to a plan: which channels, KV groups and layers to keep.
+
+All constraints are checked here, up front, not at load time: widths are multiples of `align`, KV
+groups (and with them query heads) divide by the tensor-parallel size, every layer keeps at least one
+unit of each structure, and a target that cannot be met within `tolerance` is an error that names the
+nearest reachable one.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from prunekit.errors import PrunekitError
+from prunekit.families import Family, head_dim
+
+STRUCTURES = ("mlp", "heads", "layers")
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The shape facts of a model that parameter counts depend on."""
+    hidden: int
+    vocab: int
+    head_dim: int
+    n_rep: int                 # query heads per KV head
+    tied: bool
+    qkv_bias: bool
+    qk_norm: bool
+
+    @classmethod
+    def of(cls, config, fam: Family) -> "Dims":
+        if getattr(config, "mlp_bias", False):
+            raise PrunekitError("models with MLP biases are not supported yet.")
+        return cls(config.hidden_size, config.vocab_size, head_dim(config),
+                   config.num_attention_heads // config.num_key_value_heads,
+                   bool(getattr(config, "tie_word_embeddings", False)),
+                   fam.qkv_bias or bool(getattr(config, "attention_bias", False)), fam.qk_norm)
+
+    def layer_params(self, width: int, groups: int) -> int:
+        D, hd = self.hidden, self.head_dim
+        q, kv = groups * self.n_rep * hd, groups * hd
+        attn = D * q + 2 * D * kv + q * D
+        if self.qkv_bias:
+            attn += q + 2 * kv
+        if self.qk_norm:
+            attn += 2 * hd
+        return attn + 3 * D * width + 2 * D
+
+    def fixed_params(self) -> int:
+        """Embeddings, LM head and final norm: never cut."""
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+
+
+@dataclass
+class Shape:
+    """Per layer (MLP width, KV groups kept); None for a removed layer."""
+    layers: list[tuple[int, int] | None]
+
+    def params(self, dims: Dims) -> int:
+        return dims.fixed_params() + sum(dims.layer_params(*s) for s in self.layers if s is not None)
+
+    def decoder_params(self, dims: Dims) -> int:
+        return self.params(dims) - dims.fixed_params()
+
+    def is_uniform(self) -> bool:
+        return len({s for s in self.layers if s is not None}) <= 1
+
+
+@dataclass
+class Plan:
+    """Kept indices per layer, in the current model's numbering. A removed layer has None."""
+    mlp: list[list[int] | None]
+    groups: list[list[int] | None]
+    shape: Shape = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def removed_layers(self) -> list[int]:
+        return [i for i, m in enumerate(self.mlp) if m is None]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    ratio: float                 # fraction of parameters to remove
+    ratio_of: str = "total"      # "total" or "decoder"
+    structures: tuple[str, ...] = ("mlp", "heads")
+    mode: str = "uniform"        # "uniform" or "per-layer"
+    align: int = 64
+    tp: int = 1
+    tolerance: float = 0.02      # |achieved - target| allowed, as a fraction of the same base
+
+    def validate(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise PrunekitError(f"--ratio must be in (0, 1), got {self.ratio}.")
+        if self.ratio_of not in ("total", "decoder"):
+            raise PrunekitError(f"--ratio-of must be 'total' or 'decoder', got {self.ratio_of!r}.")
+        bad = set(self.structures) - set(STRUCTURES)
+        if bad or not self.structures:
+            raise PrunekitError(f"unknown structure(s) {sorted(bad)}; choose from {', '.join(STRUCTURES)}.")
+        if self.mode not in ("uniform", "per-layer"):
+            raise PrunekitError(f"--mode must be 'uniform' or 'per-layer', got {self.mode!r}.")
+        if self.mode == "per-layer" and "layers" in self.structures:
+            raise PrunekitError("per-layer mode chooses widths, not layers; use --structures mlp,heads "
+                                "with --mode per-layer, or layer removal with --mode uniform.")
+        if self.align < 1 or self.tp < 1:
+            raise PrunekitError("--align and --tp must be positive integers.")
+
+
+def base_params(shape: Shape, dims: Dims, ratio_of: str) -> int:
+    return shape.params(dims) if ratio_of == "total" else shape.decoder_params(dims)
+
+
+def check_dense(shape: Shape, dims: Dims, c: Constraints) -> None:
+    """Constraints the model must meet before any cut (tensor parallelism)."""
+    for w, g in (s for s in shape.layers if s is not None):
+        if g % c.tp or (g * dims.n_rep) % c.tp:
+            raise PrunekitError(f"--tp {c.tp} does not divide the model's {g} KV heads; "
+                                "choose a tensor-parallel size that divides them.")
+
+
+def width_options(cur: int, c: Constraints, prune: bool) -> list[int]:
+    if not prune:
+        return [cur]
+    step = c.align if c.align % c.tp == 0 else c.align * c.tp
+    return sorted({cur, *range(step, cur + 1, step)})
+
+
+def group_options(cur: int, c: Constraints, dims: Dims, prune: bool) -> list[int]:
+    if not prune:
+        return [cur]
+    return [g for g in range(1, cur + 1) if g % c.tp == 0 and (g * dims.n_rep) % c.tp == 0]
+
+
+def structure_params(kind: str, n: int, dims: Dims) -> int:
+    """Parameters of one layer's MLP of width n, or attention with n KV groups."""
+    return 3 * dims.hidden * n if kind == "mlp" else dims.layer_params(0, n) - 2 * dims.hidden
+
+
+def _normalised(s: torch.Tensor, comparable: bool, size: int) -> torch.Tensor:
+    """Scores of one structure in one layer, made rankable against other layers and structures: as
+    they are when the scorer says so, else as a share of the structure's mass spread over its size."""
+    s = s.double().clamp_min(0)
+    return s if comparable else s / s.sum().clamp_min(1e-30) * size
+
+
+def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: Constraints, target: float,
+                  scores: list, final: bool) -> Shape:
+    """The same width and KV-group count in every kept layer, closest to `target` (a removed fraction
+    of the dense model's base); among candidates within tolerance, the one whose removed units carry
+    the least importance."""
+    base = base_params(dense, dims, c.ratio_of)
+    live = [i for i, s in enumerate(cur.layers) if s is not None]
+    w0, g0 = cur.layers[live[0]]
+    widths = width_options(w0, c, "mlp" in c.structures)
+    groups = group_options(g0, c, dims, "heads" in c.structures)
+    n_remove = range(0, len(live)) if "layers" in c.structures else [0]
+    if "layers" in c.structures and any(scores[i].layer is None for i in live):
+        raise PrunekitError("this method does not score whole layers; drop 'layers' from --structures "
+                            "or use --method block-influence or hybrid.")
+    # Least important first (only read when layers may be removed).
+    layer_order = sorted(live, key=lambda i: scores[i].layer) if "layers" in c.structures else live
+    cands = []
+    for w, g, nl in itertools.product(widths, groups, n_remove):
+        removed_layers = set(layer_order[:nl])
+        shape = Shape([None if (s is None or i in removed_layers) else (w, g) for i, s in enumerate(cur.layers)])
+        frac = 1 - base_params(shape, dims, c.ratio_of) / base
+        cands.append((frac, w, g, shape, removed_layers))
+    tol = c.tolerance if final else 1.0
+    ok = [x for x in cands if abs(x[0] - target) <= tol]
+    if not ok:
+        near = min(cands, key=lambda x: abs(x[0] - target))
+        raise PrunekitError(
+            f"a {target:.1%} cut of the {c.ratio_of} parameters cannot be met within ±{c.tolerance:.1%} "
+            f"under these constraints (structures {','.join(c.structures)}, align {c.align}, tp {c.tp}); "
+            f"the nearest reachable is {near[0]:.1%} (MLP width {near[1]}, {near[2]} KV groups, "
+            f"{len(near[4])} layers removed). Use --ratio {near[0]:.3f} or loosen --align/--tolerance.")
+    best_frac = min(abs(x[0] - target) for x in ok)
+    # Prefer the candidates nearest the target (within a quarter of the tolerance), then the cheapest.
+    ok = [x for x in ok if abs(x[0] - target) <= best_frac + tol / 4]
+    return min(ok, key=lambda x: _uniform_cost(x, scores, dims))[3]
+
+
+def _uniform_cost(cand, scores, dims: Dims) -> float:
+    _, w, g, shape, removed_layers = cand
+    cost = 0.0
+    for i, sc in enumerate(scores):
+        if sc is None:
+            continue
+        if i in removed_layers:
+            cost += sc.layer if (sc.comparable or sc.mlp is None) else dims.layer_params(len(sc.mlp), len(sc.heads))
+            continue
+        for kind, s, keep in (("mlp", sc.mlp, w), ("heads", sc.heads, g)):
+            if s is None or keep >= len(s):
+                continue
+            n = _normalised(s, sc.comparable, structure_params(kind, len(s), dims))
+            cost += n.sort().values[: len(s) - keep].sum().item()
+    return cost
+
+
+def select(scores: list, shape: Shape) -> Plan:
+    """Keep the highest-scoring units of each layer, as many as the shape says (sorted indices)."""
+    mlp, groups = [], []
+    for sc, s in zip(scores, shape.layers):
+        if s is None:
+            mlp.append(None)
+            groups.append(None)
+            continue
+        w, g = s
+        mlp.append(sorted(sc.mlp.argsort(descending=True)[:w].tolist()) if sc.mlp is not None else list(range(w)))
+        groups.append(sorted(sc.heads.argsort(descending=True)[:g].tolist()) if sc.heads is not None
+                      else list(range(g)))
+    return Plan(mlp, groups, shape)
+
+
+def global_shape(cur: Shape, dense: Shape, dims: Dims, c: Constraints, target: float, scores: list) -> Shape:
+    """Per-layer widths: remove the units with the least importance per parameter, across all layers,
+    until the target is reached."""
+    base = base_params(dense, dims, c.ratio_of)
+    need = target * base - (base - base_params(cur, dims, c.ratio_of))
+    layers = [list(s) if s is not None else None for s in cur.layers]
+    heap = []  # (cost per parameter, layer, structure)
+    sorted_scores = {}
+    for i, sc in enumerate(scores):
+        if layers[i] is None:
+            continue
+        for kind, s in (("mlp", sc.mlp), ("heads", sc.heads)):
+            if kind in c.structures and s is not None:
+                size = structure_params(kind, len(s), dims)
+                sorted_scores[i, kind] = _normalised(s, sc.comparable, size).sort().values
+                _push(heap, i, kind, layers[i], sorted_scores[i, kind], dims, c)
+    removed = 0.0
+    while removed < need and heap:
+        _, i, kind, n_units, params = heapq.heappop(heap)
+        w, g = layers[i]
+        layers[i] = [w - n_units, g] if kind == "mlp" else [w, g - n_units]
+        removed += params
+        _push(heap, i, kind, layers[i], sorted_scores[i, kind], dims, c)
+    shape = Shape([tuple(s) if s is not None else None for s in layers])
+    frac = 1 - base_params(shape, dims, c.ratio_of) / base
+    if abs(frac - target) > c.tolerance:
+        raise PrunekitError(f"a {target:.1%} cut of the {c.ratio_of} parameters cannot be met within "
+                            f"±{c.tolerance:.1%}; the nearest reachable is {frac:.1%}. "
+                            f"Use --ratio {frac:.3f} or loosen --align/--tolerance.")
+    return shape
+
+
+def _push(heap, i, kind, cur, sorted_s, dims: Dims, c: Constraints) -> None:
+    """Queue the next removable unit of (layer i, structure kind), if the constraints allow one."""
+    w, g = cur
+    if kind == "mlp":
+        opts = width_options(w, c, True)
+        lower = [x for x in opts if x < w]
+        if not lower:
+            return
+        n = w - max(lower)
+        removed_now = len(sorted_s) - w
+        cost = sorted_s[removed_now:removed_now + n].sum().item()
+        params = dims.layer_params(w, g) - dims.layer_params(w - n, g)
+    else:
+        lower = [x for x in group_options(g, c, dims, True) if x < g]
+        if not lower:
+            return
+        n = g - max(lower)
+        removed_now = len(sorted_s) - g
+        cost = sorted_s[removed_now:removed_now + n].sum().item()
+        params = dims.layer_params(w, g) - dims.layer_params(w, g - n)
+    heapq.heappush(heap, (cost / params, i, kind, n, params))
+
+
+def schedule(ratio: float, rounds: int, kind: str = "equal") -> list[float]:
+    """Cumulative removed fraction after each round: equal steps, or geometric (each round removes the
+    same share of what is left)."""
+    if rounds < 1:
+        raise PrunekitError(f"--rounds must be at least 1, got {rounds}.")
+    if kind == "equal":
+        return [ratio * (k + 1) / rounds for k in range(rounds)]
+    if kind == "geometric":
+        return [1 - (1 - ratio) ** ((k + 1) / rounds) for k in range(rounds)]
+    raise PrunekitError(f"--schedule must be 'equal' or 'geometric', got {kind!r}.")

@@ -1,0 +1,139 @@
+"""Apply a plan: slice tensors, refit the consuming projection, derive the config from the shapes.
+
+The refit keeps the architecture stock: after MLP channels (or heads) are removed, the projection
+that consumes them (down_proj, o_proj) is solved again by least squares on the calibration
+activations, W' = argmin ||X_K W'^T - X W^T||^2, using only X^T X. No bias, no new module.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.families import Family, get_module, head_dim
+
+from .plan import Dims
+
+
+def slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear keeping rows (dim=0, outputs) or columns (dim=1, inputs) idx of `lin`."""
+    w = lin.weight.data.index_select(dim, idx).clone()
+    out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, dtype=w.dtype, device=w.device)
+    out.weight.data.copy_(w)
+    if lin.bias is not None:
+        out.bias.data.copy_(lin.bias.data.index_select(0, idx) if dim == 0 else lin.bias.data)
+    return out
+
+
+def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Least-squares refit of a consumer weight (out, in) onto the kept inputs, in fp64.
+
+    minimise ||X_K A^T - X W^T||^2  =>  A^T = (G_KK + lam I)^-1 G_K: W^T, with G = X^T X.
+    lam is `ridge` times the median of diag(G_KK): the median, not the mean, because a few massive
+    activation channels can be 1e5x the rest and a mean-scaled ridge shrinks the refit badly.
+    """
+    g = gram.double()
+    gkk = g.index_select(0, keep).index_select(1, keep)
+    lam = ridge * gkk.diagonal().median().clamp_min(1e-12)
+    rhs = g.index_select(0, keep) @ weight.double().T                     # (K, out)
+    a_t = torch.linalg.solve(gkk + lam * torch.eye(len(keep), dtype=g.dtype), rhs)
+    return a_t.T.to(weight.dtype).contiguous()
+
+
+def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | None, ridge: float) -> None:
+    idx = torch.tensor(keep, dtype=torch.long)
+    down = getattr(mlp, fam.down)
+    new_down = slice_linear(down, idx, 1)
+    if gram is not None:
+        new_down.weight.data.copy_(refit(down.weight.data, gram, idx, ridge))
+    setattr(mlp, fam.gate, slice_linear(getattr(mlp, fam.gate), idx, 0))
+    setattr(mlp, fam.up, slice_linear(getattr(mlp, fam.up), idx, 0))
+    setattr(mlp, fam.down, new_down)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = len(keep)
+
+
+def cut_heads(attn: nn.Module, fam: Family, keep_groups: list[int], n_rep: int, hd: int,
+              gram: torch.Tensor | None, ridge: float) -> None:
+    """Keep whole KV groups: KV head g and its query heads g*n_rep .. (g+1)*n_rep - 1."""
+    kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in keep_groups])
+    q_rows = torch.cat([torch.arange(g * n_rep * hd, (g + 1) * n_rep * hd) for g in keep_groups])
+    o = getattr(attn, fam.o)
+    new_o = slice_linear(o, q_rows, 1)
+    if gram is not None:
+        new_o.weight.data.copy_(refit(o.weight.data, gram, q_rows, ridge))
+    setattr(attn, fam.q, slice_linear(getattr(attn, fam.q), q_rows, 0))
+    setattr(attn, fam.k, slice_linear(getattr(attn, fam.k), kv_rows, 0))
+    setattr(attn, fam.v, slice_linear(getattr(attn, fam.v), kv_rows, 0))
+    setattr(attn, fam.o, new_o)
+
+
+def remove_layers(model, fam: Family, remove: list[int]) -> None:
+    layers = get_module(model, fam.layers)
+    kept = [m for i, m in enumerate(layers) if i not in set(remove)]
+    for new_idx, layer in enumerate(kept):
+        # The KV cache is indexed by layer_idx: renumber so that generation uses slots 0..L'-1.
+        getattr(layer, fam.attn).layer_idx = new_idx
+    parent, name = fam.layers.rsplit(".", 1)
+    setattr(get_module(model, parent), name, nn.ModuleList(kept))
+    cfg = model.config
+    for key in fam.per_layer_keys:
+        val = getattr(cfg, key, None)
+        if isinstance(val, list) and len(val) == len(layers):
+            setattr(cfg, key, [v for i, v in enumerate(val) if i not in set(remove)])
+    cfg.num_hidden_layers = len(kept)
+
+
+def layer_shapes(model, fam: Family) -> list[tuple[int, int, int]]:
+    """(MLP width, query heads, KV heads) of every layer, read from the tensors themselves."""
+    hd = head_dim(model.config)
+    out = []
+    for layer in get_module(model, fam.layers):
+        attn, mlp = getattr(layer, fam.attn), getattr(layer, fam.mlp)
+        w = getattr(mlp, fam.gate).weight.shape[0]
+        assert getattr(mlp, fam.up).weight.shape[0] == w == getattr(mlp, fam.down).weight.shape[1]
+        h = getattr(attn, fam.q).weight.shape[0] // hd
+        kv = getattr(attn, fam.k).weight.shape[0] // hd
+        assert getattr(attn, fam.v).weight.shape[0] == kv * hd and getattr(attn, fam.o).weight.shape[1] == h * hd
+        out.append((w, h, kv))
+    return out
+
+
+def sync_config(model, fam: Family) -> bool:
+    """Derive the config from the tensor shapes. Returns True when all layers agree (a stock layout);
+    otherwise the per-layer shapes go to `config.prunekit_layers` and the globals hold the maximum."""
+    cfg = model.config
+    hd = head_dim(cfg)
+    shapes = layer_shapes(model, fam)
+    cfg.head_dim = hd  # explicit: after head removal hidden_size // heads no longer gives it
+    cfg.num_hidden_layers = len(shapes)
+    uniform = len(set(shapes)) == 1
+    w, h, kv = (max(s[i] for s in shapes) for i in range(3))
+    cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = w, h, kv
+    if uniform:
+        if hasattr(cfg, "prunekit_layers"):
+            del cfg.prunekit_layers
+    else:
+        cfg.prunekit_layers = [{"intermediate_size": a, "num_attention_heads": b, "num_key_value_heads": c}
+                               for a, b, c in shapes]
+    return uniform
+
+
+def resize_to(model, fam: Family, per_layer: list[dict]) -> None:
+    """Give a freshly built model the per-layer shapes of a pruned checkpoint (before loading it)."""
+    hd = head_dim(model.config)
+    for layer, spec in zip(get_module(model, fam.layers), per_layer):
+        mlp, attn = getattr(layer, fam.mlp), getattr(layer, fam.attn)
+        cut_mlp(mlp, fam, list(range(spec["intermediate_size"])), None, 0.0)
+        n_rep = spec["num_attention_heads"] // spec["num_key_value_heads"]
+        cut_heads(attn, fam, list(range(spec["num_key_value_heads"])), n_rep, hd, None, 0.0)
+
+
+def apply_layer(layer, fam: Family, dims: Dims, keep_mlp: list[int] | None, keep_groups: list[int] | None,
+                gram_mlp, gram_attn, ridge: float) -> None:
+    """Cut one decoder layer per its plan (indices in the current numbering); skip what stays whole."""
+    mlp, attn = getattr(layer, fam.mlp), getattr(layer, fam.attn)
+    if keep_mlp is not None and len(keep_mlp) < getattr(mlp, fam.gate).weight.shape[0]:
+        cut_mlp(mlp, fam, keep_mlp, gram_mlp, ridge)
+    n_kv = getattr(attn, fam.k).weight.shape[0] // dims.head_dim
+    if keep_groups is not None and len(keep_groups) < n_kv:
+        cut_heads(attn, fam, keep_groups, dims.n_rep, dims.head_dim, gram_attn, ridge)

@@ -1,0 +1,59 @@
+"""The one module that reads the environment (paths, caches, offline data)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def home() -> Path:
+    """Where prunekit caches converted models and downloads: $PRUNEKIT_HOME or ~/.cache/prunekit."""
+    return Path(os.environ.get("PRUNEKIT_HOME", Path.home() / ".cache" / "prunekit")).expanduser()
+
+
+def data_root() -> Path | None:
+    """The local data folder that the default mix and the benchmarks read, if there is one.
+
+    $PRUNEKIT_DATA wins; otherwise ../shared/data beside the checkout (how these machines lay it out)
+    or ./shared/data. None means: fall back to the hub data sets named in the mix.
+    """
+    env = os.environ.get("PRUNEKIT_DATA")
+    if env:
+        return Path(env).expanduser()
+    for cand in (REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "shared" / "data",
+                 Path.cwd() / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def torch_threads() -> int | None:
+    """$PRUNEKIT_THREADS, for benchmarks that must set torch's thread count explicitly."""
+    v = os.environ.get("PRUNEKIT_THREADS")
+    return int(v) if v else None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls run natively (several times faster than fp32). Without them
+    torch emulates bf16 and it is about 100x slower than fp32 (seen on AVX2-only EPYC machines)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def compute_dtype() -> str:
+    """The dtype for calibration and evaluation on this machine: $PRUNEKIT_DTYPE, else bf16 where the
+    CPU runs it natively (or on CUDA), else fp32."""
+    env = os.environ.get("PRUNEKIT_DTYPE")
+    if env:
+        return env
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "bfloat16"
+    except ImportError:
+        pass
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"

@@ -1,0 +1,72 @@
+"""Per-architecture facts as data, one entry per family.
+
+Each entry says where the prunable groups live inside a decoder layer and which config keys a cut
+rewrites. Everything else (plans, surgery, export) reads these entries instead of hard-coding names,
+so adding a family is adding an entry here plus a tiny fixture in tests/ (a test enforces that).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import PrunekitError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    architectures: tuple[str, ...]   # config.architectures values that map here
+    model_type: str                  # config.model_type written by the stock class
+    layers: str = "model.layers"     # attribute path of the decoder layer list
+    attn: str = "self_attn"
+    q: str = "q_proj"
+    k: str = "k_proj"
+    v: str = "v_proj"
+    o: str = "o_proj"
+    mlp: str = "mlp"
+    gate: str = "gate_proj"
+    up: str = "up_proj"
+    down: str = "down_proj"
+    input_norm: str = "input_layernorm"
+    post_attn_norm: str = "post_attention_layernorm"
+    qkv_bias: bool = False           # Qwen2 has biases on q/k/v: they are sliced with the heads
+    qk_norm: bool = False            # Qwen3 normalises q and k per head (shape head_dim: never sliced)
+    # Config keys that hold one value per layer and must follow a layer removal.
+    per_layer_keys: tuple[str, ...] = field(default=("layer_types",))
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("llama", ("LlamaForCausalLM", "MistralForCausalLM"), "llama"),
+    "qwen2": Family("qwen2", ("Qwen2ForCausalLM",), "qwen2", qkv_bias=True),
+    "qwen3": Family("qwen3", ("Qwen3ForCausalLM",), "qwen3", qk_norm=True),
+}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(a for f in FAMILIES.values() for a in f.architectures)
+
+
+def family_for_config(config) -> Family:
+    """The family of an HF config, or an error that lists what is supported."""
+    archs = list(getattr(config, "architectures", None) or [])
+    for fam in FAMILIES.values():
+        if any(a in fam.architectures for a in archs):
+            return fam
+    # Configs built in code (tests, from_config) may lack `architectures`: fall back to model_type.
+    mt = getattr(config, "model_type", None)
+    if not archs:
+        for fam in FAMILIES.values():
+            if mt == fam.model_type:
+                return fam
+    raise PrunekitError(
+        f"unsupported architecture {archs or mt!r}: prunekit supports "
+        f"{', '.join(supported_architectures())}. Pick a model of one of these families.")
+
+
+def get_module(root, path: str):
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
