@@ -30,6 +30,8 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
     "ours-oneshot": ({"rounds": 1}, None),
     "ours-c4only": ({}, ("web",)),
     "ours-nocomp": ({"compensate": False}, None),
+    "ours-densefit": ({"refit_target": "dense"}, None),
+    "ours-perlayer": ({"mode": "per-layer"}, None),
     "magnitude": ({"method": "magnitude", "rounds": 1, "compensate": False}, None),
     "wanda-sp": ({"method": "wanda-sp", "rounds": 1, "compensate": False}, None),
     "flap": ({"method": "flap", "rounds": 1, "compensate": False}, None),
@@ -40,10 +42,10 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
 
 
 def settings_for(base: Settings, overrides: dict) -> Settings:
-    o = dict(overrides)
-    structures = o.pop("structures", None)
-    c = base.constraints if structures is None else replace(base.constraints, structures=structures)
-    return replace(base, constraints=c, **o)
+    """Apply a variant's overrides; keys that are Constraints fields go to the constraints."""
+    cfields = set(Constraints.__dataclass_fields__)
+    c = replace(base.constraints, **{k: v for k, v in overrides.items() if k in cfields})
+    return replace(base, constraints=c, **{k: v for k, v in overrides.items() if k not in cfields})
 
 
 def run_compare(model_src: str, calib: str, ratios: list[float], variants: list[str], base: Settings,
@@ -121,7 +123,7 @@ def add_parser(sub) -> None:
     s.add_argument("--ratios", default="0.2,0.4")
     s.add_argument("--variants", default=",".join(VARIANTS))
     s.add_argument("--rounds", type=int, default=Settings.rounds, help="rounds of the iterative variants")
-    s.add_argument("--structures", default="mlp,heads")
+    s.add_argument("--structures", default="mlp")
     s.add_argument("--samples", type=int, default=None)
     s.add_argument("--seq-len", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)

@@ -1,6 +1,7 @@
 """The rounds: statistics, scores, plan, cut (with refit), again, until the target is reached."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -13,8 +14,9 @@ from prunekit.families import Family, get_module, head_dim
 from . import plan as P
 from .quality import per_domain
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
-from .stats import LayerRunner, make_batches
-from .surgery import apply_layer, layer_shapes, remove_layers, sync_config
+from .stats import LayerRunner, consumer_grams, consumer_inputs, make_batches
+from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, layer_shapes, remove_layers,
+                      sync_config)
 
 
 @dataclass
@@ -24,6 +26,7 @@ class Settings:
     rounds: int = 1
     schedule: str = "equal"
     compensate: bool = True
+    refit_target: str = "local"  # "local": keep this layer's output; "dense": match the dense model's
     ridge: float = 1e-4
     batch_size: int = 4
     quick_eval: int = 2          # held-out sequences per domain for the per-round perplexity (0: off)
@@ -35,6 +38,8 @@ class Settings:
                                 f"{', '.join(sorted([*SCORERS, 'taylor']))}.")
         if self.method == "block-influence" and set(self.constraints.structures) != {"layers"}:
             raise PrunekitError("block-influence scores whole layers only: use --structures layers.")
+        if self.refit_target not in ("dense", "local"):
+            raise PrunekitError(f"--refit-target must be 'dense' or 'local', got {self.refit_target!r}.")
         if self.ridge < 0:
             raise PrunekitError(f"--ridge must be >= 0, got {self.ridge}.")
 
@@ -79,11 +84,13 @@ def stat_scores(model, fam: Family, batches, method: str, desc: str) -> list[Sco
 def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
     """First-order Taylor scores from the gradient of the calibration loss (LLM-Pruner)."""
     dtype = model.dtype
-    model.float()  # fp32 master weights and gradients; matmuls still run in bf16 under autocast
+    # fp32 weights and gradients; when the model computes in bf16 (a CPU with native bf16), the
+    # matmuls stay in bf16 under autocast. Elsewhere autocast to bf16 would be emulated and slow.
+    model.float()
     try:
         model.zero_grad(set_to_none=True)
         for _, ids in tqdm(batches, desc=desc, unit="batch", leave=False):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             (loss * ids.shape[0] / sum(len(b) for _, b in batches)).backward()
         hd = head_dim(model.config)
@@ -96,19 +103,45 @@ def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
 
 
 def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Settings, dims: P.Dims,
-             desc: str) -> None:
-    """Apply a round's plan layer by layer; each refit sees inputs from the already-cut layers."""
+             desc: str, dense=None) -> None:
+    """Apply a round's plan layer by layer. With compensation each refit sees the inputs that the
+    already-cut layers produce (attention first, then the MLP on the cut attention's output); with a
+    dense model given, the refit target is the dense model's output, not the current layer's."""
     layers = get_module(model, fam.layers)
-    runner = LayerRunner(model, fam, batches) if s.compensate else None
+    if not s.compensate:
+        for pos, idx in enumerate(alive):
+            if plan.mlp[idx] is not None:
+                apply_layer(layers[pos], fam, dims, plan.mlp[idx], plan.groups[idx])
+        return
+    runner = LayerRunner(model, fam, batches)
+    ref = LayerRunner(dense, fam, batches) if dense is not None else None
+    ref_layers = get_module(dense, fam.layers) if dense is not None else None
+    ref_pos = 0  # the next original layer the dense stream has to run
     for pos in tqdm(range(len(layers)), desc=desc, unit="layer", leave=False):
         idx = alive[pos]
         if plan.mlp[idx] is None:
             continue  # removed at the end of the round; its input passes through unchanged
-        st = runner.collect(pos, grams=True, advance=False) if runner else None
-        apply_layer(layers[pos], fam, dims, plan.mlp[idx], plan.groups[idx],
-                    st.gram_mlp if st else None, st.gram_attn if st else None, s.ridge)
-        if runner:
-            runner.forward(pos)
+        if ref is not None:
+            while ref_pos < idx:
+                ref.forward(ref_pos)
+                ref_pos += 1
+        layer = layers[pos]
+        for kind, keep, cuts in (("heads", plan.groups[idx], cuts_heads(layer, fam, dims, plan.groups[idx])),
+                                 ("mlp", plan.mlp[idx], cuts_mlp(layer, fam, plan.mlp[idx]))):
+            if not cuts:
+                continue
+            parent, name = (fam.attn, fam.o) if kind == "heads" else (fam.mlp, fam.down)
+            consumer = getattr(getattr(layer, parent), name)
+            target_w, targets = None, None
+            if ref is not None:
+                ref_consumer = getattr(getattr(ref_layers[idx], parent), name)
+                targets, target_w = consumer_inputs(ref, idx, ref_consumer), ref_consumer.weight.data
+            gram, cross = consumer_grams(runner, pos, consumer, targets)
+            if kind == "heads":
+                cut_heads(getattr(layer, parent), fam, keep, dims.n_rep, dims.head_dim, gram, s.ridge, cross, target_w)
+            else:
+                cut_mlp(getattr(layer, parent), fam, keep, gram, s.ridge, cross, target_w)
+        runner.forward(pos)
 
 
 def compress(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str, torch.Tensor],
@@ -125,6 +158,8 @@ def compress(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[s
     kept_mlp = [list(range(s_[0])) for s_ in dense.layers]
     kept_groups = [list(range(s_[1])) for s_ in dense.layers]
     batches = make_batches(calib, s.batch_size)
+    # The refit's reference: the model as it came in (a copy: the one being pruned changes).
+    dense_ref = copy.deepcopy(model) if s.compensate and s.refit_target == "dense" else None
     quick = {d: t[: s.quick_eval] for d, t in heldout.items()} if s.quick_eval else {}
     targets = P.schedule(c.ratio, s.rounds, s.schedule)
     rounds = []
@@ -146,7 +181,7 @@ def compress(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[s
             shape = P.global_shape(cur, dense, dims, c, target, scores)
         plan = P.select(scores, shape)
         t1 = time.time()
-        cut_pass(model, fam, batches, plan, alive, s, dims, f"{tag} cut")
+        cut_pass(model, fam, batches, plan, alive, s, dims, f"{tag} cut", dense_ref)
         removed = [i for i in alive if plan.mlp[i] is None]
         if removed:
             remove_layers(model, fam, [alive.index(i) for i in removed])

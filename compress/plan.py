@@ -85,7 +85,7 @@ class Plan:
 class Constraints:
     ratio: float                 # fraction of parameters to remove
     ratio_of: str = "total"      # "total" or "decoder"
-    structures: tuple[str, ...] = ("mlp", "heads")
+    structures: tuple[str, ...] = ("mlp",)
     mode: str = "uniform"        # "uniform" or "per-layer"
     align: int = 64
     tp: int = 1
@@ -178,7 +178,7 @@ def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: Constraints, target: 
             f"{len(near[4])} layers removed). Use --ratio {near[0]:.3f} or loosen --align/--tolerance.")
     best_frac = min(abs(x[0] - target) for x in ok)
     # Prefer the candidates nearest the target (within a quarter of the tolerance), then the cheapest.
-    ok = [x for x in ok if abs(x[0] - target) <= best_frac + tol / 4]
+    ok = [x for x in ok if abs(x[0] - target) <= best_frac + c.tolerance / 4]
     return min(ok, key=lambda x: _uniform_cost(x, scores, dims))[3]
 
 

@@ -61,8 +61,6 @@ class DomainStats:
 @dataclass
 class LayerStats:
     domains: dict[str, DomainStats]
-    gram_mlp: torch.Tensor | None = None     # X^T X of down_proj's input, fp64, all domains
-    gram_attn: torch.Tensor | None = None    # X^T X of o_proj's input
 
     def pooled(self) -> DomainStats:
         out = DomainStats()
@@ -119,22 +117,16 @@ class LayerRunner:
             self.hidden = outs
         return outs
 
-    def collect(self, i: int, grams: bool = False, advance: bool = True) -> LayerStats:
-        """Statistics of layer i on the current residual stream, per domain (optionally X^T X too)."""
+    def collect(self, i: int, advance: bool = True) -> LayerStats:
+        """Statistics of layer i on the current residual stream, per domain."""
         layer = self.layers[i]
         attn, mlp = getattr(layer, self.fam.attn), getattr(layer, self.fam.mlp)
         stats = LayerStats({d: DomainStats() for d in dict.fromkeys(self.domains)})
         cur = {"dom": None}
-        gram = {"mlp": None, "attn": None}
 
         def hook(kind):
             def fn(_mod, args):
-                x = args[0]
-                getattr(stats.domains[cur["dom"]], kind).add(x)
-                if grams:
-                    x2 = x.reshape(-1, x.shape[-1]).float()
-                    g = (x2.T @ x2).double()
-                    gram[kind] = g if gram[kind] is None else gram[kind] + g
+                getattr(stats.domains[cur["dom"]], kind).add(args[0])
             return fn
 
         hs = [getattr(mlp, self.fam.down).register_forward_pre_hook(hook("mlp")),
@@ -156,10 +148,42 @@ class LayerRunner:
         finally:
             for h in hs:
                 h.remove()
-        stats.gram_mlp, stats.gram_attn = gram["mlp"], gram["attn"]
         if advance:
             self.hidden = outs
         return stats
+
+
+def consumer_inputs(runner: "LayerRunner", i: int, consumer) -> list[torch.Tensor]:
+    """The input of `consumer` (a Linear inside layer i) for every batch, flattened to (tokens, in)."""
+    caught = []
+    h = consumer.register_forward_pre_hook(lambda _m, args: caught.append(args[0].reshape(-1, args[0].shape[-1]).float()))
+    try:
+        runner.forward(i, advance=False)
+    finally:
+        h.remove()
+    return caught
+
+
+def consumer_grams(runner: "LayerRunner", i: int, consumer, targets: list[torch.Tensor] | None = None):
+    """G = X^T X of `consumer`'s input over all batches, and C = X^T X_target when targets (the same
+    consumer's inputs in the dense model, batch by batch) are given. fp64 accumulators."""
+    acc = {"g": None, "c": None, "b": 0}
+
+    def fn(_m, args):
+        x = args[0].reshape(-1, args[0].shape[-1]).float()
+        g = (x.T @ x).double()
+        acc["g"] = g if acc["g"] is None else acc["g"] + g
+        if targets is not None:
+            c = (x.T @ targets[acc["b"]]).double()
+            acc["c"] = c if acc["c"] is None else acc["c"] + c
+        acc["b"] += 1
+
+    h = consumer.register_forward_pre_hook(fn)
+    try:
+        runner.forward(i, advance=False)
+    finally:
+        h.remove()
+    return acc["g"], acc["c"]
 
 
 def make_batches(calib: dict[str, torch.Tensor], batch_size: int) -> list[tuple[str, torch.Tensor]]:

@@ -24,27 +24,34 @@ def slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     return out
 
 
-def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float) -> torch.Tensor:
+def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float,
+          cross: torch.Tensor | None = None) -> torch.Tensor:
     """Least-squares refit of a consumer weight (out, in) onto the kept inputs, in fp64.
 
-    minimise ||X_K A^T - X W^T||^2  =>  A^T = (G_KK + lam I)^-1 G_K: W^T, with G = X^T X.
+    minimise ||X_K A^T - Y W^T||^2  =>  A^T = (G_KK + lam I)^-1 C_K: W^T, with G = X^T X and
+    C = X^T Y. Y is X itself (local target: preserve this layer's output on its current inputs), or,
+    with `cross`, the dense model's input to the same consumer, whose weight `weight` then is (dense
+    target: also undo the error that earlier cuts left in the residual stream).
     lam is `ridge` times the median of diag(G_KK): the median, not the mean, because a few massive
     activation channels can be 1e5x the rest and a mean-scaled ridge shrinks the refit badly.
     """
     g = gram.double()
     gkk = g.index_select(0, keep).index_select(1, keep)
     lam = ridge * gkk.diagonal().median().clamp_min(1e-12)
-    rhs = g.index_select(0, keep) @ weight.double().T                     # (K, out)
+    c = g if cross is None else cross.double()
+    rhs = c.index_select(0, keep) @ weight.double().T                     # (K, out)
     a_t = torch.linalg.solve(gkk + lam * torch.eye(len(keep), dtype=g.dtype), rhs)
     return a_t.T.to(weight.dtype).contiguous()
 
 
-def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | None, ridge: float) -> None:
+def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | None, ridge: float,
+            cross: torch.Tensor | None = None, target_weight: torch.Tensor | None = None) -> None:
     idx = torch.tensor(keep, dtype=torch.long)
     down = getattr(mlp, fam.down)
     new_down = slice_linear(down, idx, 1)
     if gram is not None:
-        new_down.weight.data.copy_(refit(down.weight.data, gram, idx, ridge))
+        w = down.weight.data if target_weight is None else target_weight
+        new_down.weight.data.copy_(refit(w, gram, idx, ridge, cross))
     setattr(mlp, fam.gate, slice_linear(getattr(mlp, fam.gate), idx, 0))
     setattr(mlp, fam.up, slice_linear(getattr(mlp, fam.up), idx, 0))
     setattr(mlp, fam.down, new_down)
@@ -53,14 +60,16 @@ def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | N
 
 
 def cut_heads(attn: nn.Module, fam: Family, keep_groups: list[int], n_rep: int, hd: int,
-              gram: torch.Tensor | None, ridge: float) -> None:
+              gram: torch.Tensor | None, ridge: float, cross: torch.Tensor | None = None,
+              target_weight: torch.Tensor | None = None) -> None:
     """Keep whole KV groups: KV head g and its query heads g*n_rep .. (g+1)*n_rep - 1."""
     kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in keep_groups])
     q_rows = torch.cat([torch.arange(g * n_rep * hd, (g + 1) * n_rep * hd) for g in keep_groups])
     o = getattr(attn, fam.o)
     new_o = slice_linear(o, q_rows, 1)
     if gram is not None:
-        new_o.weight.data.copy_(refit(o.weight.data, gram, q_rows, ridge))
+        w = o.weight.data if target_weight is None else target_weight
+        new_o.weight.data.copy_(refit(w, gram, q_rows, ridge, cross))
     setattr(attn, fam.q, slice_linear(getattr(attn, fam.q), q_rows, 0))
     setattr(attn, fam.k, slice_linear(getattr(attn, fam.k), kv_rows, 0))
     setattr(attn, fam.v, slice_linear(getattr(attn, fam.v), kv_rows, 0))
@@ -128,12 +137,18 @@ def resize_to(model, fam: Family, per_layer: list[dict]) -> None:
         cut_heads(attn, fam, list(range(spec["num_key_value_heads"])), n_rep, hd, None, 0.0)
 
 
+def cuts_mlp(layer, fam: Family, keep: list[int] | None) -> bool:
+    return keep is not None and len(keep) < getattr(getattr(layer, fam.mlp), fam.gate).weight.shape[0]
+
+
+def cuts_heads(layer, fam: Family, dims: Dims, keep: list[int] | None) -> bool:
+    return keep is not None and len(keep) < getattr(getattr(layer, fam.attn), fam.k).weight.shape[0] // dims.head_dim
+
+
 def apply_layer(layer, fam: Family, dims: Dims, keep_mlp: list[int] | None, keep_groups: list[int] | None,
-                gram_mlp, gram_attn, ridge: float) -> None:
+                gram_mlp=None, gram_attn=None, ridge: float = 0.0) -> None:
     """Cut one decoder layer per its plan (indices in the current numbering); skip what stays whole."""
-    mlp, attn = getattr(layer, fam.mlp), getattr(layer, fam.attn)
-    if keep_mlp is not None and len(keep_mlp) < getattr(mlp, fam.gate).weight.shape[0]:
-        cut_mlp(mlp, fam, keep_mlp, gram_mlp, ridge)
-    n_kv = getattr(attn, fam.k).weight.shape[0] // dims.head_dim
-    if keep_groups is not None and len(keep_groups) < n_kv:
-        cut_heads(attn, fam, keep_groups, dims.n_rep, dims.head_dim, gram_attn, ridge)
+    if cuts_mlp(layer, fam, keep_mlp):
+        cut_mlp(getattr(layer, fam.mlp), fam, keep_mlp, gram_mlp, ridge)
+    if cuts_heads(layer, fam, dims, keep_groups):
+        cut_heads(getattr(layer, fam.attn), fam, keep_groups, dims.n_rep, dims.head_dim, gram_attn, ridge)

@@ -106,3 +106,10 @@ def test_schedules():
 def test_bad_constraints(kw, match):
     with pytest.raises(PrunekitError, match=match):
         P.Constraints(**kw).validate()
+
+
+def test_intermediate_rounds_move_toward_their_target():
+    """A non-final round has no tolerance limit but still lands near its own target."""
+    c = P.Constraints(ratio=0.2, structures=("mlp",))
+    shape = P.uniform_shape(DENSE, DENSE, DIMS, c, 0.1, scores(), final=False)
+    assert abs(1 - shape.params(DIMS) / DENSE.params(DIMS) - 0.1) < 0.015
