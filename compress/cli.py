@@ -1,6 +1,7 @@
 """Arguments of `prunekit compress`."""
 from __future__ import annotations
 
+from .iterate import Settings
 from .plan import Constraints
 from .scores import METHODS
 
@@ -21,14 +22,14 @@ def add_parser(sub) -> None:
     s.add_argument("--mode", choices=("uniform", "per-layer"), default="uniform",
                    help="uniform: same shape in every layer (stock checkpoint); per-layer: widths chosen "
                         "globally (needs export's per-layer layout)")
-    s.add_argument("--rounds", type=int, default=1, help="calibration rounds (1: one-shot)")
+    s.add_argument("--rounds", type=int, default=Settings.rounds, help="calibration rounds (1: one-shot)")
     s.add_argument("--schedule", choices=("equal", "geometric"), default="equal")
     s.add_argument("--no-compensate", dest="compensate", action="store_false",
                    help="do not refit down_proj/o_proj after a cut")
     s.add_argument("--refit-target", choices=("local", "dense"), default="local",
                    help="refit to the current layer's own outputs (default: measured better), or to the "
                         "dense model's layer outputs (also aims to undo earlier cuts' error)")
-    s.add_argument("--ridge", type=float, default=1e-4, help="refit ridge, times the median gram diagonal")
+    s.add_argument("--ridge", type=float, default=Settings.ridge, help="refit ridge, times the median gram diagonal")
     s.add_argument("--align", type=int, default=64, help="widths are multiples of this (64, 128, 256)")
     s.add_argument("--tp", type=int, default=1, help="tensor-parallel size that heads and widths must divide")
     s.add_argument("--tolerance", type=float, default=0.02, help="allowed |achieved - target| ratio")
@@ -47,7 +48,6 @@ def add_parser(sub) -> None:
 
 
 def _run(args) -> None:
-    from .iterate import Settings
     from .run import Job, run
 
     c = Constraints(ratio=args.ratio, ratio_of=args.ratio_of,

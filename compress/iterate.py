@@ -23,11 +23,11 @@ from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, lay
 class Settings:
     method: str = "hybrid"
     constraints: P.Constraints = field(default_factory=lambda: P.Constraints(ratio=0.2))
-    rounds: int = 1
+    rounds: int = 2
     schedule: str = "equal"
     compensate: bool = True
     refit_target: str = "local"  # "local": keep this layer's output; "dense": match the dense model's
-    ridge: float = 1e-4
+    ridge: float = 1e-2           # measured: 1e-4 -> 35.4, 1e-2 -> 35.0, 1e-1 -> 36.2 geomean ppl (20%)
     batch_size: int = 4
     quick_eval: int = 2          # held-out sequences per domain for the per-round perplexity (0: off)
 

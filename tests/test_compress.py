@@ -106,3 +106,19 @@ def test_default_model_20_percent(tmp_path, default_model_dir, data_root):
     with torch.no_grad():
         out_ids = model.generate(torch.tensor([[1, 504, 3458]]), max_new_tokens=4, do_sample=False)
     assert out_ids.shape[1] == 7
+
+
+def test_compare_runs_variants_on_one_budget(tiny_src, tmp_path, data_root):
+    from prunekit.compress.compare import run_compare
+
+    base = Settings(quick_eval=0, constraints=Constraints(ratio=0.2, ratio_of="decoder", align=32,
+                                                          tolerance=0.06))
+    res = run_compare(str(tiny_src), "default", [0.25], ["ours-oneshot", "ours-c4only", "magnitude"], base,
+                      tmp_path, samples=5, seq_len=64, seed=0, log=lambda m: None)
+    names = [r["variant"] for r in res["rows"]]
+    assert names == ["dense", "ours-oneshot", "ours-c4only", "magnitude"]
+    assert all(set(r["ppl"]) == set(res["heldout_tokens"]) for r in res["rows"])
+    md = (tmp_path / "compare.md").read_text()
+    assert "25% of parameters removed" in md and "magnitude" in md
+    with pytest.raises(PrunekitError, match="unknown variant"):
+        run_compare(str(tiny_src), "default", [0.2], ["sparsegpt"], base, None)
