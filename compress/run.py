@@ -14,7 +14,7 @@ import torch
 from prunekit import __version__
 from prunekit.artifact import atomic_dir, check_out_dir, sha256_dir, write_manifest
 from prunekit.checkpoint import save_model, save_tokenizer
-from prunekit.loading import load_model, load_tokenizer
+from prunekit.loading import load_config, load_model, load_tokenizer
 
 from . import data as D
 from .iterate import Settings, compress
@@ -66,8 +66,8 @@ def run(job: Job, log=None) -> dict:
     mix = D.load_mix(job.calib, seed=job.seed, seq_len=job.seq_len, total_samples=job.samples)
     model, fam, source = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code,
                                     allow_pickle=job.allow_pickle)
-    from transformers import AutoConfig
-    stored_dtype = getattr(AutoConfig.from_pretrained(source, trust_remote_code=job.trust_remote_code), "dtype", None)
+    # The loaded config reports the compute dtype; the stored one says how to write the result.
+    stored_dtype = getattr(load_config(source, job.trust_remote_code, check_family=False)[0], "dtype", None)
     tok = load_tokenizer(source, job.trust_remote_code)
     data = D.build(mix, tok)
     calib = D.only_domains(mix, data.calib, job.domains, tok) if job.domains else data.calib

@@ -145,10 +145,9 @@ def cuts_heads(layer, fam: Family, dims: Dims, keep: list[int] | None) -> bool:
     return keep is not None and len(keep) < getattr(getattr(layer, fam.attn), fam.k).weight.shape[0] // dims.head_dim
 
 
-def apply_layer(layer, fam: Family, dims: Dims, keep_mlp: list[int] | None, keep_groups: list[int] | None,
-                gram_mlp=None, gram_attn=None, ridge: float = 0.0) -> None:
-    """Cut one decoder layer per its plan (indices in the current numbering); skip what stays whole."""
+def apply_layer(layer, fam: Family, dims: Dims, keep_mlp: list[int] | None, keep_groups: list[int] | None) -> None:
+    """Cut one decoder layer per its plan (indices in the current numbering), without refit."""
     if cuts_mlp(layer, fam, keep_mlp):
-        cut_mlp(getattr(layer, fam.mlp), fam, keep_mlp, gram_mlp, ridge)
+        cut_mlp(getattr(layer, fam.mlp), fam, keep_mlp, None, 0.0)
     if cuts_heads(layer, fam, dims, keep_groups):
-        cut_heads(getattr(layer, fam.attn), fam, keep_groups, dims.n_rep, dims.head_dim, gram_attn, ridge)
+        cut_heads(getattr(layer, fam.attn), fam, keep_groups, dims.n_rep, dims.head_dim, None, 0.0)

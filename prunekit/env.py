@@ -28,12 +28,6 @@ def data_root() -> Path | None:
     return None
 
 
-def torch_threads() -> int | None:
-    """$PRUNEKIT_THREADS, for benchmarks that must set torch's thread count explicitly."""
-    v = os.environ.get("PRUNEKIT_THREADS")
-    return int(v) if v else None
-
-
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: bf16 matmuls run natively (several times faster than fp32). Without them
     torch emulates bf16 and it is about 100x slower than fp32 (seen on AVX2-only EPYC machines)."""

@@ -42,7 +42,7 @@ def test_cut_equals_masking(family_name):
     keep_groups = [[1], [0], [0, 1]]
     ref = masked_reference(model, fam, keep_mlp, keep_groups, dims.n_rep, dims.head_dim)
     for layer, km, kg in zip(get_module(model, fam.layers), keep_mlp, keep_groups):
-        S.apply_layer(layer, fam, dims, km, kg, None, None, 0.0)
+        S.apply_layer(layer, fam, dims, km, kg)
     uniform = S.sync_config(model, fam)
     assert not uniform and model.config.prunekit_layers[0] == {
         "intermediate_size": 5, "num_attention_heads": 2, "num_key_value_heads": 1}
@@ -56,7 +56,7 @@ def test_uniform_cut_is_stock_checkpoint(tmp_path, family_name):
     fam = family_for_config(model.config)
     dims = Dims.of(model.config, fam)
     for layer in get_module(model, fam.layers):
-        S.apply_layer(layer, fam, dims, list(range(0, 128, 2)), [1], None, None, 0.0)
+        S.apply_layer(layer, fam, dims, list(range(0, 128, 2)), [1])
     assert S.sync_config(model, fam)
     cfg = model.config
     assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (64, 2, 1, 16)
@@ -109,7 +109,7 @@ def test_per_layer_checkpoint_roundtrip(tmp_path):
     fam = family_for_config(model.config)
     dims = Dims.of(model.config, fam)
     for layer, w in zip(get_module(model, fam.layers), (64, 128, 32)):
-        S.apply_layer(layer, fam, dims, list(range(w)), [0] if w == 32 else [0, 1], None, None, 0.0)
+        S.apply_layer(layer, fam, dims, list(range(w)), [0] if w == 32 else [0, 1])
     S.sync_config(model, fam)
     save_model(model, tmp_path)
     loaded, _, _ = load_model(tmp_path, dtype="float32")
@@ -126,7 +126,7 @@ def test_truncated_per_layer_checkpoint_is_refused(tmp_path):
     model = tiny_model("llama")
     fam = family_for_config(model.config)
     dims = Dims.of(model.config, fam)
-    S.apply_layer(get_module(model, fam.layers)[0], fam, dims, list(range(64)), None, None, None, 0.0)
+    S.apply_layer(get_module(model, fam.layers)[0], fam, dims, list(range(64)), None)
     S.sync_config(model, fam)
     save_model(model, tmp_path)
     f = next(tmp_path.glob("*.safetensors"))
