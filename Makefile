@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PRUNEKIT := $(VENV)/bin/prunekit
 RUNS ?= runs
 
-.PHONY: setup demo test test-fast compare clean
+.PHONY: setup demo test test-fast compare clean artifacts serve bench bench-quick
 
 setup:
 	@scripts/setup.sh
@@ -30,3 +30,20 @@ compare: setup
 
 clean:
 	rm -rf $(RUNS) .pytest_cache
+
+# The CI job that produces deployable artifacts: compress -> export -> verify -> summary, into
+# artifacts/<name>/ (resumable: a re-run reuses every complete step).
+artifacts: setup
+	$(PRUNEKIT) artifacts --model default --ratio 0.2 --out artifacts
+
+# Serve the artifact that `make artifacts` built (vLLM OpenAI server on 127.0.0.1:8000).
+serve: setup
+	$(PRUNEKIT) serve artifacts/SmolLM2-135M-Instruct-pruned-20
+
+# Quality and speed of dense vs pruned on every stock runtime, one run; report in bench/results/.
+bench: setup
+	$(PRUNEKIT) bench --profile full
+
+# A few minutes with small limits (what CI may call); asserts nothing about absolute times.
+bench-quick: setup
+	$(PRUNEKIT) bench --profile quick

@@ -32,12 +32,18 @@ class Family:
     qk_norm: bool = False            # Qwen3 normalises q and k per head (shape head_dim: never sliced)
     # Config keys that hold one value per layer and must follow a layer removal.
     per_layer_keys: tuple[str, ...] = field(default=("layer_types",))
+    # Class-name stem in export/shipped/modeling_prunekit.py (per-layer artifacts).
+    shipped: str = "Llama"
+    # vLLM's own class derives head_dim as hidden_size // heads and ignores config.head_dim (Qwen2),
+    # so a stock checkpoint of this family must keep heads * head_dim == hidden_size.
+    derived_head_dim: bool = False
 
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", ("LlamaForCausalLM", "MistralForCausalLM"), "llama"),
-    "qwen2": Family("qwen2", ("Qwen2ForCausalLM",), "qwen2", qkv_bias=True),
-    "qwen3": Family("qwen3", ("Qwen3ForCausalLM",), "qwen3", qk_norm=True),
+    "qwen2": Family("qwen2", ("Qwen2ForCausalLM",), "qwen2", qkv_bias=True, shipped="Qwen2",
+                    derived_head_dim=True),
+    "qwen3": Family("qwen3", ("Qwen3ForCausalLM",), "qwen3", qk_norm=True, shipped="Qwen3"),
 }
 
 

@@ -76,3 +76,42 @@ def no_stray_files():
     yield
     after = {p for p in root.iterdir()}
     assert after <= before, f"test left files in the repo: {sorted(map(str, after - before))}"
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (256 bytes + <|endoftext|>) for tiny models: no downloads, vocab < 320."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    return tok
+
+
+def tiny_checkpoint(out: Path, family: str, widths=None, groups=None, seed: int = 0) -> Path:
+    """A saved tiny checkpoint with tokenizer, pruned per layer when widths/groups are given.
+
+    head_dim 32 (vLLM's CPU attention has no kernel for 16) and heads * head_dim == hidden_size."""
+    from prunekit.checkpoint import save_model, save_tokenizer
+    from prunekit.compress import surgery as S
+    from prunekit.compress.plan import Dims
+    from prunekit.families import family_for_config, get_module
+
+    model = tiny_model(family, seed=seed, vocab_size=320, hidden_size=128, head_dim=32, intermediate_size=256)
+    if widths or groups:
+        fam = family_for_config(model.config)
+        dims = Dims.of(model.config, fam)
+        for i, layer in enumerate(get_module(model, fam.layers)):
+            S.apply_layer(layer, fam, dims, list(range(widths[i])) if widths else None,
+                          list(range(groups[i])) if groups else None)
+        S.sync_config(model, fam)
+    save_model(model, out)
+    save_tokenizer(tiny_tokenizer(), out)
+    return out

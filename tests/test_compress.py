@@ -122,3 +122,22 @@ def test_compare_runs_variants_on_one_budget(tiny_src, tmp_path, data_root):
     assert "25% of parameters removed" in md and "magnitude" in md
     with pytest.raises(PrunekitError, match="unknown variant"):
         run_compare(str(tiny_src), "default", [0.2], ["sparsegpt"], base, None)
+
+
+def test_artifacts_pipeline_builds_then_resumes(tiny_src, tmp_path, data_root):
+    from prunekit.pipeline import Pipeline, run_pipeline
+
+    s = job(tiny_src, tmp_path / "unused").settings
+    p = Pipeline(model=str(tiny_src), out=str(tmp_path / "artifacts"), name="tiny", settings=s, samples=5,
+                 seq_len=64, runtimes=("transformers", "onnxruntime"), threads=2)
+    logs: list[str] = []
+    summary = run_pipeline(p, log=logs.append)
+    art = tmp_path / "artifacts" / "tiny"
+    assert summary["passed"] and (art / "verify.json").is_file() and (art / "onnx" / "model.onnx").is_file()
+    readme = (art / "README.md").read_text()
+    assert "prunekit serve" in readme and "| web |" in readme and "| onnxruntime | yes |" in readme
+    assert not any("reusing" in m for m in logs)
+    logs.clear()
+    run_pipeline(p, log=logs.append)
+    assert any("compress: reusing" in m for m in logs) and any("export: reusing" in m for m in logs)
+    assert any("verify: already passed" in m for m in logs)

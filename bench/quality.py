@@ -1,0 +1,69 @@
+"""Quality of one model: WikiText-2 perplexity, held-out perplexity per domain, zero-shot accuracy.
+
+WikiText-2 raw test follows the pruning papers: HF's rows (each line with its "\\n", blank " " lines
+as "") joined by "\\n\\n", tokenized once, cut into non-overlapping windows of `seq_len` tokens
+(stride = seq_len; a partial last window is dropped). Held-out domains are the calibration mix's
+held-out split (disjoint from calibration, checked in compress.data) plus French and Chinese UD test
+sentences, which no calibration uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from prunekit.compress.quality import nll, per_domain
+
+from .zeroshot import NORM, TASKS, evaluate
+
+EXTRA_DOMAINS = {"french": "multilingual/ud_fr_gsd_test_sentences.jsonl",
+                 "chinese": "multilingual/ud_zh_gsd_test_sentences.jsonl"}
+
+
+def wikitext_windows(root: Path, tok, seq_len: int, limit: int | None) -> torch.Tensor:
+    lines = (root / "perplexity/wikitext2_raw_test.txt").read_text().split("\n")[:-1]
+    rows = ["" if ln == " " else ln + "\n" for ln in lines]
+    ids = tok("\n\n".join(rows), add_special_tokens=False).input_ids
+    n = len(ids) // seq_len if limit is None else min(limit, len(ids) // seq_len)
+    return torch.tensor(ids[:n * seq_len]).view(n, seq_len)
+
+
+def heldout_domains(root: Path, tok, seq_len: int, n: int) -> dict[str, torch.Tensor]:
+    from prunekit.compress import data as D
+
+    mix = D.load_mix("default", seq_len=seq_len)
+    mix = dataclasses.replace(mix, domains=tuple(dataclasses.replace(d, eval_samples=n) for d in mix.domains))
+    out = dict(D.build(mix, tok, with_calib=False).heldout)
+    for name, rel in EXTRA_DOMAINS.items():
+        p = root / rel
+        if p.is_file():
+            texts = [json.loads(ln)["text"] for ln in p.read_text().splitlines() if ln.strip()]
+            out[name] = D.pack(texts, tok, seq_len, n, " ", name, "held-out")
+    return out
+
+
+def evaluate_model(model, tok, root: Path, seq_len: int = 512, wikitext_limit: int | None = None,
+                   domain_samples: int = 8, tasks=tuple(TASKS), limit: int | None = None, batch_size: int = 8,
+                   log=print) -> dict:
+    t0 = time.time()
+    res: dict = {}
+    win = wikitext_windows(root, tok, seq_len, wikitext_limit)
+    total, count = nll(model, win, batch_size=4)
+    res["wikitext2"] = {"ppl": math.exp(total / count), "tokens": count, "seq_len": seq_len, "stride": seq_len}
+    log(f"  wikitext2 ppl {res['wikitext2']['ppl']:.2f} over {count} tokens ({time.time() - t0:.0f} s)")
+    res["domains"] = per_domain(model, heldout_domains(root, tok, seq_len, domain_samples), batch_size=4)
+    log("  held-out ppl " + ", ".join(f"{d} {v:.2f}" for d, v in res["domains"].items()))
+    res["zeroshot"] = {}
+    for t in tasks:
+        docs = TASKS[t](root)
+        docs = docs[:limit] if limit else docs
+        res["zeroshot"][t] = evaluate(model, tok, docs, batch_size, NORM.get(t, True))
+        log(f"  {t}: acc {res['zeroshot'][t]['acc']:.3f} (n={len(docs)}, {time.time() - t0:.0f} s)")
+    accs = [r["acc"] for r in res["zeroshot"].values()]
+    res["mean_acc"] = sum(accs) / len(accs) if accs else None
+    res["seconds"] = round(time.time() - t0, 1)
+    return res

@@ -1,0 +1,144 @@
+"""results.json -> report.md and PNG plots in one results folder (written atomically)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prunekit.artifact import atomic_dir
+
+RUNTIME_NAMES = {"torch": "PyTorch (transformers)", "onnxruntime": "onnxruntime", "vllm": "vLLM"}
+
+
+def _ratio(m: dict) -> float:
+    return 1 - m["params"] / m["dense_params"] if m.get("params") and m.get("dense_params") else 0.0
+
+
+def _mm(s: dict, k: str, fmt: str, scale: float = 1.0) -> str:
+    if k not in s:
+        return "-"
+    v = s[k]
+    return f"{v['median'] * scale:{fmt}} ({v['min'] * scale:{fmt}}-{v['max'] * scale:{fmt}})"
+
+
+def quality_tables(res: dict) -> list[str]:
+    models = {k: v for k, v in res["models"].items() if "quality" in v}
+    if not models:
+        return []
+    first = next(iter(models.values()))["quality"]
+    doms, tasks = list(first["domains"]), list(first["zeroshot"])
+    wt = first["wikitext2"]
+    out = [f"## Quality\n\nPerplexity: WikiText-2 raw test ({wt['tokens']:,} tokens in windows of {wt['seq_len']}, "
+           f"stride {wt['stride']}) and held-out text per domain (disjoint from calibration). Zero-shot: "
+           "log-likelihood scoring as lm-eval defines acc / acc_norm"
+           + (f", first {res['profile']['task_limit']} examples per task" if res["profile"].get("task_limit") else
+              ", full sets") + ".\n",
+           "| model | params | removed | WikiText-2 | " + " | ".join(doms) + " |",
+           "|---|---|---|---|" + "---|" * len(doms)]
+    for label, m in models.items():
+        q = m["quality"]
+        out.append(f"| {label} | {m['params'] / 1e6:.1f}M | {_ratio(m):.1%} | {q['wikitext2']['ppl']:.2f} | "
+                   + " | ".join(f"{q['domains'][d]:.2f}" for d in doms) + " |")
+    out += ["", "| model | " + " | ".join(tasks) + " | mean acc |", "|---|" + "---|" * (len(tasks) + 1)]
+    for label, m in models.items():
+        z = m["quality"]["zeroshot"]
+        cells = [f"{z[t]['acc']:.3f}" + (f" / {z[t]['acc_norm']:.3f}" if "acc_norm" in z[t] else "") for t in tasks]
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {m['quality']['mean_acc']:.3f} |")
+    out.append("\nCells are acc / acc_norm (WinoGrande: acc only); mean acc is over acc.")
+    return out
+
+
+def speed_tables(res: dict) -> list[str]:
+    models = {k: v for k, v in res["models"].items() if "speed" in v}
+    if not models:
+        return []
+    p = res["profile"]
+    dense = models.get("dense")
+    out = [f"## Speed and memory\n\nGreedy decoding, prompt {p['prompt_len']} tokens, {p['new_tokens']} new "
+           f"tokens, batch 1 and {p['batch']}; {res['threads']} threads, {res['dtype']}; median (min-max) of "
+           f"{p['repeats']} interleaved runs, each in a fresh process. Ideal speedup = bytes of weights read per "
+           "token, dense / pruned."]
+    for rt in p["runtimes"]:
+        out += ["", f"### {RUNTIME_NAMES.get(rt, rt)}", "",
+                f"| model | TTFT ms | decode tok/s b1 | decode tok/s b{p['batch']} | speedup b1 | ideal | "
+                "peak RSS MB | size MB |", "|---|---|---|---|---|---|---|---|"]
+        for label, m in models.items():
+            s = m["speed"][rt]
+            if "decode_tok_s_b1" not in s:
+                out.append(f"| {label} | failed: {'; '.join(s['errors'])[:200]} | | | | | | |")
+                continue
+            sp = ideal = "-"
+            if dense and "decode_tok_s_b1" in dense["speed"][rt]:
+                sp = f"{s['decode_tok_s_b1']['median'] / dense['speed'][rt]['decode_tok_s_b1']['median']:.2f}x"
+                ideal = f"{dense['weight_bytes_per_token'] / m['weight_bytes_per_token']:.2f}x"
+            size = m["onnx_mb"] if rt == "onnxruntime" else m["hf_mb"]
+            out.append(f"| {label} | {_mm(s, 'ttft_s', '.0f', 1e3)} | {_mm(s, 'decode_tok_s_b1', '.1f')} | "
+                       f"{_mm(s, 'decode_tok_s_batch', '.1f')} | {sp} | {ideal} | {_mm(s, 'peak_rss_mb', '.0f')} | "
+                       f"{size:.0f} |")
+    return out
+
+
+def plots(res: dict, out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    models = res["models"]
+    q = {k: v for k, v in models.items() if "quality" in v}
+    if q:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for mode, marker in (("uniform", "o"), ("per-layer", "s")):
+            pts = sorted((_ratio(m), m["quality"]["wikitext2"]["ppl"], m["quality"]["mean_acc"], k)
+                         for k, m in q.items() if m["layout"] == mode or (mode == "uniform" and k == "dense"))
+            if pts:
+                ax[0].plot([x[0] for x in pts], [x[1] for x in pts], marker=marker, label=f"ours, {mode}")
+                ax[1].plot([x[0] for x in pts], [x[2] for x in pts], marker=marker, label=f"ours, {mode}")
+        ax[0].set(xlabel="fraction of parameters removed", ylabel="WikiText-2 perplexity", title="Perplexity")
+        ax[1].set(xlabel="fraction of parameters removed", ylabel="mean zero-shot acc", title="Zero-shot accuracy")
+        for a in ax:
+            a.grid(alpha=.3)
+            a.legend()
+        fig.tight_layout()
+        fig.savefig(out / "quality.png", dpi=110)
+        plt.close(fig)
+        files.append("quality.png")
+    s = {k: v for k, v in models.items() if "speed" in v}
+    if s and "dense" in s:
+        rts = res["profile"]["runtimes"]
+        fig, ax = plt.subplots(1, len(rts), figsize=(4.5 * len(rts), 4), squeeze=False)
+        d = s["dense"]
+        for a, rt in zip(ax[0], rts):
+            pts = sorted((_ratio(m), m["speed"][rt]["decode_tok_s_b1"]["median"], m["weight_bytes_per_token"])
+                         for m in s.values() if "decode_tok_s_b1" in m["speed"][rt])
+            if not pts or "decode_tok_s_b1" not in d["speed"][rt]:
+                continue
+            base = d["speed"][rt]["decode_tok_s_b1"]["median"]
+            a.plot([x[0] for x in pts], [x[1] for x in pts], "o-", label="measured")
+            a.plot([x[0] for x in pts], [base * d["weight_bytes_per_token"] / x[2] for x in pts], "k--", label="ideal (bytes read)")
+            a.set(title=RUNTIME_NAMES.get(rt, rt), xlabel="fraction of parameters removed", ylabel="decode tok/s, batch 1")
+            a.grid(alpha=.3)
+            a.legend()
+        fig.tight_layout()
+        fig.savefig(out / "speed.png", dpi=110)
+        plt.close(fig)
+        files.append("speed.png")
+    return files
+
+
+def write_report(res: dict, out: Path) -> None:
+    m = res["machine"]
+    with atomic_dir(out, force=True) as tmp:
+        (tmp / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        figs = plots(res, tmp)
+        lines = [f"# prunekit bench: dense vs pruned ({res['profile']['name']} profile)", "",
+                 "Produced by:", "", "```bash", res["command"], "```", "",
+                 f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+                 + f"; {res['threads']} threads, compute dtype {res['dtype']}; {res['date']}; "
+                 f"{res['seconds'] / 60:.0f} min in all.", "",
+                 "| model | layout | params | weights read per token | artifact |", "|---|---|---|---|---|"]
+        for label, mm in res["models"].items():
+            lines.append(f"| {label} | {mm['layout']} | {(mm['params'] or 0) / 1e6:.1f}M | "
+                         f"{mm['weight_bytes_per_token'] / 2**20:.0f} MB | `{mm['artifact']}` |")
+        lines += [""] + quality_tables(res) + [""] + speed_tables(res) + [""]
+        lines += [f"![{f}]({f})" for f in figs]
+        (tmp / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,183 @@
+"""`prunekit bench`: quality and speed of dense vs pruned, side by side, in one invocation.
+
+Everything is measured in this one run on this one machine: quality in-process (PyTorch, compute
+dtype), speed in a fresh process per (repeat, model, runtime), interleaved so that drift of a noisy
+machine spreads over all models; medians with min-max are reported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prunekit.errors import PrunekitError
+
+from .models import FULL, QUICK, Variant, disk_mb, prepare, weight_bytes_per_token
+
+RUNTIMES = ("torch", "onnxruntime", "vllm")
+
+
+@dataclass
+class Profile:
+    name: str
+    variants: tuple[Variant, ...]
+    compress: dict              # rounds, samples, seq_len for the pruned models
+    seq_len: int = 512          # perplexity windows
+    wikitext_limit: int | None = None
+    domain_samples: int = 8
+    task_limit: int | None = None
+    prompt_len: int = 128
+    new_tokens: int = 64
+    batch: int = 8
+    repeats: int = 3
+    runtimes: tuple[str, ...] = RUNTIMES
+    tasks: tuple[str, ...] = field(default_factory=lambda: ("piqa", "hellaswag", "arc_easy", "arc_challenge",
+                                                             "boolq", "winogrande", "openbookqa"))
+
+
+PROFILES = {
+    "full": Profile("full", FULL, {"rounds": 2, "samples": 64, "seq_len": 512}),
+    # A few minutes: small calibration, small limits. What CI may call; it asserts nothing about speed.
+    "quick": Profile("quick", QUICK, {"rounds": 1, "samples": 8, "seq_len": 128}, seq_len=256, wikitext_limit=4,
+                     domain_samples=1, task_limit=10, prompt_len=32, new_tokens=16, batch=4, repeats=1),
+}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = None
+    try:
+        import torch
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    from prunekit.env import cpu_has_fast_bf16
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "fast_bf16": cpu_has_fast_bf16(),
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def speed_once(runtime: str, art: Path, p: Profile, threads: int, dtype: str, timeout: int = 900) -> dict:
+    m = json.loads((art / "prunekit.json").read_text())
+    req = {"runtime": runtime, "artifact": str(art.resolve()), "prompt_len": p.prompt_len, "new_tokens": p.new_tokens,
+           "batch": p.batch, "threads": threads, "dtype": dtype, "kv_cache_gib": 1,
+           "trust_remote_code": m.get("layout") == "per-layer"}
+    if req["trust_remote_code"]:
+        from prunekit.export.hf import check_shipped_code
+        check_shipped_code(art, m)
+    with tempfile.TemporaryDirectory(prefix="prunekit-speed-") as d:
+        rq, rs = Path(d, "req.json"), Path(d, "res.json")
+        rq.write_text(json.dumps(req))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}"}
+        proc = subprocess.run([sys.executable, "-m", "prunekit.bench.speed_worker", str(rq), str(rs)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0 or not rs.is_file():
+            err = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Error" in ln][-2:]
+            return {"error": f"exit {proc.returncode}: {' | '.join(err)[-500:]}"}
+        return json.loads(rs.read_text())
+
+
+def summarize(samples: list[dict]) -> dict:
+    ok = [s for s in samples if "error" not in s]
+    out = {"runs": len(ok), "errors": [s["error"] for s in samples if "error" in s]}
+    for k in ("ttft_s", "decode_tok_s_b1", "decode_tok_s_batch", "peak_rss_mb", "gpu_peak_mb", "load_s"):
+        vals = [s[k] for s in ok if s.get(k) is not None]
+        if vals:
+            out[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    return out
+
+
+def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: str = "bench/work",
+              given: dict[str, str] | None = None, threads: int | None = None, runtimes=None,
+              skip_quality: bool = False, skip_speed: bool = False, overrides: dict | None = None, log=None) -> Path:
+    import torch
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if profile not in PROFILES:
+        raise PrunekitError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
+    p = PROFILES[profile]
+    for k, v in (overrides or {}).items():
+        setattr(p, k, v)
+    if runtimes:
+        bad = [r for r in runtimes if r not in RUNTIMES]
+        if bad:
+            raise PrunekitError(f"unknown runtime {bad}; choose from {', '.join(RUNTIMES)}.")
+        p.runtimes = tuple(runtimes)
+    from prunekit.env import compute_dtype, data_root
+    root = data_root()
+    if root is None and not skip_quality:
+        raise PrunekitError("no local data folder for the quality benchmarks; set $PRUNEKIT_DATA to the folder "
+                            "that holds perplexity/ and eval/ (../shared/data on these machines).")
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    dtype = compute_dtype()
+    t0 = time.time()
+    stamp = time.strftime("%Y-%m-%d")
+    mach = machine()
+    arts = prepare(p.variants, Path(workdir) / profile, {**p.compress, "threads": threads}, given or {}, log)
+    results = {"profile": asdict(p), "command": " ".join(["prunekit", *sys.argv[1:]]) if sys.argv else "",
+               "machine": mach, "threads": threads, "dtype": dtype, "date": stamp, "models": {}}
+    for label, art in arts.items():
+        m = json.loads((art / "prunekit.json").read_text())
+        params = m.get("source", {}).get("manifest", {}).get("params", {})
+        results["models"][label] = {"artifact": str(art), "layout": m.get("layout"),
+                                    "params": params.get("pruned_total"), "dense_params": params.get("dense_total"),
+                                    "weight_bytes_per_token": weight_bytes_per_token(art), **disk_mb(art)}
+    if not skip_quality:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .quality import evaluate_model
+        for label, art in arts.items():
+            log(f"quality: {label}")
+            layout = results["models"][label]["layout"]
+            if layout == "per-layer":
+                from prunekit.export.hf import check_shipped_code
+                check_shipped_code(art, json.loads((art / "prunekit.json").read_text()))
+            model = AutoModelForCausalLM.from_pretrained(art, dtype=getattr(torch, dtype),
+                                                         trust_remote_code=layout == "per-layer").eval()
+            if results["models"][label]["params"] is None:
+                results["models"][label]["params"] = sum(x.numel() for x in model.parameters())
+            tok = AutoTokenizer.from_pretrained(art)
+            results["models"][label]["quality"] = evaluate_model(
+                model, tok, root, p.seq_len, p.wikitext_limit, p.domain_samples, p.tasks, p.task_limit, log=log)
+            del model
+    if not skip_speed:
+        samples: dict = {label: {rt: [] for rt in p.runtimes} for label in arts}
+        for rep in range(p.repeats):
+            for label, art in arts.items():      # interleaved: every model once per repeat
+                for rt in p.runtimes:
+                    t = time.time()
+                    s = speed_once(rt, art, p, threads, dtype)
+                    samples[label][rt].append(s)
+                    log(f"speed {rep + 1}/{p.repeats} {label:>14} {rt:<12} " +
+                        (s["error"] if "error" in s else f"ttft {s['ttft_s'] * 1e3:.0f} ms, "
+                         f"b1 {s['decode_tok_s_b1']:.1f} tok/s, b{p.batch} {s['decode_tok_s_batch']:.1f} tok/s, "
+                         f"rss {s['peak_rss_mb']:.0f} MB") + f" ({time.time() - t:.0f} s)")
+        for label in arts:
+            results["models"][label]["speed"] = {rt: summarize(samples[label][rt]) for rt in p.runtimes}
+            results["models"][label]["speed_raw"] = samples[label]
+    results["seconds"] = round(time.time() - t0, 1)
+    from .report import write_report
+    out = Path(out_root) / f"{stamp}-{machine_slug(mach)}{'' if profile == 'full' else '-' + profile}"
+    write_report(results, out)
+    log(f"bench: wrote {out}/report.md ({results['seconds']:.0f} s)")
+    return out
+
+
+def machine_slug(m: dict) -> str:
+    name = (m.get("gpu") or m["cpu"]).lower()
+    for junk in ("(r)", "(tm)", "processor", "cpu", "nvidia", "amd", "intel", "@"):
+        name = name.replace(junk, " ")
+    words = [w for w in name.replace("-", " ").split() if w.isalnum() and not w.endswith("ghz")][:3]
+    return "-".join(words + [f"{m['cores']}c"])

@@ -1,0 +1,111 @@
+"""One speed measurement in a fresh process: one runtime, one artifact (clean peak memory per run).
+
+    python -m prunekit.bench.speed_worker REQUEST.json RESULT.json
+REQUEST: {runtime: torch|onnxruntime|vllm, artifact, prompt_len, new_tokens, batch, threads, dtype, kv_cache_gib}
+RESULT:  {ttft_s, decode_tok_s_b1, decode_tok_s_batch, peak_rss_mb, gpu_peak_mb, load_s, ...}
+
+Time to first token = a prefill of prompt_len tokens that returns one token (batch 1). Decode speed =
+(new_tokens - 1) further tokens divided by the time beyond the first, at batch 1 and at `batch`.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    import random
+    rng = random.Random(seed)
+    return [[rng.randrange(100, min(vocab, 30000)) for _ in range(length)] for _ in range(batch)]
+
+
+def timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def measure(generate, req: dict, vocab: int) -> dict:
+    """generate(prompts, n) runs greedy decoding of n tokens; returns the three speed figures."""
+    p1 = prompts(1, req["prompt_len"], vocab)
+    pb = prompts(req["batch"], req["prompt_len"], vocab, seed=1)
+    n = req["new_tokens"]
+    generate(prompts(1, 8, vocab, seed=2), 2)  # warm-up: first-call allocations and lazy init
+    ttft = min(timed(generate, p1, 1) for _ in range(2))
+    t1 = timed(generate, p1, n)
+    tb1, tbn = timed(generate, pb, 1), timed(generate, pb, n)
+    return {"ttft_s": ttft, "decode_tok_s_b1": (n - 1) / max(t1 - ttft, 1e-9),
+            "decode_tok_s_batch": req["batch"] * (n - 1) / max(tbn - tb1, 1e-9)}
+
+
+def run_torch(req: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.export.greedy import torch_greedy
+    torch.set_num_threads(req["threads"])
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(req["artifact"], dtype=getattr(torch, req["dtype"]),
+                                                 trust_remote_code=req["trust_remote_code"]).to(dev).eval()
+    load = time.perf_counter() - t
+
+    def gen(p, n):
+        torch_greedy(model, p, n, device=dev)
+    out = measure(gen, req, model.config.vocab_size)
+    out["load_s"] = load
+    if dev == "cuda":
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_onnxruntime(req: dict) -> dict:
+    from prunekit.export.greedy import OrtLM
+    t = time.perf_counter()
+    lm = OrtLM(f"{req['artifact']}/onnx/model.onnx", threads=req["threads"])
+    load = time.perf_counter() - t
+    vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
+    out = measure(lm.greedy, req, vocab)
+    out["load_s"] = load
+    return out
+
+
+def run_vllm(req: dict) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    t = time.perf_counter()
+    llm = LLM(model=req["artifact"], dtype=req["dtype"], max_model_len=req["prompt_len"] + req["new_tokens"] + 16,
+              trust_remote_code=req["trust_remote_code"], enforce_eager=req.get("enforce_eager", True),
+              kv_cache_memory_bytes=int(req.get("kv_cache_gib", 1) * 2**30), seed=0)
+    load = time.perf_counter() - t
+
+    def gen(p, n):
+        llm.generate([TokensPrompt(prompt_token_ids=x) for x in p],
+                     SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True), use_tqdm=False)
+    vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
+    out = measure(gen, req, vocab)
+    out["load_s"] = load
+    try:
+        import torch
+        if torch.cuda.is_available():
+            out["gpu_peak_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    except Exception:
+        pass
+    return out
+
+
+def main(req_path: str, res_path: str) -> None:
+    req = json.load(open(req_path))
+    fn = {"torch": run_torch, "onnxruntime": run_onnxruntime, "vllm": run_vllm}[req["runtime"]]
+    out = fn(req)
+    # Children cover vLLM's engine-core and worker processes (the largest of them).
+    out["peak_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss +
+                          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    json.dump(out, open(res_path, "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,130 @@
+"""Zero-shot multiple choice by log-likelihood, as lm-eval 0.4 defines acc and acc_norm.
+
+Each task is a list of Docs (context, choices, gold). A choice's score is the summed log-likelihood of
+its continuation tokens given the context; acc takes the argmax, acc_norm the argmax of the score
+divided by the continuation's length in characters (lm-eval's acc_norm). Contexts and continuations
+are split as lm-eval's _encode_pair does: trailing spaces of the context move to the continuation,
+context + continuation is encoded as a whole and the continuation is what follows the context's tokens.
+Prompts follow lm-eval's task YAMLs (piqa, hellaswag, arc_easy/arc_challenge, boolq, winogrande
+(partial scoring: the options change the context, the continuation is shared), openbookqa).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+
+@dataclass
+class Doc:
+    contexts: list[str]       # one per choice (winogrande) or the same context repeated
+    continuations: list[str]  # what is scored, one per choice
+    gold: int
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _mc(context: str, choices: list[str], gold: int) -> Doc:
+    return Doc([context] * len(choices), [" " + c for c in choices], gold)
+
+
+def piqa(root: Path) -> list[Doc]:
+    labels = (root / "eval/piqa/piqa_valid-labels.lst").read_text().split()
+    return [_mc(f"Question: {d['goal']}\nAnswer:", [d["sol1"], d["sol2"]], int(g))
+            for d, g in zip(_jsonl(root / "eval/piqa/piqa_valid.jsonl"), labels)]
+
+
+def hellaswag(root: Path) -> list[Doc]:
+    return [_mc(d["query"], d["endings"], int(d["label"])) for d in _jsonl(root / "eval/hellaswag/hellaswag_val.jsonl")]
+
+
+def _arc(path: Path) -> list[Doc]:
+    docs = []
+    for d in _jsonl(path):
+        ch = d["question"]["choices"]
+        docs.append(_mc(f"Question: {d['question']['stem']}\nAnswer:", [c["text"] for c in ch],
+                        [c["label"] for c in ch].index(d["answerKey"])))
+    return docs
+
+
+def arc_easy(root: Path) -> list[Doc]:
+    return _arc(root / "eval/arc/arc_easy_test.jsonl")
+
+
+def arc_challenge(root: Path) -> list[Doc]:
+    return _arc(root / "eval/arc/arc_challenge_test.jsonl")
+
+
+def boolq(root: Path) -> list[Doc]:
+    return [_mc(f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:", ["no", "yes"],
+                int(str(d["label"]).lower() == "true")) for d in _jsonl(root / "eval/boolq/boolq_val_superglue.jsonl")]
+
+
+def winogrande(root: Path) -> list[Doc]:
+    return [Doc(list(d["context_options"]), [" " + d["continuation"]] * 2, int(d["gold"]))
+            for d in _jsonl(root / "eval/winogrande/winogrande_xl_dev.jsonl")]
+
+
+def openbookqa(root: Path) -> list[Doc]:
+    return [_mc(d["query"], d["choices"], int(d["gold"])) for d in _jsonl(root / "eval/openbookqa/openbookqa_test.jsonl")]
+
+
+TASKS = {"piqa": piqa, "hellaswag": hellaswag, "arc_easy": arc_easy, "arc_challenge": arc_challenge,
+         "boolq": boolq, "winogrande": winogrande, "openbookqa": openbookqa}
+NORM = {"winogrande": False}  # lm-eval reports acc only for winogrande
+
+
+def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    n_sp = len(context) - len(context.rstrip())
+    if n_sp:
+        context, continuation = context[:-n_sp], context[-n_sp:] + continuation
+    whole = tok(context + continuation, add_special_tokens=False).input_ids
+    ctx = tok(context, add_special_tokens=False).input_ids
+    return ctx, whole[len(ctx):]
+
+
+@torch.no_grad()
+def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8,
+                   max_len: int = 2048) -> list[float]:
+    """Summed log p(continuation | context) for each (context ids, continuation ids), batched by length."""
+    out = [0.0] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        seqs = [(pairs[i][0] + pairs[i][1])[-(max_len + 1):] for i in idx]
+        width = max(len(q) for q in seqs) - 1
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for r, q in enumerate(seqs):
+            ids[r, :len(q) - 1] = torch.tensor(q[:-1])
+            mask[r, :len(q) - 1] = 1
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+        for r, (i, q) in enumerate(zip(idx, seqs)):
+            n = len(pairs[i][1])
+            tgt = torch.tensor(q[-n:])
+            out[i] = float(logp[r, len(q) - 1 - n:len(q) - 1].gather(-1, tgt[:, None]).sum())
+    return out
+
+
+def evaluate(model, tok, docs: list[Doc], batch_size: int = 8, norm: bool = True) -> dict:
+    pairs = [encode_pair(tok, c, x) for d in docs for c, x in zip(d.contexts, d.continuations)]
+    ll = loglikelihoods(model, pairs, batch_size)
+    acc = acc_norm = 0
+    k = 0
+    for d in docs:
+        scores = ll[k:k + len(d.continuations)]
+        k += len(d.continuations)
+        acc += int(max(range(len(scores)), key=scores.__getitem__) == d.gold)
+        # lm-eval divides by the length of the choice string, without the " " delimiter we prepend.
+        normed = [s / max(len(x.lstrip(" ")), 1) for s, x in zip(scores, d.continuations)]
+        acc_norm += int(max(range(len(normed)), key=normed.__getitem__) == d.gold)
+    n = max(len(docs), 1)
+    res = {"n": len(docs), "acc": acc / n}
+    if norm:
+        res["acc_norm"] = acc_norm / n
+    return res

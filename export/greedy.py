@@ -1,0 +1,74 @@
+"""Greedy decoding loops with a KV cache, one per runtime, that return the same things.
+
+Each takes a batch of equal-length prompts (token ids), decodes `n` tokens with no stopping on EOS
+(so every runtime is compared over the same number of steps) and returns (tokens [B, n], first-step
+logits [B, vocab]). bench times the same loops.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def torch_greedy(model, prompts: list[list[int]], n: int, device: str = "cpu"):
+    from transformers import DynamicCache
+
+    ids = torch.tensor(prompts, device=device)
+    b, t = ids.shape
+    cache = DynamicCache(config=model.config)
+    mask = torch.ones(b, t, dtype=torch.long, device=device)
+    out, first = [], None
+    step_ids, pos = ids, torch.arange(t, device=device).expand(b, t)
+    for i in range(n):
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True).logits[:, -1].float()
+        if first is None:
+            first = logits.clone()
+        nxt = logits.argmax(-1, keepdim=True)
+        out.append(nxt)
+        step_ids, pos = nxt, torch.full((b, 1), t + i, device=device)
+        mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.long, device=device)], 1)
+    return torch.cat(out, 1).tolist(), first.cpu().numpy()
+
+
+class OrtLM:
+    """An ONNX KV-cache graph in onnxruntime, with the session built once."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, optimize: bool = True):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def empty_cache(self, batch: int) -> dict:
+        # Shapes are [batch, kv_heads, past, head_dim]; kv_heads and head_dim are static in the graph.
+        return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32) for i in self.past}
+
+    def greedy(self, prompts: list[list[int]], n: int):
+        ids = np.asarray(prompts, dtype=np.int64)
+        b, t = ids.shape
+        past = self.empty_cache(b)
+        mask = np.ones((b, t), np.int64)
+        step_ids, pos = ids, np.broadcast_to(np.arange(t, dtype=np.int64), (b, t))
+        out, first = [], None
+        for i in range(n):
+            res = self.session.run(None, {"input_ids": step_ids, "attention_mask": mask,
+                                          "position_ids": np.ascontiguousarray(pos), **past})
+            logits = res[0][:, -1]
+            if first is None:
+                first = logits.copy()
+            nxt = logits.argmax(-1)[:, None].astype(np.int64)
+            out.append(nxt)
+            past = {p.name: r for p, r in zip(self.past, res[1:])}
+            step_ids, pos = nxt, np.full((b, 1), t + i, np.int64)
+            mask = np.concatenate([mask, np.ones((b, 1), np.int64)], 1)
+        return np.concatenate(out, 1).tolist(), first

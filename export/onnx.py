@@ -1,0 +1,100 @@
+"""ONNX graphs with the KV cache as explicit inputs and outputs, named as optimum names them.
+
+Exported with torch.onnx.export(dynamo=True) in the main environment (optimum's exporter pins
+transformers < 4.58 and cannot share it). Inputs: input_ids, attention_mask, position_ids,
+past_key_values.N.key/value [batch, kv_heads_N, past, head_dim]; outputs: logits, present.N.key/value.
+Per-layer widths export the same way: each layer's cache simply has its own KV-head count.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+
+STANDARD_DOMAINS = ("", "ai.onnx")  # the default ONNX operator set; anything else needs custom kernels
+ONNX_FILE = "model.onnx"
+
+
+class WithCache(nn.Module):
+    """A causal LM as a pure function of (ids, mask, positions, flat past) -> (logits, flat present)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        present = []
+        for layer in out.past_key_values.layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def kv_heads(model) -> list[int]:
+    from prunekit.families import family_for_config, get_module, head_dim
+
+    fam = family_for_config(model.config)
+    hd = head_dim(model.config)
+    return [getattr(getattr(layer, fam.attn), fam.k).weight.shape[0] // hd
+            for layer in get_module(model, fam.layers)]
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def sample_inputs(model, batch: int = 2, seq: int = 3, past: int = 4):
+    from prunekit.families import head_dim
+
+    hd = head_dim(model.config)
+    kv = [torch.randn(batch, h, past, hd) for h in kv_heads(model) for _ in (0, 1)]
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+    mask = torch.ones(batch, past + seq, dtype=torch.long)
+    pos = torch.arange(past, past + seq).expand(batch, seq)
+    return (ids, mask, pos, *kv)
+
+
+def check_domains(path: str | Path) -> list[str]:
+    """Fail unless every node uses a standard ONNX domain; returns the op types used."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    bad = sorted({f"{n.domain}::{n.op_type}" for n in m.graph.node if n.domain not in STANDARD_DOMAINS})
+    local = {f.name for f in m.functions}
+    calls = sorted({n.op_type for n in m.graph.node if n.op_type in local})
+    if bad or calls:
+        raise PrunekitError(f"{path}: non-standard ONNX operators {bad or calls}; stock onnxruntime would need "
+                            "custom kernels. This is an exporter bug: report it with the model config.")
+    return sorted({n.op_type for n in m.graph.node})
+
+
+def export_onnx(model, out_dir: Path, opset: int = 20) -> dict:
+    """Export `model` (fp32, eval) to out_dir/model.onnx (+ model.onnx.data). Returns a summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    n = len(kv_heads(model))
+    inputs, outputs = io_names(n)
+    args = sample_inputs(model)
+    b, s, p = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("past")
+    # forward(*past) is one argument to torch.export: its shapes go in one tuple.
+    shapes = ({0: b, 1: s}, {0: b, 1: torch.export.Dim.DYNAMIC}, {0: b, 1: s},
+              tuple({0: b, 2: p} for _ in range(2 * n)))
+    wrapped = WithCache(model).eval()
+    with torch.no_grad():
+        prog = torch.onnx.export(wrapped, args, dynamo=True, opset_version=opset, input_names=inputs,
+                                 output_names=outputs, dynamic_shapes=shapes, verbose=False)
+    path = out_dir / ONNX_FILE
+    # External data always: the weights live beside the graph, so >2 GB models work the same way.
+    prog.save(str(path), external_data=True)
+    ops = check_domains(path)
+    return {"file": f"onnx/{ONNX_FILE}", "opset": opset, "inputs": inputs, "outputs": outputs,
+            "op_types": ops, "dtype": "float32"}

@@ -1,0 +1,110 @@
+"""`prunekit export`: a pruned checkpoint -> a deployable artifact (HF checkpoint + ONNX + reference).
+
+The artifact is self-describing: prunekit.json lists every file with its sha256, the layout, what was
+pruned, and the reference the runtimes are checked against (greedy tokens and first-step logits of the
+pruned model as prunekit loaded it, in fp32, computed before anything was converted).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from prunekit.artifact import atomic_dir, check_out_dir, read_manifest, sha256_file, write_manifest
+from prunekit.errors import PrunekitError
+from prunekit.loading import load_config, load_model, load_tokenizer
+
+from .greedy import torch_greedy
+from .hf import write_hf
+from .onnx import export_onnx
+
+# Not beside the weights: vLLM loads every top-level *.safetensors as model weights.
+REFERENCE = "reference/logits.safetensors"
+PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):\n",
+    "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
+    "Write a short note thanking a colleague for their help.",
+    "Die Hauptstadt von Deutschland ist",
+)
+# Files that verify/serve add later; the file list covers what export wrote.
+NOT_HASHED = ("prunekit.json", "verify.json")
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in NOT_HASHED}
+
+
+def load_source(src: str, trust_remote_code: bool, allow_pickle: bool):
+    try:
+        return load_model(src, dtype="float32", trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    except PrunekitError:
+        raise
+    except Exception as e:  # safetensors header errors, size mismatches: all mean a bad checkpoint
+        raise PrunekitError(f"could not load {src}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
+                            "The checkpoint is corrupt or does not match its config; re-run compress.") from e
+
+
+def reference(model, tok, prompts, n: int) -> tuple[dict, dict]:
+    ids = [tok(p).input_ids for p in prompts]
+    tokens, logits = [], []
+    for p in ids:
+        t, first = torch_greedy(model, [p], n)
+        tokens.append(t[0])
+        logits.append(torch.from_numpy(first[0]))
+    return ({"prompts": list(prompts), "prompt_ids": ids, "tokens": tokens, "new_tokens": n},
+            {"first_logits": torch.stack(logits).contiguous()})
+
+
+def export(src: str, out: str, force: bool = False, onnx: bool = True, tokens: int = 16,
+           prompts=PROMPTS, trust_remote_code: bool = False, allow_pickle: bool = False, log=None) -> dict:
+    log = log or (lambda m: print(m, file=sys.stderr))
+    check_out_dir(out, force)
+    if tokens < 1:
+        raise PrunekitError(f"--tokens must be at least 1, got {tokens}.")
+    t0 = time.time()
+    config, source, _ = load_config(src, trust_remote_code)
+    stored = str(getattr(config, "dtype", None) or "float32").replace("torch.", "")
+    model, fam, source = load_source(source, trust_remote_code, allow_pickle)
+    tok = load_tokenizer(source, trust_remote_code)
+    upstream = read_manifest(source)
+    ref_meta, ref_tensors = reference(model, tok, prompts, tokens)
+    log(f"reference: {len(prompts)} prompts x {tokens} greedy tokens (fp32, PyTorch)")
+    with atomic_dir(out, force=force) as tmp:
+        onnx_info = None
+        if onnx:
+            t = time.time()
+            onnx_info = export_onnx(model, tmp / "onnx")
+            log(f"onnx: {len(onnx_info['op_types'])} standard op types, opset {onnx_info['opset']} "
+                f"({time.time() - t:.0f} s)")
+        from safetensors.torch import save_file
+        (tmp / REFERENCE).parent.mkdir()
+        save_file(ref_tensors, str(tmp / REFERENCE))
+        hf = write_hf(model.to(getattr(torch, stored)), tok, fam, tmp)
+        log(f"hf: {hf['layout']} layout{' (' + hf['reason'] + ')' if hf.get('reason') else ''}, {stored}")
+        manifest = {
+            "format": "prunekit/1", "stage": "export", "name": Path(out).name,
+            "family": fam.name, "architectures": list(getattr(model.config, "architectures", []) or []),
+            **hf, "dtype": stored, "onnx": onnx_info,
+            "source": {"path": source, "manifest": {k: upstream.get(k) for k in
+                       ("source_model", "source_hash", "method", "settings", "params", "quality", "layout")
+                       if k in upstream}},
+            "reference": ref_meta,
+            "files": file_hashes(tmp), "verify": None,
+            "versions": _versions(), "export_s": round(time.time() - t0, 1),
+        }
+        write_manifest(tmp, manifest)
+    log(f"wrote {out} in {time.time() - t0:.0f} s; check it with: prunekit verify {out}")
+    return manifest
+
+
+def _versions() -> dict:
+    import onnx as _onnx
+    import transformers
+
+    from prunekit import __version__
+    return {"prunekit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": _onnx.__version__}

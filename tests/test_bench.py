@@ -1,0 +1,102 @@
+"""bench: the zero-shot scorer against a direct computation, and a whole quick run on tiny artifacts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import tiny_checkpoint, tiny_model, tiny_tokenizer
+
+
+@torch.no_grad()
+def direct_loglik(model, ctx: list[int], cont: list[int]) -> float:
+    ids = torch.tensor([ctx + cont])
+    logp = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
+
+
+def test_batched_loglikelihoods_match_one_by_one():
+    from prunekit.bench.zeroshot import encode_pair, loglikelihoods
+
+    model, tok = tiny_model("llama", vocab_size=320), tiny_tokenizer()
+    pairs = [encode_pair(tok, c, x) for c, x in (("Question: why?\nAnswer:", " because"), ("A", " b c d e f"),
+                                                 ("The cat sat on the ", "mat."), ("x" * 40, " y"))]
+    assert pairs[2][1][0] == tok(" ", add_special_tokens=False).input_ids[0]  # trailing space moved
+    got = loglikelihoods(model, pairs, batch_size=3)
+    for (c, x), g in zip(pairs, got):
+        assert g == pytest.approx(direct_loglik(model, c, x), abs=1e-4)
+
+
+def test_acc_and_acc_norm_follow_lm_eval():
+    from prunekit.bench.zeroshot import Doc, evaluate
+
+    model, tok = tiny_model("qwen2", vocab_size=320), tiny_tokenizer()
+    docs = [Doc(["Q"] * 2, [" a", " a much longer answer"], 0), Doc(["Q"] * 2, [" b", " bb"], 1)]
+    res = evaluate(model, tok, docs)
+    from prunekit.bench.zeroshot import encode_pair, loglikelihoods
+    ll = loglikelihoods(model, [encode_pair(tok, c, x) for d in docs for c, x in zip(d.contexts, d.continuations)])
+    acc = sum(int(max(range(2), key=lambda j: ll[2 * i + j]) == d.gold) for i, d in enumerate(docs)) / 2
+    norm = sum(int(max(range(2), key=lambda j: ll[2 * i + j] / len(d.continuations[j].strip())) == d.gold)
+               for i, d in enumerate(docs)) / 2
+    assert res == {"n": 2, "acc": acc, "acc_norm": norm}
+
+
+def test_task_loaders_read_the_shared_data(data_root):
+    from prunekit.bench.zeroshot import TASKS
+
+    sizes = {name: len(load(data_root)) for name, load in TASKS.items()}
+    assert sizes == {"piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172, "boolq": 3270,
+                     "winogrande": 1267, "openbookqa": 500}
+    for name, load in TASKS.items():
+        d = load(data_root)[0]
+        assert 0 <= d.gold < len(d.continuations) == len(d.contexts), name
+
+
+def test_wikitext_windows_follow_the_paper_protocol(data_root):
+    from prunekit.bench.quality import wikitext_windows
+
+    tok = tiny_tokenizer()
+    w = wikitext_windows(data_root, tok, 256, limit=3)
+    assert w.shape == (3, 256)
+    text = tok.decode(w[0].tolist())
+    # HF rows ("" for the blank " " lines, "\n" kept on the others) joined by "\n\n", as the papers do.
+    assert text.startswith("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is")
+
+
+def test_quick_bench_on_tiny_artifacts(tmp_path, data_root):
+    from prunekit.bench.run import run_bench
+    from prunekit.export.run import export
+
+    arts = {}
+    for label, kw in (("dense", {}), ("20%", dict(widths=[128] * 3))):
+        src = tiny_checkpoint(tmp_path / f"src-{len(arts)}", "llama", **kw)
+        export(str(src), str(tmp_path / f"art-{len(arts)}"), tokens=2, log=lambda m: None)
+        arts[label] = str(tmp_path / f"art-{len(arts)}")
+    out = run_bench("quick", str(tmp_path / "results"), str(tmp_path / "work"), given=arts, threads=2,
+                    runtimes=["torch", "onnxruntime"], log=lambda m: None)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["models"]) == {"dense", "20%"}
+    d, p = res["models"]["dense"], res["models"]["20%"]
+    assert p["weight_bytes_per_token"] < d["weight_bytes_per_token"]
+    for m in (d, p):
+        assert m["quality"]["wikitext2"]["ppl"] > 1 and set(m["quality"]["zeroshot"]) >= {"piqa", "winogrande"}
+        for rt in ("torch", "onnxruntime"):
+            s = m["speed"][rt]
+            assert s["runs"] == 1 and not s["errors"] and s["decode_tok_s_b1"]["median"] > 0, s
+    report = (out / "report.md").read_text()
+    assert "| 20% |" in report and "ideal" in report
+    assert (out / "quality.png").stat().st_size > 1000 and (out / "speed.png").stat().st_size > 1000
+
+
+def test_shapes_mode_builds_pruned_shapes_and_times_them():
+    from prunekit.bench.shapes import SHAPES, params, pruned_width, run_shapes
+
+    cfg = SHAPES["llama-3.1-8b"][1]
+    assert params(cfg, cfg["intermediate_size"]) == 8_030_261_248  # Llama-3.1-8B's published count
+    assert pruned_width(cfg, 0.2) % 256 == 0 and abs(1 - params(cfg, pruned_width(cfg, 0.2)) / 8_030_261_248 - 0.2) < 0.01
+    res = run_shapes(["tiny"], [0.0, 0.4], None, prompt_len=8, new_tokens=3, batch=2, repeats=1, log=lambda m: None)
+    dense, pruned = res["rows"]
+    assert pruned["params"] < dense["params"] and pruned["intermediate_size"] < dense["intermediate_size"]
+    assert all(r["decode_tok_s_b1"]["median"] > 0 for r in res["rows"])

@@ -1,0 +1,164 @@
+"""export and verify on tiny random checkpoints: both layouts, every runtime, and the refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_checkpoint
+from prunekit.errors import PrunekitError
+
+LAYOUTS = {"uniform": dict(widths=[192] * 3), "per-layer": dict(widths=[64, 256, 128], groups=[1, 2, 1])}
+
+
+def export(src, out, **kw):
+    from prunekit.export.run import export as run_export
+    return run_export(str(src), str(out), tokens=kw.pop("tokens", 8), log=lambda m: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A per-layer tiny Llama artifact with ONNX, shared by the fast tests (copy it before changing it)."""
+    d = tmp_path_factory.mktemp("art")
+    src = tiny_checkpoint(d / "src", "llama", **LAYOUTS["per-layer"])
+    export(src, d / "art")
+    return d / "art"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_export_and_verify_every_runtime(tmp_path, family, layout):
+    from prunekit.export.verify import verify
+
+    src = tiny_checkpoint(tmp_path / "src", family, **LAYOUTS[layout])
+    m = export(src, tmp_path / "art")
+    assert m["layout"] == layout
+    assert bool(m["shipped_code"]) == (layout == "per-layer")
+    cfg = json.loads((tmp_path / "art" / "config.json").read_text())
+    assert cfg["head_dim"] == 32
+    assert ("per_layer_config" in cfg) == (layout == "per-layer") and "prunekit_layers" not in cfg
+    report = verify(tmp_path / "art", kv_cache_gib=0.05, threads=2, log=lambda m: None)
+    rows = report["runtimes"]
+    assert set(rows) == {"transformers", "onnxruntime", "vllm"}, rows
+    for name, row in rows.items():
+        assert row["passed"], (name, row)
+        assert row["greedy_match"] == "5/5" and row["max_abs_logit_diff"] < 1e-4, (name, row)
+    saved = json.loads((tmp_path / "art" / "verify.json").read_text())
+    assert saved["passed"] and json.loads((tmp_path / "art" / "prunekit.json").read_text())["verify"]["passed"]
+
+
+def test_artifact_contents_and_hashes(artifact):
+    from prunekit.artifact import sha256_file
+
+    m = json.loads((artifact / "prunekit.json").read_text())
+    assert m["stage"] == "export" and m["layout"] == "per-layer"
+    assert (artifact / "onnx" / "model.onnx").is_file() and (artifact / "onnx" / "model.onnx.data").is_file()
+    assert {"model.safetensors", "config.json", "tokenizer.json", "modeling_prunekit.py",
+            "onnx/model.onnx", "reference/logits.safetensors"} <= set(m["files"])
+    for name, digest in m["files"].items():
+        assert sha256_file(artifact / name) == digest, name
+    assert m["shipped_code"]["modeling_prunekit.py"] == m["files"]["modeling_prunekit.py"]
+    tok = json.loads((artifact / "tokenizer_config.json").read_text())
+    assert tok.get("tokenizer_class") in (None, "PreTrainedTokenizerFast")
+    assert m["onnx"]["inputs"][:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert m["onnx"]["outputs"][:2] == ["logits", "present.0.key"]
+
+
+def test_transformers_and_onnxruntime_match_reference(artifact):
+    from prunekit.export.verify import verify
+
+    report = verify(artifact, runtimes=("transformers", "onnxruntime"), threads=2, log=lambda m: None)
+    assert report["passed"], report
+
+
+def test_onnx_graph_uses_only_standard_domains(artifact, tmp_path):
+    import onnx
+    from onnx import helper
+
+    from prunekit.export.onnx import check_domains
+
+    ops = check_domains(artifact / "onnx" / "model.onnx")
+    assert "MatMul" in ops
+    node = helper.make_node("FusedMatMul", ["a", "b"], ["c"], domain="com.microsoft")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 2])
+                                            for n in "ab"],
+                              [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [2, 2])])
+    bad = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph), bad)
+    with pytest.raises(PrunekitError, match="com.microsoft::FusedMatMul"):
+        check_domains(bad)
+
+
+def test_refuses_to_overwrite_without_force(artifact, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    src = tiny_checkpoint(tmp_path / "src", "qwen2")
+    with pytest.raises(PrunekitError, match="--force"):
+        export(src, out, onnx=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    export(src, out, onnx=False, force=True)
+    assert not (out / "keep.txt").exists() and (out / "prunekit.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _corrupt(kind: str, src: Path) -> None:
+    if kind == "no-config":
+        (src / "config.json").unlink()
+    elif kind == "truncated":
+        f = src / "model.safetensors"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif kind == "plan-mismatch":  # the config promises other widths than the tensors have
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["prunekit_layers"][0]["intermediate_size"] = 128
+        (src / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("kind", ["no-config", "truncated", "plan-mismatch"])
+def test_corrupt_input_is_refused_and_leaves_nothing(tmp_path, kind):
+    src = tiny_checkpoint(tmp_path / "src", "llama", **LAYOUTS["per-layer"])
+    _corrupt(kind, src)
+    with pytest.raises(PrunekitError) as e:
+        export(src, tmp_path / "out", onnx=False)
+    assert str(src) in str(e.value) or "config.json" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_tampered_shipped_code_is_detected(artifact, tmp_path):
+    from prunekit.cli import main
+    from prunekit.export.hf import check_shipped_code
+    from prunekit.export.verify import verify
+
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    code = art / "modeling_prunekit.py"
+    code.write_text(code.read_text() + "\nimport os  # injected\n")
+    m = json.loads((art / "prunekit.json").read_text())
+    with pytest.raises(PrunekitError, match="sha256"):
+        check_shipped_code(art, m)
+    report = verify(art, runtimes=("transformers",), log=lambda m: None)
+    assert not report["passed"] and "transformers" not in report["runtimes"]
+    assert "modeling_prunekit.py (changed)" in report["runtimes"]["files"]["error"]
+    assert main(["verify", str(art), "--runtimes", "transformers"]) == 1
+    (art / "extra.py").write_text("print('hi')\n")
+    code.write_text((artifact / "modeling_prunekit.py").read_text())
+    with pytest.raises(PrunekitError, match="extra.py"):
+        check_shipped_code(art, m)
+
+
+def test_verify_refuses_a_non_artifact(tmp_path):
+    from prunekit.cli import main
+
+    src = tiny_checkpoint(tmp_path / "src", "llama")
+    assert main(["verify", str(src)]) == 2
+    assert main(["verify", str(tmp_path / "missing")]) == 2
+
+
+def test_heads_cut_where_stock_vllm_would_misread_go_per_layer(tmp_path):
+    """Qwen2 in vLLM derives head_dim from hidden_size // heads: a uniform head cut needs the per-layer layout."""
+    src = tiny_checkpoint(tmp_path / "src", "qwen2", widths=[256] * 3, groups=[1] * 3)
+    m = export(src, tmp_path / "art", onnx=False)
+    assert m["layout"] == "per-layer" and "head_dim" in m["reason"]
