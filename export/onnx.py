@@ -7,6 +7,8 @@ Per-layer widths export the same way: each layer's cache simply has its own KV-h
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -89,7 +91,10 @@ def export_onnx(model, out_dir: Path, opset: int = 20) -> dict:
     shapes = ({0: b, 1: s}, {0: b, 1: torch.export.Dim.DYNAMIC}, {0: b, 1: s},
               tuple({0: b, 2: p} for _ in range(2 * n)))
     wrapped = WithCache(model).eval()
-    with torch.no_grad():
+    # The exporter logs a line per missing torchvision op and warns about merged axis names: noise here.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         prog = torch.onnx.export(wrapped, args, dynamo=True, opset_version=opset, input_names=inputs,
                                  output_names=outputs, dynamic_shapes=shapes, verbose=False)
     path = out_dir / ONNX_FILE

@@ -109,18 +109,42 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log_path: Pat
     raise PrunekitError(f"vLLM did not answer {url}/health within {timeout:.0f} s.")
 
 
+def group_alive(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group. Zombies are skipped: orphans re-parented to a
+    container's PID 1 may never be reaped, but they hold no memory, port or thread."""
+    alive = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(d.name))
+    return alive
+
+
 def stop(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM the whole process group (server, engine core, workers); SIGKILL what remains."""
-    if proc.poll() is not None:
-        return
+    """SIGTERM the whole process group (server, engine core, workers); SIGKILL what remains after
+    `grace` seconds. Returns when no process of the group is left running."""
+    pgid = proc.pid
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        proc.poll()
+        if proc.returncode is not None and not group_alive(pgid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    proc.wait()
 
 
 class Server:
