@@ -10,9 +10,11 @@ Time to first token = a prefill of prompt_len tokens that returns one token (bat
 from __future__ import annotations
 
 import json
-import resource
+import os
 import sys
+import threading
 import time
+from pathlib import Path
 
 
 def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -97,13 +99,56 @@ def run_vllm(req: dict) -> dict:
     return out
 
 
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants (vLLM runs an engine core and workers).
+    Not getrusage: on Linux ru_maxrss survives exec, so a child would report its parent's peak."""
+    procs = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                status = (d / "status").read_text()
+            except OSError:
+                continue
+            fields = dict(ln.split(":", 1) for ln in status.splitlines() if ":" in ln)
+            procs[int(d.name)] = (int(fields.get("PPid", "0").strip()),
+                                  int(fields.get("VmRSS", "0 kB").split()[0]))
+    keep, total, grew = {root}, 0, True
+    while grew:  # add children of kept processes until nothing changes
+        grew = False
+        for pid, (ppid, _) in procs.items():
+            if ppid in keep and pid not in keep:
+                keep.add(pid)
+                grew = True
+    for pid in keep:
+        total += procs.get(pid, (0, 0))[1]
+    return total / 1024
+
+
+class PeakRss:
+    """Samples tree_rss_mb every 0.1 s in a thread; .peak is the largest sum seen."""
+
+    def __init__(self):
+        self.peak, self._stop = 0.0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(os.getpid()))
+            self._stop.wait(0.1)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return self.peak
+
+
 def main(req_path: str, res_path: str) -> None:
     req = json.load(open(req_path))
     fn = {"torch": run_torch, "onnxruntime": run_onnxruntime, "vllm": run_vllm}[req["runtime"]]
+    rss = PeakRss()
     out = fn(req)
-    # Children cover vLLM's engine-core and worker processes (the largest of them).
-    out["peak_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss +
-                          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    out["peak_rss_mb"] = rss.stop()
     json.dump(out, open(res_path, "w"))
 
 

@@ -58,6 +58,7 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _normal_permissions(tmp)
     old = None
     if out.exists():
         # Move the old one aside first so that the swap is two renames, not a delete-then-write.
@@ -66,6 +67,17 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp makes a 0700 directory and some writers make 0600 files; give the artifact the modes a
+    plain copy would have (umask applies) so that a server running as another user can read it."""
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def read_manifest(path: str | Path) -> dict:

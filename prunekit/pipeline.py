@@ -107,7 +107,8 @@ def _tag(pruned: Path, want: dict) -> None:
 
 
 def _newer(pruned: Path, art: Path) -> bool:
-    return (pruned / "model.safetensors").stat().st_mtime > (art / "prunekit.json").stat().st_mtime
+    # The manifest is the last file either step writes (sharded checkpoints have no model.safetensors).
+    return (pruned / "prunekit.json").stat().st_mtime > (art / "prunekit.json").stat().st_mtime
 
 
 def readme(art: Path, a: dict, c: dict, report: dict) -> str:

@@ -36,6 +36,8 @@ def _load_args(s) -> None:
     s.add_argument("--duration", type=float, default=120, help="or after this many seconds")
     s.add_argument("--max-tokens", type=int, default=32)
     s.add_argument("--kinds", default="completion,chat", help="request kinds to alternate")
+    s.add_argument("--stop-at-eos", dest="ignore_eos", action="store_false",
+                   help="let requests end at EOS (default: every request generates --max-tokens, vLLM's ignore_eos)")
     s.add_argument("--json", dest="json_out", default=None, help="also write the figures to this file")
 
 
@@ -46,7 +48,7 @@ def _options(args, model: str):
         raise PrunekitError("--concurrency and --requests must be at least 1.")
     return LoadOptions(model=model, concurrency=args.concurrency, requests=args.requests, duration=args.duration,
                        max_tokens=args.max_tokens, kinds=tuple(k for k in args.kinds.split(",") if k),
-                       api_key=args.api_key)
+                       api_key=args.api_key, ignore_eos=args.ignore_eos)
 
 
 def _report(args, result: dict) -> int:

@@ -32,12 +32,17 @@ class LoadOptions:
     kinds: tuple[str, ...] = ("completion", "chat")
     api_key: str | None = None
     timeout: float = 300.0
+    # Every request generates max_tokens (vLLM's `ignore_eos`), so that models that stop early do not
+    # look faster: the same work is asked of each model.
+    ignore_eos: bool = True
 
 
 def one_request(url: str, opt: LoadOptions, kind: str, prompt: str) -> dict:
     """One streaming request; returns latency, time to first token and output tokens."""
     body = {"model": opt.model, "max_tokens": opt.max_tokens, "temperature": 0.0, "stream": True,
             "stream_options": {"include_usage": True}}
+    if opt.ignore_eos:
+        body["ignore_eos"] = True
     if kind == "chat":
         path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
     else:

@@ -49,3 +49,18 @@ def test_dir_hash_changes_with_content(tmp_path):
     h1 = sha256_dir(tmp_path, "*.safetensors")
     (tmp_path / "a.safetensors").write_bytes(b"2")
     assert sha256_dir(tmp_path, "*.safetensors") != h1
+
+
+def test_atomic_dir_gives_plain_permissions(tmp_path):
+    import os
+    import stat
+
+    from prunekit.artifact import atomic_dir
+    with atomic_dir(tmp_path / "out") as tmp:
+        f = tmp / "w.bin"
+        f.write_bytes(b"x")
+        f.chmod(0o600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "out" / "w.bin").stat().st_mode) == 0o666 & ~umask
