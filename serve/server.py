@@ -58,6 +58,9 @@ def check_artifact(path: str | Path, allow_unverified: bool) -> tuple[Path, dict
 
 def port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As uvicorn binds: connections of a server that just stopped (TIME_WAIT) do not block the port,
+        # a listening process does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
