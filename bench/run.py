@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prunekit.errors import PrunekitError
+from prunekit.proc import run_group
 
 from .models import FULL, QUICK, Variant, disk_mb, prepare, weight_bytes_per_token
 
@@ -80,8 +81,11 @@ def speed_once(runtime: str, art: Path, p: Profile, threads: int, dtype: str, ti
         rq, rs = Path(d, "req.json"), Path(d, "res.json")
         rq.write_text(json.dumps(req))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}"}
-        proc = subprocess.run([sys.executable, "-m", "prunekit.bench.speed_worker", str(rq), str(rs)],
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        try:
+            proc = run_group([sys.executable, "-m", "prunekit.bench.speed_worker", str(rq), str(rs)], timeout,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
         if proc.returncode != 0 or not rs.is_file():
             err = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Error" in ln][-2:]
             return {"error": f"exit {proc.returncode}: {' | '.join(err)[-500:]}"}

@@ -20,6 +20,7 @@ import numpy as np
 
 from prunekit.artifact import MANIFEST, read_manifest, sha256_file
 from prunekit.errors import PrunekitError
+from prunekit.proc import run_group
 
 from .hf import check_shipped_code
 from .run import REFERENCE
@@ -109,8 +110,8 @@ def run_vllm(art: Path, manifest: dict, ref: dict, kv_cache_gib: float, timeout:
         rq, rs, logf = Path(d, "req.json"), Path(d, "res.json"), Path(d, "vllm.log")
         rq.write_text(json.dumps(req))
         with open(logf, "w") as log:
-            proc = subprocess.run([sys.executable, "-m", "prunekit.export.vllm_run", str(rq), str(rs)],
-                                  stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = run_group([sys.executable, "-m", "prunekit.export.vllm_run", str(rq), str(rs)], timeout,
+                             stdout=log, stderr=subprocess.STDOUT)
         if proc.returncode != 0 or not rs.is_file():
             lines = logf.read_text().splitlines()
             errors = [ln for ln in lines if "Error" in ln and "Traceback" not in ln][-3:] or lines[-3:]
