@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: s
     stamp = time.strftime("%Y-%m-%d")
     mach = machine()
     arts = prepare(p.variants, Path(workdir) / profile, {**p.compress, "threads": threads}, given or {}, log)
-    results = {"profile": asdict(p), "command": " ".join(["prunekit", *sys.argv[1:]]) if sys.argv else "",
+    results = {"profile": asdict(p), "command": shlex.join(["prunekit", *sys.argv[1:]]),
                "machine": mach, "threads": threads, "dtype": dtype, "date": stamp, "models": {}}
     for label, art in arts.items():
         m = json.loads((art / "prunekit.json").read_text())
