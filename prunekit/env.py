@@ -51,3 +51,15 @@ def compute_dtype() -> str:
     except ImportError:
         pass
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (absent ones are left out), for manifests."""
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
