@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PRUNEKIT := $(VENV)/bin/prunekit
 RUNS ?= runs
 
-.PHONY: setup demo test test-fast compare clean artifacts serve bench bench-quick
+.PHONY: setup demo test test-fast compare clean artifacts serve bench bench-quick lmeval-check
 
 setup:
 	@scripts/setup.sh
@@ -47,3 +47,13 @@ bench: setup
 # A few minutes with small limits (what CI may call); asserts nothing about absolute times.
 bench-quick: setup
 	$(PRUNEKIT) bench --profile quick
+
+# Our zero-shot scorer against lm-eval 0.4.13 itself, choice by choice, on the first 200 ARC-Easy docs
+# of the dense default model (lm-eval lives in its own venv: its dependencies are not ours).
+LMEVAL_VENV ?= .venv-lmeval
+lmeval-check: setup
+	@[ -x $(LMEVAL_VENV)/bin/lm_eval ] || { python3 -m venv $(LMEVAL_VENV) && \
+	  $(LMEVAL_VENV)/bin/pip install -q "lm-eval[hf]==0.4.13" torch==2.13.0 transformers==5.19.0; }
+	@[ -f $(RUNS)/dense-hf/config.json ] || $(PRUNEKIT) export default --out $(RUNS)/dense-hf --no-onnx --force
+	$(PY) -m prunekit.bench.lmeval_check --lmeval-python $(LMEVAL_VENV)/bin/python --artifact $(RUNS)/dense-hf \
+	  --task arc_easy --limit 200

@@ -17,6 +17,17 @@ def add_parser(sub) -> None:
     s.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
     s.add_argument("--shapes", default=None, help="instead: random-weight models in real shapes, e.g. "
                    "llama-3.1-8b,qwen2.5-7b (meant for a GPU; see prunekit.bench.shapes)")
+    s.add_argument("--model", default="default", help="the dense model to prune and compare (local path or hub id)")
+    s.add_argument("--methods", default=None, help="method grid: comma list of `prunekit compare` variants, or "
+                   "'none' (default: the profile's; full = ours, ours-oneshot, ours-c4only, ours-nocomp, "
+                   "magnitude, wanda-sp, flap, taylor, block-influence at 20%% and 40%%)")
+    s.add_argument("--method-limit", type=int, default=None,
+                   help="examples per zero-shot task for the method grid (default: --limit)")
+    s.add_argument("--method-windows", type=int, default=None,
+                   help="WikiText-2 windows for the method grid (default: --wikitext-windows)")
+    s.add_argument("--method-domain-samples", type=int, default=None,
+                   help="held-out windows per domain for the method grid (default: --domain-samples)")
+    s.add_argument("--domain-samples", type=int, default=None, help="held-out windows per domain (default: profile's)")
     s.add_argument("--skip-quality", action="store_true")
     s.add_argument("--skip-speed", action="store_true")
     s.set_defaults(fn=_run)
@@ -44,6 +55,15 @@ def _run(args) -> None:
         k, v = a.split("=", 1)
         given[k] = v
     over = {k: v for k, v in (("task_limit", args.limit), ("wikitext_limit", args.wikitext_windows),
-                              ("repeats", args.repeats)) if v is not None}
+                              ("repeats", args.repeats), ("domain_samples", args.domain_samples)) if v is not None}
+    ev = {k: v for k, v in (("task_limit", args.method_limit), ("wikitext_limit", args.method_windows),
+                            ("domain_samples", args.method_domain_samples)) if v is not None}
+    if ev:
+        over["method_eval"] = ev
+    if args.methods is not None:
+        over["methods"] = () if args.methods == "none" else tuple(m for m in args.methods.split(",") if m)
+        from prunekit.compress.compare import check_variants
+        check_variants(list(over["methods"]))
     run_bench(args.profile, args.out, args.workdir, given, args.threads,
-              args.runtimes.split(",") if args.runtimes else None, args.skip_quality, args.skip_speed, over)
+              args.runtimes.split(",") if args.runtimes else None, args.skip_quality, args.skip_speed, over,
+              model=args.model)

@@ -49,7 +49,8 @@ def disk_mb(artifact: Path) -> dict:
     return {"hf_mb": hf / 2**20, "onnx_mb": onnx / 2**20}
 
 
-def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], log) -> dict[str, Path]:
+def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], log,
+            model: str = "default") -> dict[str, Path]:
     """label -> artifact dir. Given artifacts are used as they are; others are built (or reused)."""
     from prunekit.compress.iterate import Settings
     from prunekit.compress.plan import Constraints
@@ -62,17 +63,17 @@ def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], l
             out[v.label] = Path(given[v.label])
             continue
         art = workdir / slug(v.label)
-        want = {"ratio": v.ratio, "mode": v.mode, **{k: compress_kw[k] for k in sorted(compress_kw)}}
+        want = {"model": model, "ratio": v.ratio, "mode": v.mode, **{k: compress_kw[k] for k in sorted(compress_kw)}}
         if read_manifest(art).get("bench") == want if art.is_dir() else False:
             log(f"{v.label}: reusing {art}")
             out[v.label] = art
             continue
-        src = "default"
+        src = model
         if v.ratio > 0:
             pruned = workdir / f".{slug(v.label)}-pruned"
-            log(f"{v.label}: compress the default model ({v.mode}) -> {pruned}")
+            log(f"{v.label}: compress {model} ({v.mode}) -> {pruned}")
             s = Settings(constraints=Constraints(ratio=v.ratio, mode=v.mode), rounds=compress_kw["rounds"])
-            run(Job(model="default", out=str(pruned), settings=s, force=True, samples=compress_kw["samples"],
+            run(Job(model=model, out=str(pruned), settings=s, force=True, samples=compress_kw["samples"],
                     seq_len=compress_kw["seq_len"], threads=compress_kw.get("threads")), log=log)
             src = str(pruned)
         log(f"{v.label}: export -> {art}")

@@ -48,14 +48,17 @@ def heldout_domains(root: Path, tok, seq_len: int, n: int) -> dict[str, torch.Te
 
 def evaluate_model(model, tok, root: Path, seq_len: int = 512, wikitext_limit: int | None = None,
                    domain_samples: int = 8, tasks=tuple(TASKS), limit: int | None = None, batch_size: int = 8,
-                   log=print) -> dict:
+                   log=print, domains: dict[str, torch.Tensor] | None = None) -> dict:
+    """`domains`: held-out windows already built (the method grid builds them once for every model)."""
     t0 = time.time()
     res: dict = {}
     win = wikitext_windows(root, tok, seq_len, wikitext_limit)
     total, count = nll(model, win, batch_size=4)
     res["wikitext2"] = {"ppl": math.exp(total / count), "tokens": count, "seq_len": seq_len, "stride": seq_len}
     log(f"  wikitext2 ppl {res['wikitext2']['ppl']:.2f} over {count} tokens ({time.time() - t0:.0f} s)")
-    res["domains"] = per_domain(model, heldout_domains(root, tok, seq_len, domain_samples), batch_size=4)
+    if domains is None:
+        domains = heldout_domains(root, tok, seq_len, domain_samples)
+    res["domains"] = per_domain(model, domains, batch_size=4)
     log("  held-out ppl " + ", ".join(f"{d} {v:.2f}" for d, v in res["domains"].items()))
     res["zeroshot"] = {}
     for t in tasks:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from prunekit.artifact import atomic_dir
+from prunekit.compress.compare import geomean
 
 RUNTIME_NAMES = {"torch": "PyTorch (transformers)", "onnxruntime": "onnxruntime", "vllm": "vLLM"}
 
@@ -44,6 +45,40 @@ def quality_tables(res: dict) -> list[str]:
         cells = [f"{z[t]['acc']:.3f}" + (f" / {z[t]['acc_norm']:.3f}" if "acc_norm" in z[t] else "") for t in tasks]
         out.append(f"| {label} | " + " | ".join(cells) + f" | {m['quality']['mean_acc']:.3f} |")
     out.append("\nCells are acc / acc_norm (WinoGrande: acc only); mean acc is over acc.")
+    return out
+
+
+def method_tables(res: dict) -> list[str]:
+    rows = res.get("methods") or []
+    if not rows:
+        return []
+    p = res["profile"]
+    dense = rows[0]
+    doms, tasks = list(dense["quality"]["domains"]), list(dense["quality"]["zeroshot"])
+    ev = res.get("method_eval") or {}
+    limit = ev.get("task_limit")
+    c = p["method_compress"]
+    wt = dense["quality"]["wikitext2"]
+    out = [f"## Methods\n\nEvery method on the same model ({res.get('model', 'default')}) and calibration data "
+           f"({c['samples']} x {c['seq_len']} "
+           f"tokens of the default mix; iterative variants {c['rounds']} rounds), pruned in-process and scored on "
+           f"the quality suite above with its own limits: WikiText-2 {wt['tokens']:,} tokens, "
+           f"{ev.get('domain_samples')} held-out windows per domain, zero-shot "
+           f"{f'first {limit} examples per task' if limit else 'full sets'}. "
+           "Baselines are one-shot without compensation, as published; block-influence removes whole layers, "
+           "the others MLP channels. Held-out geomean is over " + ", ".join(doms) + "."]
+    for ratio in sorted({r["ratio"] for r in rows if r["ratio"] > 0}):
+        out += ["", f"### {ratio:.0%} of parameters", "",
+                "| method | removed | WikiText-2 | held-out geomean | " + " | ".join(tasks) + " | mean acc | prune s |",
+                "|---|---|---|---|" + "---|" * (len(tasks) + 2)]
+        for r in [dense] + [x for x in rows if x["ratio"] == ratio]:
+            q = r["quality"]
+            removed = 1 - r["params"] / r["dense_params"]
+            out.append(f"| {r['variant']} | {removed:.1%} | {q['wikitext2']['ppl']:.2f} | "
+                       f"{geomean(q['domains'].values()):.2f} | "
+                       + " | ".join(f"{q['zeroshot'][t]['acc']:.3f}" for t in tasks)
+                       + f" | {q['mean_acc']:.3f} | {r['seconds']:.0f} |")
+    out.append("\nZero-shot cells are acc.")
     return out
 
 
@@ -102,6 +137,29 @@ def plots(res: dict, out: Path) -> list[str]:
         fig.savefig(out / "quality.png", dpi=110)
         plt.close(fig)
         files.append("quality.png")
+    if res.get("methods"):
+        rows = res["methods"]
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+        # A collapsed method (magnitude: ~1e6) would flatten every other line: clip at 30x dense.
+        cap = 30 * rows[0]["quality"]["wikitext2"]["ppl"]
+        for name in dict.fromkeys(r["variant"] for r in rows[1:]):
+            pts = [(0.0, rows[0])] + sorted(((1 - r["params"] / r["dense_params"], r) for r in rows
+                                             if r["variant"] == name), key=lambda x: x[0])
+            style = "o-" if name.startswith("ours") else "s--"
+            ppl = [r["quality"]["wikitext2"]["ppl"] for _, r in pts]
+            ax[0].plot([x for x, _ in pts], [min(v, cap) for v in ppl], style,
+                       label=name + (" (clipped)" if max(ppl) > cap else ""))
+            ax[1].plot([x for x, _ in pts], [r["quality"]["mean_acc"] for _, r in pts], style, label=name)
+        ax[0].set(xlabel="fraction of parameters removed", ylabel="WikiText-2 perplexity (log)", yscale="log",
+                  title=f"Perplexity by method (clipped at {cap:.0f})")
+        ax[1].set(xlabel="fraction of parameters removed", ylabel="mean zero-shot acc", title="Accuracy by method")
+        for a in ax:
+            a.grid(alpha=.3)
+        ax[0].legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        fig.savefig(out / "methods.png", dpi=110)
+        plt.close(fig)
+        files.append("methods.png")
     s = {k: v for k, v in models.items() if "speed" in v}
     if s and "dense" in s:
         rts = res["profile"]["runtimes"]
@@ -139,6 +197,6 @@ def write_report(res: dict, out: Path) -> None:
         for label, mm in res["models"].items():
             lines.append(f"| {label} | {mm['layout']} | {(mm['params'] or 0) / 1e6:.1f}M | "
                          f"{mm['weight_bytes_per_token'] / 2**20:.0f} MB | `{mm['artifact']}` |")
-        lines += [""] + quality_tables(res) + [""] + speed_tables(res) + [""]
+        lines += [""] + quality_tables(res) + [""] + method_tables(res) + [""] + speed_tables(res) + [""]
         lines += [f"![{f}]({f})" for f in figs]
         (tmp / "report.md").write_text("\n".join(lines) + "\n")

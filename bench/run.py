@@ -6,6 +6,7 @@ machine spreads over all models; medians with min-max are reported.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -42,13 +43,28 @@ class Profile:
     runtimes: tuple[str, ...] = RUNTIMES
     tasks: tuple[str, ...] = field(default_factory=lambda: ("piqa", "hellaswag", "arc_easy", "arc_challenge",
                                                              "boolq", "winogrande", "openbookqa"))
+    # The method grid (bench/methods.py): compare's variants at these ratios, pruned in-process with
+    # the calibration budget of `make compare`. method_eval overrides wikitext_limit, domain_samples
+    # and task_limit for the grid (it scores ~19 models: a limited run may want them smaller).
+    methods: tuple[str, ...] = ()
+    method_ratios: tuple[float, ...] = (0.2, 0.4)
+    method_compress: dict = field(default_factory=lambda: {"rounds": 2, "samples": 32, "seq_len": 256})
+    method_eval: dict = field(default_factory=dict)
+
+
+# The grid the compress issue asked for: ours iterative and one-shot, single-domain calibration, no
+# compensation, and the published baselines.
+GRID = ("ours", "ours-oneshot", "ours-c4only", "ours-nocomp", "magnitude", "wanda-sp", "flap", "taylor",
+        "block-influence")
 
 
 PROFILES = {
-    "full": Profile("full", FULL, {"rounds": 2, "samples": 64, "seq_len": 512}),
+    "full": Profile("full", FULL, {"rounds": 2, "samples": 64, "seq_len": 512}, methods=GRID),
     # A few minutes: small calibration, small limits. What CI may call; it asserts nothing about speed.
     "quick": Profile("quick", QUICK, {"rounds": 1, "samples": 8, "seq_len": 128}, seq_len=256, wikitext_limit=4,
-                     domain_samples=1, task_limit=10, prompt_len=32, new_tokens=16, batch=4, repeats=1),
+                     domain_samples=1, task_limit=10, prompt_len=32, new_tokens=16, batch=4, repeats=1,
+                     methods=("ours", "wanda-sp"), method_ratios=(0.2,),
+                     method_compress={"rounds": 1, "samples": 8, "seq_len": 128}),
 }
 
 
@@ -105,13 +121,14 @@ def summarize(samples: list[dict]) -> dict:
 
 def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: str = "bench/work",
               given: dict[str, str] | None = None, threads: int | None = None, runtimes=None,
-              skip_quality: bool = False, skip_speed: bool = False, overrides: dict | None = None, log=None) -> Path:
+              skip_quality: bool = False, skip_speed: bool = False, overrides: dict | None = None, log=None,
+              model: str = "default") -> Path:
     import torch
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if profile not in PROFILES:
         raise PrunekitError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
-    p = PROFILES[profile]
+    p = copy.deepcopy(PROFILES[profile])
     for k, v in (overrides or {}).items():
         setattr(p, k, v)
     if runtimes:
@@ -130,9 +147,20 @@ def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: s
     t0 = time.time()
     stamp = time.strftime("%Y-%m-%d")
     mach = machine()
-    arts = prepare(p.variants, Path(workdir) / profile, {**p.compress, "threads": threads}, given or {}, log)
-    results = {"profile": asdict(p), "command": shlex.join(["prunekit", *sys.argv[1:]]),
+    arts = prepare(p.variants, Path(workdir) / profile, {**p.compress, "threads": threads}, given or {}, log, model)
+    results = {"profile": asdict(p), "command": shlex.join(["prunekit", *sys.argv[1:]]), "model": model,
                "machine": mach, "threads": threads, "dtype": dtype, "date": stamp, "models": {}}
+    partial = Path(workdir) / profile / "results.partial.json"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint() -> None:  # a long run can be read (and survives a crash) as it goes
+        tmp = partial.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2, default=str))
+        tmp.rename(partial)
+
+    def method_row(row: dict) -> None:
+        results["methods"].append(row)
+        checkpoint()
     for label, art in arts.items():
         m = json.loads((art / "prunekit.json").read_text())
         params = m.get("source", {}).get("manifest", {}).get("params", {})
@@ -149,16 +177,31 @@ def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: s
             if layout == "per-layer":
                 from prunekit.export.hf import check_shipped_code
                 check_shipped_code(art, json.loads((art / "prunekit.json").read_text()))
-            model = AutoModelForCausalLM.from_pretrained(art, dtype=getattr(torch, dtype),
-                                                         trust_remote_code=layout == "per-layer").eval()
+            lm = AutoModelForCausalLM.from_pretrained(art, dtype=getattr(torch, dtype),
+                                                      trust_remote_code=layout == "per-layer").eval()
             if results["models"][label]["params"] is None:
-                results["models"][label]["params"] = sum(x.numel() for x in model.parameters())
+                results["models"][label]["params"] = sum(x.numel() for x in lm.parameters())
             tok = AutoTokenizer.from_pretrained(art)
             results["models"][label]["quality"] = evaluate_model(
-                model, tok, root, p.seq_len, p.wikitext_limit, p.domain_samples, p.tasks, p.task_limit, log=log)
-            del model
+                lm, tok, root, p.seq_len, p.wikitext_limit, p.domain_samples, p.tasks, p.task_limit, log=log)
+            del lm
+            checkpoint()
+        if p.methods:
+            from .methods import method_grid
+            log(f"methods: {', '.join(p.methods)} at {', '.join(f'{r:.0%}' for r in p.method_ratios)}")
+            results["methods"] = []
+            ev = {"wikitext_limit": p.wikitext_limit, "domain_samples": p.domain_samples, "task_limit": p.task_limit,
+                  **p.method_eval}
+            results["method_eval"] = ev
+            method_grid(model, root, p.method_ratios, p.methods, p.method_compress, seq_len=p.seq_len,
+                        wikitext_limit=ev["wikitext_limit"], domain_samples=ev["domain_samples"], tasks=p.tasks,
+                        task_limit=ev["task_limit"], log=log, on_row=method_row)
+    elif p.methods:
+        log("methods: skipped with the quality benchmarks (--skip-quality)")
     if not skip_speed:
         samples: dict = {label: {rt: [] for rt in p.runtimes} for label in arts}
+        for label in arts:
+            results["models"][label]["speed_raw"] = samples[label]  # filled in place, checkpointed as it goes
         for rep in range(p.repeats):
             for label, art in arts.items():      # interleaved: every model once per repeat
                 for rt in p.runtimes:
@@ -169,13 +212,14 @@ def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: s
                         (s["error"] if "error" in s else f"ttft {s['ttft_s'] * 1e3:.0f} ms, "
                          f"b1 {s['decode_tok_s_b1']:.1f} tok/s, b{p.batch} {s['decode_tok_s_batch']:.1f} tok/s, "
                          f"rss {s['peak_rss_mb']:.0f} MB") + f" ({time.time() - t:.0f} s)")
+            checkpoint()
         for label in arts:
             results["models"][label]["speed"] = {rt: summarize(samples[label][rt]) for rt in p.runtimes}
-            results["models"][label]["speed_raw"] = samples[label]
     results["seconds"] = round(time.time() - t0, 1)
     from .report import write_report
     out = Path(out_root) / f"{stamp}-{machine_slug(mach)}{'' if profile == 'full' else '-' + profile}"
     write_report(results, out)
+    partial.unlink(missing_ok=True)  # the report folder now holds results.json
     log(f"bench: wrote {out}/report.md ({results['seconds']:.0f} s)")
     return out
 

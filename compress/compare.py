@@ -52,9 +52,7 @@ def run_compare(model_src: str, calib: str, ratios: list[float], variants: list[
                 out: Path | None, samples: int | None = None, seq_len: int | None = None,
                 seed: int | None = None, log=None) -> dict:
     log = log or (lambda m: print(m, file=sys.stderr))
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise PrunekitError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}.")
+    check_variants(variants)
     mix = D.load_mix(calib, seed=seed, seq_len=seq_len, total_samples=samples)
     dense, fam, source = load_model(model_src)
     tok = load_tokenizer(source)
@@ -68,23 +66,38 @@ def run_compare(model_src: str, calib: str, ratios: list[float], variants: list[
     dense_ppl = per_domain(dense, data.heldout, base.batch_size)
     results["rows"].append({"variant": "dense", "ratio": 0.0, "ppl": dense_ppl, "seconds": time.time() - t})
     log(f"dense: {fmt(dense_ppl)}")
+    for row, model in pruned_variants(dense, fam, mix, data, tok, ratios, variants, base):
+        row["ppl"] = per_domain(model, data.heldout, base.batch_size)
+        results["rows"].append(row)
+        log(f"{row['ratio']:.0%} {row['variant']}: removed {row['removed_total']:.1%} in {row['seconds']:.0f} s: "
+            f"{fmt(row['ppl'])}")
+        del model
+        if out:
+            write(results, domains, out)  # after every row, so a long run can be read as it goes
+    return results
+
+
+def check_variants(variants: list[str]) -> None:
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise PrunekitError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}.")
+
+
+def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: Settings):
+    """Yield (row, pruned model) for every ratio x variant, each pruned from a fresh copy of `dense`
+    on the same calibration data (single-domain variants take their domain's share of it)."""
+    check_variants(variants)
     for ratio in ratios:
         for name in variants:
             overrides, doms = VARIANTS[name]
             s = settings_for(replace(base, constraints=replace(base.constraints, ratio=ratio)), overrides)
             model = copy.deepcopy(dense)
             t = time.time()
-            rec = compress(model, fam, data.calib if doms is None else D.only_domains(mix, data.calib, doms, tok), data.heldout, s, log=lambda m: None)
-            secs = time.time() - t
-            ppl = per_domain(model, data.heldout, base.batch_size)
-            row = {"variant": name, "ratio": ratio, "ppl": ppl, "seconds": round(secs, 1),
-                   "removed_total": rec["rounds"][-1]["removed_total"], "settings": rec["settings"]}
-            results["rows"].append(row)
-            log(f"{ratio:.0%} {name}: removed {row['removed_total']:.1%} in {secs:.0f} s: {fmt(ppl)}")
-            del model
-            if out:
-                write(results, domains, out)  # after every row, so a long run can be read as it goes
-    return results
+            calib = data.calib if doms is None else D.only_domains(mix, data.calib, doms, tok)
+            rec = compress(model, fam, calib, data.heldout, s, log=lambda m: None)
+            yield ({"variant": name, "ratio": ratio, "seconds": round(time.time() - t, 1),
+                    "removed_total": rec["rounds"][-1]["removed_total"], "settings": rec["settings"]}, model)
+            del model, rec  # the caller's `del` cannot free what this suspended frame still holds
 
 
 def fmt(ppl: dict) -> str:

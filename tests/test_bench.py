@@ -22,11 +22,29 @@ def test_batched_loglikelihoods_match_one_by_one():
 
     model, tok = tiny_model("llama", vocab_size=320), tiny_tokenizer()
     pairs = [encode_pair(tok, c, x) for c, x in (("Question: why?\nAnswer:", " because"), ("A", " b c d e f"),
-                                                 ("The cat sat on the ", "mat."), ("x" * 40, " y"))]
+                                                 ("The cat sat on the ", "mat."), ("x" * 40, " y"),
+                                                 ("Is it", "?"), ("Is it", "!"))]
     assert pairs[2][1][0] == tok(" ", add_special_tokens=False).input_ids[0]  # trailing space moved
+    assert pairs[4][0] == pairs[5][0] and len(pairs[4][1]) == 1  # one input, two one-token continuations
     got = loglikelihoods(model, pairs, batch_size=3)
+    assert got[4] != got[5]
     for (c, x), g in zip(pairs, got):
         assert g == pytest.approx(direct_loglik(model, c, x), abs=1e-4)
+
+
+def test_loglikelihoods_truncate_and_split_shared_inputs_like_one_by_one():
+    from prunekit.bench.zeroshot import loglikelihoods
+
+    model = tiny_model("llama", vocab_size=320)
+    # Same input tokens [5, 6, 7], split differently between context and continuation: one forward.
+    pairs = [([5, 6], [7, 8]), ([5], [6, 7, 9]), (list(range(10, 50)), [60, 61])]
+    got = loglikelihoods(model, pairs, batch_size=2)
+    for (c, x), g in zip(pairs[:2], got):
+        assert g == pytest.approx(direct_loglik(model, c, x), abs=1e-4)
+    # Truncation keeps the last max_len + 1 tokens, as lm-eval does.
+    short = loglikelihoods(model, pairs[2:], max_len=8)[0]
+    assert short == pytest.approx(direct_loglik(model, pairs[2][0][-7:], pairs[2][1]), abs=1e-4)
+    assert short != pytest.approx(got[2], abs=1e-4)
 
 
 def test_acc_and_acc_norm_follow_lm_eval():
@@ -74,8 +92,11 @@ def test_quick_bench_on_tiny_artifacts(tmp_path, data_root):
         src = tiny_checkpoint(tmp_path / f"src-{len(arts)}", "llama", **kw)
         export(str(src), str(tmp_path / f"art-{len(arts)}"), tokens=2, log=lambda m: None)
         arts[label] = str(tmp_path / f"art-{len(arts)}")
+    # The method grid prunes the tiny dense source in-process (ours and wanda-sp, at 30%: the tiny
+    # model's MLP granularity cannot hit 20%).
     out = run_bench("quick", str(tmp_path / "results"), str(tmp_path / "work"), given=arts, threads=2,
-                    runtimes=["torch", "onnxruntime"], log=lambda m: None)
+                    runtimes=["torch", "onnxruntime"], log=lambda m: None, model=str(tmp_path / "src-0"),
+                    overrides={"method_ratios": (0.3,)})
     res = json.loads((out / "results.json").read_text())
     assert set(res["models"]) == {"dense", "20%"}
     d, p = res["models"]["dense"], res["models"]["20%"]
@@ -85,9 +106,13 @@ def test_quick_bench_on_tiny_artifacts(tmp_path, data_root):
         for rt in ("torch", "onnxruntime"):
             s = m["speed"][rt]
             assert s["runs"] == 1 and not s["errors"] and s["decode_tok_s_b1"]["median"] > 0, s
+    rows = res["methods"]
+    assert [(r["variant"], r["ratio"]) for r in rows] == [("dense", 0.0), ("ours", 0.3), ("wanda-sp", 0.3)]
+    assert all(r["params"] < rows[0]["params"] and r["quality"]["mean_acc"] is not None for r in rows[1:])
     report = (out / "report.md").read_text()
-    assert "| 20% |" in report and "ideal" in report
-    assert (out / "quality.png").stat().st_size > 1000 and (out / "speed.png").stat().st_size > 1000
+    assert "| 20% |" in report and "ideal" in report and "| wanda-sp |" in report
+    for png in ("quality.png", "speed.png", "methods.png"):
+        assert (out / png).stat().st_size > 1000
 
 
 def test_shapes_mode_builds_pruned_shapes_and_times_them():
