@@ -44,7 +44,8 @@ serve: setup
 bench: setup
 	$(PRUNEKIT) bench --profile full
 
-# A few minutes with small limits (what CI may call); asserts nothing about absolute times.
+# Small limits, 2 methods at 20%; what CI runs after the tests (about 15 min on 2 cores from scratch,
+# most of it two ONNX exports and two vLLM starts). Asserts nothing about absolute times.
 bench-quick: setup
 	$(PRUNEKIT) bench --profile quick
 
