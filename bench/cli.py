@@ -5,7 +5,7 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     s = sub.add_parser("bench", help="quality and speed of dense vs pruned, side by side (make bench)")
     s.add_argument("--profile", choices=("full", "quick"), default="full",
-                   help="full: full eval sets, 20/40%% and per-layer; quick: a few minutes, small limits")
+                   help="full: full eval sets, 20/40%% and per-layer, method grid; quick: small limits (~15 min)")
     s.add_argument("--out", default="bench/results", help="results go to OUT/<date>-<machine>/")
     s.add_argument("--workdir", default="bench/work", help="where the compared artifacts are built and reused")
     s.add_argument("--artifact", action="append", default=[], metavar="LABEL=DIR",

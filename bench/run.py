@@ -60,7 +60,8 @@ GRID = ("ours", "ours-oneshot", "ours-c4only", "ours-nocomp", "magnitude", "wand
 
 PROFILES = {
     "full": Profile("full", FULL, {"rounds": 2, "samples": 64, "seq_len": 512}, methods=GRID),
-    # A few minutes: small calibration, small limits. What CI may call; it asserts nothing about speed.
+    # Small calibration and limits; CI runs it (about 15 min on 2 cores from scratch, mostly the two ONNX
+    # exports and two vLLM starts). It asserts nothing about speed.
     "quick": Profile("quick", QUICK, {"rounds": 1, "samples": 8, "seq_len": 128}, seq_len=256, wikitext_limit=4,
                      domain_samples=1, task_limit=10, prompt_len=32, new_tokens=16, batch=4, repeats=1,
                      methods=("ours", "wanda-sp"), method_ratios=(0.2,),
