@@ -84,20 +84,19 @@ def run_ours(artifact: Path, docs, batch_size: int) -> tuple[dict, list[list[flo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prunekit.bench.zeroshot import encode_pair, evaluate, loglikelihoods
+    from prunekit.bench.zeroshot import encode_pair, loglikelihoods, metrics
 
     tok = AutoTokenizer.from_pretrained(artifact)
     model = AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32).eval()
-    metrics = evaluate(model, tok, docs, batch_size)
-    # evaluate() keeps only the metrics; score the same pairs again for the per-choice comparison
-    # (twice the time, but the metrics come from the very code the bench runs).
+    # The same two calls bench's evaluate() makes, kept apart so the per-choice scores can be compared.
     pairs = [encode_pair(tok, c, x) for d in docs for c, x in zip(d.contexts, d.continuations)]
     flat = loglikelihoods(model, pairs, batch_size)
+    m = metrics(docs, flat)
     lls, k = [], 0
     for d in docs:
         lls.append(flat[k:k + len(d.continuations)])
         k += len(d.continuations)
-    return {"acc": metrics["acc"], "acc_norm": metrics["acc_norm"]}, lls
+    return {"acc": m["acc"], "acc_norm": m["acc_norm"]}, lls
 
 
 def argmax(xs):

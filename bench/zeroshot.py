@@ -129,7 +129,11 @@ def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], batch_size: 
 
 def evaluate(model, tok, docs: list[Doc], batch_size: int = 8, norm: bool = True) -> dict:
     pairs = [encode_pair(tok, c, x) for d in docs for c, x in zip(d.contexts, d.continuations)]
-    ll = loglikelihoods(model, pairs, batch_size)
+    return metrics(docs, loglikelihoods(model, pairs, batch_size), norm)
+
+
+def metrics(docs: list[Doc], ll: list[float], norm: bool = True) -> dict:
+    """acc / acc_norm from the flat per-choice log-likelihoods of `docs`, in order."""
     acc = acc_norm = 0
     k = 0
     for d in docs:
