@@ -17,9 +17,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-# Mechanics only (tiny random models): seconds.
+# The unit tier only (tiny models, the tiny tokenizer and mix kept in tests/): under a minute.
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m unit
 
 # Side-by-side method comparison at 20% and 40% on the default model, same calibration budget for
 # every method (32 x 256 tokens); about 40 minutes on 2 AVX2 cores in fp32.

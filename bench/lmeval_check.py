@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from prunekit.env import child_env, set_threads
 
 # [hf] brings accelerate and peft, which lm-eval's hf model imports.
 INSTALL = ('python3 -m venv .venv-lmeval && .venv-lmeval/bin/pip install "lm-eval[hf]==0.4.13" '
@@ -67,7 +68,7 @@ def run_lmeval(python: str, artifact: Path, task: str, path: Path, limit: int, b
            "--device", "cpu", "--log_samples", "--output_path", str(tmp / "out")]
     print("$ " + " ".join(cmd), file=sys.stderr)
     # Offline: the task reads a local file and the model is a local folder; nothing should reach the hub.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(threads))
+    env = child_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"lm-eval failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -118,11 +119,10 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.data is None:
         sys.exit("no data folder: pass --data or set PRUNEKIT_DATA")
-    import torch
 
     from prunekit.bench.zeroshot import TASKS
 
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     artifact = a.artifact.resolve()
     docs = TASKS[a.task](a.data)[:a.limit]
     with tempfile.TemporaryDirectory() as tmp:

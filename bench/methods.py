@@ -14,21 +14,18 @@ from pathlib import Path
 def method_grid(model_src: str, root: Path, ratios, variants, compress_kw: dict, *, seq_len: int,
                 wikitext_limit: int | None, domain_samples: int, tasks, task_limit: int | None,
                 log, on_row=None) -> list[dict]:
-    from prunekit.compress import data as D
-    from prunekit.compress.compare import check_variants, pruned_variants
-    from prunekit.compress.iterate import Settings
-    from prunekit.compress.plan import Constraints
+    from prunekit.compress import CompressConfig, build_mix, check_variants, load_mix, pruned_variants
     from prunekit.loading import load_model, load_tokenizer
 
     from .quality import evaluate_model, heldout_domains
 
     check_variants(list(variants))
-    mix = D.load_mix("default", seq_len=compress_kw["seq_len"], total_samples=compress_kw["samples"])
+    mix = load_mix("default", seq_len=compress_kw["seq_len"], total_samples=compress_kw["samples"])
     dense, fam, source = load_model(model_src)
     tok = load_tokenizer(source)
-    data = D.build(mix, tok)
+    data = build_mix(mix, tok)
     domains = heldout_domains(root, tok, seq_len, domain_samples)
-    base = Settings(rounds=compress_kw["rounds"], constraints=Constraints(ratio=0.2))  # ratio set per variant
+    base = CompressConfig(model=model_src, rounds=compress_kw["rounds"])  # ratio set per variant
     dense_params = sum(p.numel() for p in dense.parameters())
 
     def score(model, row: dict) -> dict:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunekit.artifact import read_manifest
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -51,11 +49,11 @@ def disk_mb(artifact: Path) -> dict:
 
 def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], log,
             model: str = "default") -> dict[str, Path]:
-    """label -> artifact dir. Given artifacts are used as they are; others are built (or reused)."""
-    from prunekit.compress.iterate import Settings
-    from prunekit.compress.plan import Constraints
-    from prunekit.compress.run import Job, run
-    from prunekit.export.run import export
+    """label -> artifact dir. Given artifacts are used as they are; others are built through the
+    orchestrator, which reuses any step whose inputs are unchanged."""
+    from prunekit.compress import CompressConfig
+    from prunekit.export import ExportConfig
+    from prunekit.pipeline import build_artifact
 
     out = {}
     for v in variants:
@@ -63,24 +61,12 @@ def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], l
             out[v.label] = Path(given[v.label])
             continue
         art = workdir / slug(v.label)
-        want = {"model": model, "ratio": v.ratio, "mode": v.mode, **{k: compress_kw[k] for k in sorted(compress_kw)}}
-        if read_manifest(art).get("bench") == want if art.is_dir() else False:
-            log(f"{v.label}: reusing {art}")
-            out[v.label] = art
-            continue
-        src = model
+        ccfg = None
         if v.ratio > 0:
-            pruned = workdir / f".{slug(v.label)}-pruned"
-            log(f"{v.label}: compress {model} ({v.mode}) -> {pruned}")
-            s = Settings(constraints=Constraints(ratio=v.ratio, mode=v.mode), rounds=compress_kw["rounds"])
-            run(Job(model=model, out=str(pruned), settings=s, force=True, samples=compress_kw["samples"],
-                    seq_len=compress_kw["seq_len"], threads=compress_kw.get("threads")), log=log)
-            src = str(pruned)
-        log(f"{v.label}: export -> {art}")
-        export(src, str(art), force=True, tokens=4, log=log)
-        from prunekit.artifact import write_manifest
-        m = read_manifest(art)
-        m["bench"] = want
-        write_manifest(art, m)
+            ccfg = CompressConfig(model=model, out=str(workdir / f".{slug(v.label)}-pruned"), ratio=v.ratio,
+                                  mode=v.mode, rounds=compress_kw["rounds"], samples=compress_kw["samples"],
+                                  seq_len=compress_kw["seq_len"], threads=compress_kw.get("threads"))
+        log(f"{v.label}: {'compress ' + v.mode + ', ' if ccfg else ''}export -> {art}")
+        build_artifact(art, ExportConfig(model=model, out=str(art), tokens=4), ccfg, log=log)
         out[v.label] = art
     return out

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from prunekit.compress.quality import nll, per_domain
+from prunekit.compress import build_mix, load_mix, pack_texts
+from prunekit.perplexity import nll, per_domain
 
 from .zeroshot import NORM, TASKS, evaluate
 
@@ -33,16 +34,14 @@ def wikitext_windows(root: Path, tok, seq_len: int, limit: int | None) -> torch.
 
 
 def heldout_domains(root: Path, tok, seq_len: int, n: int) -> dict[str, torch.Tensor]:
-    from prunekit.compress import data as D
-
-    mix = D.load_mix("default", seq_len=seq_len)
+    mix = load_mix("default", seq_len=seq_len)
     mix = dataclasses.replace(mix, domains=tuple(dataclasses.replace(d, eval_samples=n) for d in mix.domains))
-    out = dict(D.build(mix, tok, with_calib=False).heldout)
+    out = dict(build_mix(mix, tok, with_calib=False).heldout)
     for name, rel in EXTRA_DOMAINS.items():
         p = root / rel
         if p.is_file():
             texts = [json.loads(ln)["text"] for ln in p.read_text().splitlines() if ln.strip()]
-            out[name] = D.pack(texts, tok, seq_len, n, " ", name, "held-out")
+            out[name] = pack_texts(texts, tok, seq_len, n, " ", name, "held-out")
     return out
 
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from prunekit.artifact import atomic_dir
-from prunekit.compress.compare import geomean
+from prunekit.perplexity import geomean
 
 RUNTIME_NAMES = {"torch": "PyTorch (transformers)", "onnxruntime": "onnxruntime", "vllm": "vLLM"}
 
@@ -69,16 +69,19 @@ def method_tables(res: dict) -> list[str]:
            "the others MLP channels. Held-out geomean is over " + ", ".join(doms) + "."]
     for ratio in sorted({r["ratio"] for r in rows if r["ratio"] > 0}):
         out += ["", f"### {ratio:.0%} of parameters", "",
-                "| method | removed | WikiText-2 | held-out geomean | " + " | ".join(tasks) + " | mean acc | prune s |",
-                "|---|---|---|---|" + "---|" * (len(tasks) + 2)]
+                "| method | removed | WikiText-2 | " + " | ".join(doms) + " | held-out geomean | "
+                + " | ".join(tasks) + " | mean acc | prune s |",
+                "|---|---|---|" + "---|" * (len(doms) + len(tasks) + 3)]
         for r in [dense] + [x for x in rows if x["ratio"] == ratio]:
-            q = r["quality"]
+            q, dq = r["quality"], dense["quality"]
             removed = 1 - r["params"] / r["dense_params"]
-            out.append(f"| {r['variant']} | {removed:.1%} | {q['wikitext2']['ppl']:.2f} | "
-                       f"{geomean(q['domains'].values()):.2f} | "
+            x = (lambda v, d: f"{v:.2f}" if r is dense else f"{v:.2f} (x{v / d:.2f})")
+            out.append(f"| {r['variant']} | {removed:.1%} | {x(q['wikitext2']['ppl'], dq['wikitext2']['ppl'])} | "
+                       + " | ".join(x(q["domains"][d], dq["domains"][d]) for d in doms)
+                       + f" | {x(geomean(q['domains'].values()), geomean(dq['domains'].values()))} | "
                        + " | ".join(f"{q['zeroshot'][t]['acc']:.3f}" for t in tasks)
                        + f" | {q['mean_acc']:.3f} | {r['seconds']:.0f} |")
-    out.append("\nZero-shot cells are acc.")
+    out.append("\nPerplexity cells give the ratio to dense in brackets; zero-shot cells are acc.")
     return out
 
 

@@ -6,7 +6,6 @@ machine spreads over all models; medians with min-max are reported.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -16,15 +15,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from prunekit.artifact import check_shipped_code, load_artifact, needs_remote_code, write_json_atomic
+from prunekit.env import child_env, compute_dtype, cpu_has_fast_bf16, cpu_name, data_root, set_threads
 from prunekit.errors import PrunekitError
 from prunekit.proc import run_group
 
+from .config import RUNTIMES, BenchConfig
 from .models import FULL, QUICK, Variant, disk_mb, prepare, weight_bytes_per_token
-
-RUNTIMES = ("torch", "onnxruntime", "vllm")
 
 
 @dataclass
@@ -70,11 +70,6 @@ PROFILES = {
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = None
     try:
         import torch
@@ -82,23 +77,20 @@ def machine() -> dict:
             gpu = torch.cuda.get_device_name(0)
     except Exception:
         pass
-    from prunekit.env import cpu_has_fast_bf16
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "fast_bf16": cpu_has_fast_bf16(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu, "fast_bf16": cpu_has_fast_bf16(),
             "python": platform.python_version(), "host": platform.node()}
 
 
 def speed_once(runtime: str, art: Path, p: Profile, threads: int, dtype: str, timeout: int = 900) -> dict:
-    m = json.loads((art / "prunekit.json").read_text())
+    art, m = load_artifact(art)
+    check_shipped_code(art, m)
     req = {"runtime": runtime, "artifact": str(art.resolve()), "prompt_len": p.prompt_len, "new_tokens": p.new_tokens,
            "batch": p.batch, "threads": threads, "dtype": dtype, "kv_cache_gib": 1,
-           "trust_remote_code": m.get("layout") == "per-layer"}
-    if req["trust_remote_code"]:
-        from prunekit.export.hf import check_shipped_code
-        check_shipped_code(art, m)
+           "trust_remote_code": needs_remote_code(m)}
     with tempfile.TemporaryDirectory(prefix="prunekit-speed-") as d:
         rq, rs = Path(d, "req.json"), Path(d, "res.json")
         rq.write_text(json.dumps(req))
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}"}
+        env = child_env(OMP_NUM_THREADS=str(threads), VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}")
         try:
             proc = run_group([sys.executable, "-m", "prunekit.bench.speed_worker", str(rq), str(rs)], timeout,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -120,52 +112,60 @@ def summarize(samples: list[dict]) -> dict:
     return out
 
 
-def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: str = "bench/work",
-              given: dict[str, str] | None = None, threads: int | None = None, runtimes=None,
-              skip_quality: bool = False, skip_speed: bool = False, overrides: dict | None = None, log=None,
-              model: str = "default") -> Path:
+def profile_for(cfg: BenchConfig) -> Profile:
+    """The profile's settings with the config's overrides (a new Profile; the named ones never change)."""
+    over = {f: v for f, v in (("task_limit", cfg.limit), ("wikitext_limit", cfg.wikitext_windows),
+                              ("repeats", cfg.repeats), ("domain_samples", cfg.domain_samples)) if v is not None}
+    ev = {k: v for k, v in (("task_limit", cfg.method_limit), ("wikitext_limit", cfg.method_windows),
+                            ("domain_samples", cfg.method_domain_samples)) if v is not None}
+    if ev:
+        over["method_eval"] = ev
+    if cfg.methods is not None:
+        over["methods"] = () if cfg.methods == ("none",) else cfg.methods
+    if cfg.models is not None:
+        over["variants"] = tuple(v for v in PROFILES[cfg.profile].variants if v.label in cfg.models)
+    return replace(PROFILES[cfg.profile], runtimes=cfg.runtimes, **over)
+
+
+def run_bench(cfg: BenchConfig, log=None) -> Path:
+    """Quality and speed of the dense model and its cuts, side by side; returns the report folder.
+    With cfg.shapes: speed of random-weight models in real shapes instead (bench/shapes.py)."""
     import torch
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    if profile not in PROFILES:
-        raise PrunekitError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
-    p = copy.deepcopy(PROFILES[profile])
-    for k, v in (overrides or {}).items():
-        setattr(p, k, v)
-    if runtimes:
-        bad = [r for r in runtimes if r not in RUNTIMES]
-        if bad:
-            raise PrunekitError(f"unknown runtime {bad}; choose from {', '.join(RUNTIMES)}.")
-        p.runtimes = tuple(runtimes)
-    from prunekit.env import compute_dtype, data_root
+    if cfg.shapes:
+        from .shapes import format_shapes, run_shapes
+        out = Path(cfg.out) / f"{time.strftime('%Y-%m-%d')}-{machine_slug(machine())}-shapes"
+        print(format_shapes(run_shapes(list(cfg.shapes), [0.0, 0.2, 0.4], out, repeats=cfg.repeats or 3)))
+        return out
+    p = profile_for(cfg)
+    skip_quality, skip_speed, model = cfg.skip_quality, cfg.skip_speed, cfg.model
     root = data_root()
     if root is None and not skip_quality:
         raise PrunekitError("no local data folder for the quality benchmarks; set $PRUNEKIT_DATA to the folder "
                             "that holds perplexity/ and eval/ (../shared/data on these machines).")
-    threads = threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads = set_threads(cfg.threads or os.cpu_count() or 1)
     dtype = compute_dtype()
     t0 = time.time()
     stamp = time.strftime("%Y-%m-%d")
     mach = machine()
-    arts = prepare(p.variants, Path(workdir) / profile, {**p.compress, "threads": threads}, given or {}, log, model)
+    workdir = Path(cfg.workdir)
+    arts = prepare(p.variants, workdir / cfg.profile, {**p.compress, "threads": threads}, cfg.given(), log, model)
     results = {"profile": asdict(p), "command": shlex.join(["prunekit", *sys.argv[1:]]), "model": model,
                "machine": mach, "threads": threads, "dtype": dtype, "date": stamp, "models": {}}
-    partial = Path(workdir) / profile / "results.partial.json"
+    partial = workdir / cfg.profile / "results.partial.json"
     partial.parent.mkdir(parents=True, exist_ok=True)
 
     def checkpoint() -> None:  # a long run can be read (and survives a crash) as it goes
-        tmp = partial.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=str))
-        tmp.rename(partial)
+        write_json_atomic(partial, results)
 
     def method_row(row: dict) -> None:
         results["methods"].append(row)
         checkpoint()
     for label, art in arts.items():
-        m = json.loads((art / "prunekit.json").read_text())
-        params = m.get("source", {}).get("manifest", {}).get("params", {})
-        results["models"][label] = {"artifact": str(art), "layout": m.get("layout"),
+        _, m = load_artifact(art)
+        params = (m.source or {}).get("manifest", {}).get("params", {})
+        results["models"][label] = {"artifact": str(art), "layout": m.layout,
                                     "params": params.get("pruned_total"), "dense_params": params.get("dense_total"),
                                     "weight_bytes_per_token": weight_bytes_per_token(art), **disk_mb(art)}
     if not skip_quality:
@@ -174,12 +174,10 @@ def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: s
         from .quality import evaluate_model
         for label, art in arts.items():
             log(f"quality: {label}")
-            layout = results["models"][label]["layout"]
-            if layout == "per-layer":
-                from prunekit.export.hf import check_shipped_code
-                check_shipped_code(art, json.loads((art / "prunekit.json").read_text()))
+            art, m = load_artifact(art)
+            check_shipped_code(art, m)
             lm = AutoModelForCausalLM.from_pretrained(art, dtype=getattr(torch, dtype),
-                                                      trust_remote_code=layout == "per-layer").eval()
+                                                      trust_remote_code=needs_remote_code(m)).eval()
             if results["models"][label]["params"] is None:
                 results["models"][label]["params"] = sum(x.numel() for x in lm.parameters())
             tok = AutoTokenizer.from_pretrained(art)
@@ -218,7 +216,7 @@ def run_bench(profile: str = "full", out_root: str = "bench/results", workdir: s
             results["models"][label]["speed"] = {rt: summarize(samples[label][rt]) for rt in p.runtimes}
     results["seconds"] = round(time.time() - t0, 1)
     from .report import write_report
-    out = Path(out_root) / f"{stamp}-{machine_slug(mach)}{'' if profile == 'full' else '-' + profile}"
+    out = Path(cfg.out) / f"{stamp}-{machine_slug(mach)}{'' if cfg.profile == 'full' else '-' + cfg.profile}"
     write_report(results, out)
     partial.unlink(missing_ok=True)  # the report folder now holds results.json
     log(f"bench: wrote {out}/report.md ({results['seconds']:.0f} s)")

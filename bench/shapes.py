@@ -46,7 +46,7 @@ def pruned_width(cfg: dict, ratio: float, align: int = 256) -> int:
 def measure(model, vocab: int, prompt_len: int, new_tokens: int, batch: int, device: str, repeats: int) -> dict:
     import torch
 
-    from prunekit.export.greedy import torch_greedy
+    from prunekit.runtimes import torch_greedy
 
     def sync():
         if device == "cuda":

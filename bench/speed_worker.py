@@ -46,7 +46,7 @@ def run_torch(req: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from prunekit.export.greedy import torch_greedy
+    from prunekit.runtimes import torch_greedy
     torch.set_num_threads(req["threads"])
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     t = time.perf_counter()
@@ -64,7 +64,7 @@ def run_torch(req: dict) -> dict:
 
 
 def run_onnxruntime(req: dict) -> dict:
-    from prunekit.export.greedy import OrtLM
+    from prunekit.runtimes import OrtLM
     t = time.perf_counter()
     lm = OrtLM(f"{req['artifact']}/onnx/model.onnx", threads=req["threads"])
     load = time.perf_counter() - t
@@ -75,18 +75,15 @@ def run_onnxruntime(req: dict) -> dict:
 
 
 def run_vllm(req: dict) -> dict:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+    from prunekit.runtimes import vllm_engine, vllm_generate
 
     t = time.perf_counter()
-    llm = LLM(model=req["artifact"], dtype=req["dtype"], max_model_len=req["prompt_len"] + req["new_tokens"] + 16,
-              trust_remote_code=req["trust_remote_code"], enforce_eager=req.get("enforce_eager", True),
-              kv_cache_memory_bytes=int(req.get("kv_cache_gib", 1) * 2**30), seed=0)
+    llm = vllm_engine(req["artifact"], req["dtype"], req["prompt_len"] + req["new_tokens"] + 16,
+                      req["trust_remote_code"], req.get("kv_cache_gib", 1), req.get("enforce_eager", True))
     load = time.perf_counter() - t
 
     def gen(p, n):
-        llm.generate([TokensPrompt(prompt_token_ids=x) for x in p],
-                     SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True), use_tqdm=False)
+        vllm_generate(llm, p, n)
     vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
     out = measure(gen, req, vocab)
     out["load_s"] = load

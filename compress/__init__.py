@@ -1,0 +1,21 @@
+"""compress: iterative structured pruning on a multi-domain calibration mix.
+
+The stage's public entry (the Python API; bench and the orchestrator use only these names):
+
+    compress(CompressConfig(model=..., out=..., ratio=0.2)) -> Manifest   prune and write a checkpoint
+    compare(CompareConfig(...)) -> dict; compare_markdown(result)          methods side by side
+    pruned_variants(...)                                                   in-memory variants (bench)
+    load_mix / build_mix / pack_texts                                      the calibration mix's text
+
+Inside: data (mix), stats (statistics), scores, plan, surgery (cut and refit), iterate (rounds).
+"""
+from .variants import VARIANTS, check_variants, compare, compare_markdown, pruned_variants
+from .config import METHODS, CompareConfig, CompressConfig
+from .data import build as build_mix
+from .data import load_mix
+from .data import pack as pack_texts
+from .run import compress
+
+__all__ = ["VARIANTS", "METHODS", "CompareConfig", "CompressConfig", "build_mix", "check_variants", "compare",
+           "compare_markdown",
+           "compress", "load_mix", "pack_texts", "pruned_variants"]

@@ -22,7 +22,8 @@ from prunekit import env
 from prunekit.artifact import sha256_file
 from prunekit.errors import PrunekitError
 
-DEFAULT_MIX = Path(__file__).resolve().parent.parent / "prunekit" / "data" / "default_mix.yaml"
+# Package data of the core (prunekit/data/), found beside env.py in a checkout and in an installed wheel.
+DEFAULT_MIX = Path(env.__file__).resolve().parent / "data" / "default_mix.yaml"
 LOCAL_KINDS = {".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
 SOURCE_KEYS = {"path", "hub", "config", "split", "max_records", "skip", "hub_template"}
 DOMAIN_KEYS = {"source", "eval_source", "template", "weight", "samples", "eval_samples",

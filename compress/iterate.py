@@ -3,45 +3,19 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
 
-from prunekit.errors import PrunekitError
 from prunekit.families import Family, get_module, head_dim
+from prunekit.perplexity import per_domain
 
 from . import plan as P
-from .quality import per_domain
+from .config import CompressConfig
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
 from .stats import LayerRunner, consumer_grams, consumer_inputs, make_batches
-from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, layer_shapes, remove_layers,
-                      sync_config)
-
-
-@dataclass
-class Settings:
-    method: str = "hybrid"
-    constraints: P.Constraints = field(default_factory=lambda: P.Constraints(ratio=0.2))
-    rounds: int = 2
-    schedule: str = "equal"
-    compensate: bool = True
-    refit_target: str = "local"  # "local": keep this layer's output; "dense": match the dense model's
-    ridge: float = 1e-2           # measured: 1e-4 -> 35.4, 1e-2 -> 35.0, 1e-1 -> 36.2 geomean ppl (20%)
-    batch_size: int = 4
-    quick_eval: int = 2          # held-out sequences per domain for the per-round perplexity (0: off)
-
-    def validate(self) -> None:
-        self.constraints.validate()
-        if self.method not in (*SCORERS, "taylor"):
-            raise PrunekitError(f"unknown --method {self.method!r}; choose from "
-                                f"{', '.join(sorted([*SCORERS, 'taylor']))}.")
-        if self.method == "block-influence" and set(self.constraints.structures) != {"layers"}:
-            raise PrunekitError("block-influence scores whole layers only: use --structures layers.")
-        if self.refit_target not in ("dense", "local"):
-            raise PrunekitError(f"--refit-target must be 'dense' or 'local', got {self.refit_target!r}.")
-        if self.ridge < 0:
-            raise PrunekitError(f"--ridge must be >= 0, got {self.ridge}.")
+from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, layer_shapes, obs_keep,
+                      remove_layers, sync_config)
 
 
 def current_shape(model, fam: Family, n_layers_orig: int, alive: list[int]) -> P.Shape:
@@ -76,7 +50,7 @@ def stat_scores(model, fam: Family, batches, method: str, desc: str) -> list[Sco
     layers = get_module(model, fam.layers)
     out = []
     for i in tqdm(range(len(layers)), desc=desc, unit="layer", leave=False):
-        st = runner.collect(i)
+        st = runner.collect(i, grams=method == "obs")
         out.append(SCORERS[method](layer_weights(layers[i], fam, hd), st))
     return out
 
@@ -102,7 +76,7 @@ def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
     return out
 
 
-def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Settings, dims: P.Dims,
+def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: CompressConfig, dims: P.Dims,
              desc: str, dense=None) -> None:
     """Apply a round's plan layer by layer. With compensation each refit sees the inputs that the
     already-cut layers produce (attention first, then the MLP on the cut attention's output); with a
@@ -137,6 +111,10 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Set
                 ref_consumer = getattr(getattr(ref_layers[idx], parent), name)
                 targets, target_w = consumer_inputs(ref, idx, ref_consumer), ref_consumer.weight.data
             gram, cross = consumer_grams(runner, pos, consumer, targets)
+            if kind == "mlp" and s.selection == "obs":
+                # The plan fixed how many channels stay; which ones is decided here, where the refit's
+                # gram on the already-cut model's activations is at hand.
+                keep = plan.mlp[idx] = obs_keep(consumer.weight.data, gram, len(keep), s.ridge)
             if kind == "heads":
                 cut_heads(getattr(layer, parent), fam, keep, dims.n_rep, dims.head_dim, gram, s.ridge, cross, target_w)
             else:
@@ -144,11 +122,10 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Set
         runner.forward(pos)
 
 
-def compress(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str, torch.Tensor],
-             s: Settings, log=print) -> dict:
+def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str, torch.Tensor],
+          s: CompressConfig, log=print) -> dict:
     """Prune `model` in place to the target; returns the record of the run for the manifest."""
-    s.validate()
-    c = s.constraints
+    c = s
     dims = P.Dims.of(model.config, fam)
     n_orig = model.config.num_hidden_layers
     alive = list(range(n_orig))
@@ -203,7 +180,7 @@ def compress(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[s
         log(f"{tag}: removed {rec['removed_total']:.1%} of all parameters "
             f"({rec['removed_decoder']:.1%} of the decoder) in {rec['score_s'] + rec['cut_s']:.1f} s"
             + (f"; quick held-out ppl {rec['quick_ppl']}" if quick else ""))
-    return {"settings": {**asdict(s), "constraints": asdict(c)}, "rounds": rounds,
+    return {"settings": s.algorithm(), "rounds": rounds,
             "plan": {"kept_layers": alive, "mlp": kept_mlp, "kv_groups": kept_groups},
             "params": {"dense_total": dense.params(dims), "dense_decoder": dense.decoder_params(dims),
                        "pruned_total": now.params(dims), "pruned_decoder": now.decoder_params(dims)}}

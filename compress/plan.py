@@ -16,7 +16,7 @@ import torch
 from prunekit.errors import PrunekitError
 from prunekit.families import Family, head_dim
 
-STRUCTURES = ("mlp", "heads", "layers")
+from .config import CompressConfig
 
 
 @dataclass(frozen=True)
@@ -76,43 +76,12 @@ class Plan:
     groups: list[list[int] | None]
     shape: Shape = field(default=None)  # type: ignore[assignment]
 
-    @property
-    def removed_layers(self) -> list[int]:
-        return [i for i, m in enumerate(self.mlp) if m is None]
-
-
-@dataclass(frozen=True)
-class Constraints:
-    ratio: float                 # fraction of parameters to remove
-    ratio_of: str = "total"      # "total" or "decoder"
-    structures: tuple[str, ...] = ("mlp",)
-    mode: str = "uniform"        # "uniform" or "per-layer"
-    align: int = 64
-    tp: int = 1
-    tolerance: float = 0.02      # |achieved - target| allowed, as a fraction of the same base
-
-    def validate(self) -> None:
-        if not 0.0 < self.ratio < 1.0:
-            raise PrunekitError(f"--ratio must be in (0, 1), got {self.ratio}.")
-        if self.ratio_of not in ("total", "decoder"):
-            raise PrunekitError(f"--ratio-of must be 'total' or 'decoder', got {self.ratio_of!r}.")
-        bad = set(self.structures) - set(STRUCTURES)
-        if bad or not self.structures:
-            raise PrunekitError(f"unknown structure(s) {sorted(bad)}; choose from {', '.join(STRUCTURES)}.")
-        if self.mode not in ("uniform", "per-layer"):
-            raise PrunekitError(f"--mode must be 'uniform' or 'per-layer', got {self.mode!r}.")
-        if self.mode == "per-layer" and "layers" in self.structures:
-            raise PrunekitError("per-layer mode chooses widths, not layers; use --structures mlp,heads "
-                                "with --mode per-layer, or layer removal with --mode uniform.")
-        if self.align < 1 or self.tp < 1:
-            raise PrunekitError("--align and --tp must be positive integers.")
-
 
 def base_params(shape: Shape, dims: Dims, ratio_of: str) -> int:
     return shape.params(dims) if ratio_of == "total" else shape.decoder_params(dims)
 
 
-def check_dense(shape: Shape, dims: Dims, c: Constraints) -> None:
+def check_dense(shape: Shape, dims: Dims, c: CompressConfig) -> None:
     """Constraints the model must meet before any cut (tensor parallelism)."""
     for w, g in (s for s in shape.layers if s is not None):
         if g % c.tp or (g * dims.n_rep) % c.tp:
@@ -120,14 +89,14 @@ def check_dense(shape: Shape, dims: Dims, c: Constraints) -> None:
                                 "choose a tensor-parallel size that divides them.")
 
 
-def width_options(cur: int, c: Constraints, prune: bool) -> list[int]:
+def width_options(cur: int, c: CompressConfig, prune: bool) -> list[int]:
     if not prune:
         return [cur]
     step = c.align if c.align % c.tp == 0 else c.align * c.tp
     return sorted({cur, *range(step, cur + 1, step)})
 
 
-def group_options(cur: int, c: Constraints, dims: Dims, prune: bool) -> list[int]:
+def group_options(cur: int, c: CompressConfig, dims: Dims, prune: bool) -> list[int]:
     if not prune:
         return [cur]
     return [g for g in range(1, cur + 1) if g % c.tp == 0 and (g * dims.n_rep) % c.tp == 0]
@@ -145,7 +114,7 @@ def _normalised(s: torch.Tensor, comparable: bool, size: int) -> torch.Tensor:
     return s if comparable else s / s.sum().clamp_min(1e-30) * size
 
 
-def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: Constraints, target: float,
+def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, target: float,
                   scores: list, final: bool) -> Shape:
     """The same width and KV-group count in every kept layer, closest to `target` (a removed fraction
     of the dense model's base); among candidates within tolerance, the one whose removed units carry
@@ -214,7 +183,7 @@ def select(scores: list, shape: Shape) -> Plan:
     return Plan(mlp, groups, shape)
 
 
-def global_shape(cur: Shape, dense: Shape, dims: Dims, c: Constraints, target: float, scores: list) -> Shape:
+def global_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, target: float, scores: list) -> Shape:
     """Per-layer widths: remove the units with the least importance per parameter, across all layers,
     until the target is reached."""
     base = base_params(dense, dims, c.ratio_of)
@@ -246,7 +215,7 @@ def global_shape(cur: Shape, dense: Shape, dims: Dims, c: Constraints, target: f
     return shape
 
 
-def _push(heap, i, kind, cur, sorted_s, dims: Dims, c: Constraints) -> None:
+def _push(heap, i, kind, cur, sorted_s, dims: Dims, c: CompressConfig) -> None:
     """Queue the next removable unit of (layer i, structure kind), if the constraints allow one."""
     w, g = cur
     if kind == "mlp":

@@ -56,6 +56,7 @@ class DomainStats:
     resid_sq: float = 0.0        # sum over tokens of ||h_in||^2: the scale a perturbation is judged against
     delta_sq: float = 0.0        # sum over tokens of ||h_out - h_in||^2
     one_minus_cos: float = 0.0   # sum over tokens of 1 - cos(h_in, h_out) (ShortGPT's Block Influence)
+    mlp_gram: torch.Tensor | None = None  # X^T X of the down_proj input (fp64), when asked for
 
 
 @dataclass
@@ -117,8 +118,9 @@ class LayerRunner:
             self.hidden = outs
         return outs
 
-    def collect(self, i: int, advance: bool = True) -> LayerStats:
-        """Statistics of layer i on the current residual stream, per domain."""
+    def collect(self, i: int, advance: bool = True, grams: bool = False) -> LayerStats:
+        """Statistics of layer i on the current residual stream, per domain (with grams: also the
+        down_proj input's X^T X per domain)."""
         layer = self.layers[i]
         attn, mlp = getattr(layer, self.fam.attn), getattr(layer, self.fam.mlp)
         stats = LayerStats({d: DomainStats() for d in dict.fromkeys(self.domains)})
@@ -126,7 +128,12 @@ class LayerRunner:
 
         def hook(kind):
             def fn(_mod, args):
-                getattr(stats.domains[cur["dom"]], kind).add(args[0])
+                ds = stats.domains[cur["dom"]]
+                getattr(ds, kind).add(args[0])
+                if grams and kind == "mlp":
+                    x = args[0].reshape(-1, args[0].shape[-1]).float()
+                    g = (x.T @ x).double()
+                    ds.mlp_gram = g if ds.mlp_gram is None else ds.mlp_gram + g
             return fn
 
         hs = [getattr(mlp, self.fam.down).register_forward_pre_hook(hook("mlp")),

@@ -44,6 +44,49 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: f
     return a_t.T.to(weight.dtype).contiguous()
 
 
+def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: float,
+              protect: torch.Tensor | None = None) -> tuple[list[int], list[float]]:
+    """Greedy Optimal Brain Surgeon over the inputs of a consumer (out, in), as ZipLM / OSSCAR select
+    structures: the order in which inputs go, and what each removal costs given a refit.
+
+    With H = G + lam I, removing input j and refitting the rest optimally raises the output error
+    ||X W^T - X_K A^T||^2 by ||W[:, j]||^2 / [H^-1]_jj. One input at a time the cheapest goes, and
+    the weights and H^-1 are updated as if the refit had run (rank-1 downdate), so each choice sees
+    the compensation the earlier ones allow. lam as in `refit`. `protect`: inputs never removed.
+    fp64; O(n_remove x in x (in + out))."""
+    g = gram.double()
+    n = g.shape[0]
+    lam = ridge * g.diagonal().median().clamp_min(1e-12)
+    hinv = torch.linalg.inv(g + lam * torch.eye(n, dtype=g.dtype))
+    w = weight.double().clone()                              # (out, in)
+    out = torch.zeros(n, dtype=torch.bool)
+    if protect is not None:
+        out[protect] = True
+    order, costs = [], []
+    for _ in range(n_remove):
+        d = hinv.diagonal().clamp_min(1e-30)
+        cost = (w * w).sum(0) / d
+        cost[out] = float("inf")
+        j = int(cost.argmin())
+        hj = hinv[:, j] / d[j]                               # (in,)
+        w -= torch.outer(w[:, j], hj)                        # compensate the others (OBS update)
+        hinv -= torch.outer(hj, hinv[j, :])
+        w[:, j] = 0
+        hinv[j, :] = 0
+        hinv[:, j] = 0
+        out[j] = True
+        order.append(j)
+        costs.append(float(cost[j]))
+    return order, costs
+
+
+def obs_keep(weight: torch.Tensor, gram: torch.Tensor, n_keep: int, ridge: float,
+             protect: torch.Tensor | None = None) -> list[int]:
+    """The inputs of a consumer to keep so that the least-squares refit loses the least (obs_order)."""
+    gone = set(obs_order(weight, gram, weight.shape[1] - n_keep, ridge, protect)[0])
+    return [i for i in range(weight.shape[1]) if i not in gone]
+
+
 def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | None, ridge: float,
             cross: torch.Tensor | None = None, target_weight: torch.Tensor | None = None) -> None:
     idx = torch.tensor(keep, dtype=torch.long)
@@ -125,16 +168,6 @@ def sync_config(model, fam: Family) -> bool:
         cfg.prunekit_layers = [{"intermediate_size": a, "num_attention_heads": b, "num_key_value_heads": c}
                                for a, b, c in shapes]
     return uniform
-
-
-def resize_to(model, fam: Family, per_layer: list[dict]) -> None:
-    """Give a freshly built model the per-layer shapes of a pruned checkpoint (before loading it)."""
-    hd = head_dim(model.config)
-    for layer, spec in zip(get_module(model, fam.layers), per_layer):
-        mlp, attn = getattr(layer, fam.mlp), getattr(layer, fam.attn)
-        cut_mlp(mlp, fam, list(range(spec["intermediate_size"])), None, 0.0)
-        n_rep = spec["num_attention_heads"] // spec["num_key_value_heads"]
-        cut_heads(attn, fam, list(range(spec["num_key_value_heads"])), n_rep, hd, None, 0.0)
 
 
 def cuts_mlp(layer, fam: Family, keep: list[int] | None) -> bool:

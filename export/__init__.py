@@ -1,0 +1,13 @@
+"""export: a pruned checkpoint -> a deployable artifact, and its check on every stock runtime.
+
+The stage's public entry (the Python API; the orchestrator, serve's users and bench use only these):
+
+    export(ExportConfig(model=PRUNED, out=ART)) -> Manifest   HF checkpoint (+ per-layer layout), ONNX, reference
+    verify(VerifyConfig(artifact=ART)) -> dict                  transformers, onnxruntime, vLLM vs the reference
+    format_table(report) -> str                                 the verify table
+"""
+from .config import RUNTIMES, ExportConfig, VerifyConfig
+from .run import export
+from .checks import format_table, verify
+
+__all__ = ["RUNTIMES", "ExportConfig", "VerifyConfig", "export", "format_table", "verify"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prunekit.artifact import sha256_file
 from prunekit.checkpoint import save_model, save_tokenizer
+from prunekit.errors import PrunekitError
 from prunekit.families import Family, head_dim
 
 SHIPPED = Path(__file__).parent / "shipped" / "modeling_prunekit.py"
@@ -41,7 +42,6 @@ def per_layer_config_json(cfg: dict, fam: Family) -> dict:
     """Turn prunekit's own per-layer record into the config that transformers and vLLM read."""
     layers = cfg.pop("prunekit_layers", None) or [{k: cfg[k] for k in PER_LAYER_KEYS}] * cfg["num_hidden_layers"]
     if len(layers) != cfg["num_hidden_layers"]:
-        from prunekit.errors import PrunekitError
         raise PrunekitError(f"config lists {len(layers)} per-layer shapes for {cfg['num_hidden_layers']} layers; "
                             "the pruned checkpoint is corrupt, re-run compress.")
     width = len(str(len(layers) - 1))  # zero-padded keys sort numerically, as transformers writes them
@@ -68,22 +68,3 @@ def write_hf(model, tokenizer, fam: Family, out: Path) -> dict:
         shutil.copyfile(SHIPPED, out / SHIPPED.name)
         shipped[SHIPPED.name] = sha256_file(out / SHIPPED.name)
     return {"layout": layout, "reason": reason, "shipped_code": shipped}
-
-
-def check_shipped_code(artifact: Path, manifest: dict) -> None:
-    """Refuse an artifact whose shipped modeling code differs from what export recorded."""
-    from prunekit.errors import PrunekitError
-
-    for name, digest in manifest.get("shipped_code", {}).items():
-        f = artifact / name
-        if not f.is_file():
-            raise PrunekitError(f"{artifact}: shipped code {name} is missing; re-export the artifact.")
-        if sha256_file(f) != digest:
-            raise PrunekitError(f"{artifact}: {name} does not match the sha256 recorded in prunekit.json "
-                                "(it was changed after export); refusing to run it with trust_remote_code. "
-                                "Re-export the artifact.")
-    on_disk = sorted(p.name for p in artifact.glob("*.py"))
-    extra = [n for n in on_disk if n not in manifest.get("shipped_code", {})]
-    if extra:
-        raise PrunekitError(f"{artifact}: code files not recorded in prunekit.json: {', '.join(extra)}; "
-                            "refusing to load them. Re-export the artifact.")

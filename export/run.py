@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from prunekit import __version__
-from prunekit.artifact import atomic_dir, check_out_dir, read_manifest, sha256_file, write_manifest
+from prunekit.artifact import Manifest, atomic_dir, check_out_dir, read_manifest, sha256_file, write_manifest
 from prunekit.env import package_versions
 from prunekit.errors import PrunekitError
 from prunekit.loading import load_config, load_model, load_tokenizer
+from prunekit.runtimes import torch_greedy
 
-from .greedy import torch_greedy
+from .config import ExportConfig
 from .hf import write_hf
 from .onnx import export_onnx
 
@@ -61,23 +62,23 @@ def reference(model, tok, prompts, n: int) -> tuple[dict, dict]:
             {"first_logits": torch.stack(logits).contiguous()})
 
 
-def export(src: str, out: str, force: bool = False, onnx: bool = True, tokens: int = 16,
-           prompts=PROMPTS, trust_remote_code: bool = False, allow_pickle: bool = False, log=None) -> dict:
+def export(cfg: ExportConfig, prompts=PROMPTS, log=None, inputs_hash: str | None = None) -> Manifest:
+    """Turn a pruned checkpoint (or any supported model) into a deployable artifact at cfg.out: HF
+    checkpoint in the layout the plan needs, ONNX graph with KV cache, and the fp32 PyTorch reference
+    that verify compares every runtime with. Written atomically; returns the manifest."""
     log = log or (lambda m: print(m, file=sys.stderr))
-    check_out_dir(out, force)
-    if tokens < 1:
-        raise PrunekitError(f"--tokens must be at least 1, got {tokens}.")
+    check_out_dir(cfg.out, cfg.force)
     t0 = time.time()
-    config, source, _ = load_config(src, trust_remote_code)
+    config, source, _ = load_config(cfg.model, cfg.trust_remote_code)
     stored = str(getattr(config, "dtype", None) or "float32").replace("torch.", "")
-    model, fam, source = load_source(source, trust_remote_code, allow_pickle)
-    tok = load_tokenizer(source, trust_remote_code)
+    model, fam, source = load_source(source, cfg.trust_remote_code, cfg.allow_pickle)
+    tok = load_tokenizer(source, cfg.trust_remote_code)
     upstream = read_manifest(source)
-    ref_meta, ref_tensors = reference(model, tok, prompts, tokens)
-    log(f"reference: {len(prompts)} prompts x {tokens} greedy tokens (fp32, PyTorch)")
-    with atomic_dir(out, force=force) as tmp:
+    ref_meta, ref_tensors = reference(model, tok, prompts, cfg.tokens)
+    log(f"reference: {len(prompts)} prompts x {cfg.tokens} greedy tokens (fp32, PyTorch)")
+    with atomic_dir(cfg.out, force=cfg.force) as tmp:
         onnx_info = None
-        if onnx:
+        if cfg.onnx:
             t = time.time()
             onnx_info = export_onnx(model, tmp / "onnx")
             log(f"onnx: {len(onnx_info['op_types'])} standard op types, opset {onnx_info['opset']} "
@@ -87,17 +88,16 @@ def export(src: str, out: str, force: bool = False, onnx: bool = True, tokens: i
         save_file(ref_tensors, str(tmp / REFERENCE))
         hf = write_hf(model.to(getattr(torch, stored)), tok, fam, tmp)
         log(f"hf: {hf['layout']} layout{' (' + hf['reason'] + ')' if hf.get('reason') else ''}, {stored}")
-        manifest = {
-            "format": "prunekit/1", "stage": "export", "name": Path(out).name,
-            "family": fam.name, "architectures": list(getattr(model.config, "architectures", []) or []),
-            **hf, "dtype": stored, "onnx": onnx_info,
-            "source": {"path": source, "manifest": {k: upstream.get(k) for k in
-                       ("source_model", "source_hash", "method", "settings", "params", "quality", "layout")
-                       if k in upstream}},
-            "reference": ref_meta,
-            "files": file_hashes(tmp), "verify": None,
-            "versions": {"prunekit": __version__, **package_versions("torch", "transformers", "onnx", "onnxruntime")}, "export_s": round(time.time() - t0, 1),
-        }
+        up = upstream.to_dict() if upstream is not None else {}
+        manifest = Manifest(
+            stage="export", name=Path(cfg.out).name, family=fam.name, inputs_hash=inputs_hash,
+            architectures=list(getattr(model.config, "architectures", []) or []), **hf, dtype=stored,
+            onnx=onnx_info,
+            source={"path": source, "manifest": {k: up[k] for k in
+                    ("source_model", "source_hash", "method", "settings", "params", "quality", "layout") if k in up}},
+            reference=ref_meta, files=file_hashes(tmp),
+            versions={"prunekit": __version__, **package_versions("torch", "transformers", "onnx", "onnxruntime")},
+            export_s=round(time.time() - t0, 1))
         write_manifest(tmp, manifest)
-    log(f"wrote {out} in {time.time() - t0:.0f} s; check it with: prunekit verify {out}")
+    log(f"wrote {cfg.out} in {time.time() - t0:.0f} s; check it with: prunekit verify {cfg.out}")
     return manifest

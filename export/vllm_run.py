@@ -1,8 +1,8 @@
 """Greedy decoding of token-id prompts in vLLM's offline engine, run as its own process.
 
-`prunekit verify` and `bench` call this in a subprocess: vLLM starts workers with spawn (so the
-caller needs a __main__ guard), holds its KV cache for the life of the process, and sets global
-state that a long-lived test or bench process should not inherit.
+`prunekit verify` calls this in a subprocess: vLLM starts workers with spawn (so the caller needs a
+__main__ guard), holds its KV cache for the life of the process, and sets global state that a
+long-lived test process should not inherit.
 
     python -m prunekit.export.vllm_run REQUEST.json RESULT.json
 REQUEST: {model, dtype, prompts: [[ids]], tokens, trust_remote_code, max_model_len, kv_cache_gib, logprobs}
@@ -14,22 +14,19 @@ import json
 import sys
 import time
 
+from prunekit.runtimes import vllm_engine, vllm_generate
+
 
 def main(request_path: str, result_path: str) -> None:
-    req = json.loads(open(request_path).read())
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
+    with open(request_path) as f:
+        req = json.load(f)
     t0 = time.time()
-    llm = LLM(model=req["model"], dtype=req.get("dtype", "float32"), max_model_len=req.get("max_model_len", 512),
-              trust_remote_code=req.get("trust_remote_code", False), enforce_eager=req.get("enforce_eager", True),
-              # vLLM on CPU fails without an explicit KV cache size (it misreads free memory).
-              kv_cache_memory_bytes=int(req.get("kv_cache_gib", 1) * 2**30),
-              logprobs_mode="raw_logits", max_logprobs=req.get("logprobs", 20), seed=0)
+    k = req.get("logprobs", 20)
+    llm = vllm_engine(req["model"], req.get("dtype", "float32"), req.get("max_model_len", 512),
+                      req.get("trust_remote_code", False), req.get("kv_cache_gib", 1),
+                      logprobs_mode="raw_logits", max_logprobs=k)
     t1 = time.time()
-    # ignore_eos keeps decoding without touching the logits (min_tokens would mask EOS and change argmax).
-    params = SamplingParams(temperature=0.0, max_tokens=req["tokens"], ignore_eos=True, logprobs=req.get("logprobs", 20))
-    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in req["prompts"]], params, use_tqdm=False)
+    outs = vllm_generate(llm, req["prompts"], req["tokens"], logprobs=k)
     t2 = time.time()
     import vllm
     result = {

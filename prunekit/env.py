@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,14 +29,44 @@ def data_root() -> Path | None:
     return None
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for reports: every figure names its machine."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: bf16 matmuls run natively (several times faster than fp32). Without them
     torch emulates bf16 and it is about 100x slower than fp32 (seen on AVX2-only EPYC machines)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count once, at a command's entry (None: leave torch's choice).
+    Library functions never set it themselves. Returns the count in force."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def child_env(**extra: str) -> dict:
+    """The environment for a child process (vLLM, workers), with overrides."""
+    return {**os.environ, **extra}
+
+
+def has_var(name: str) -> bool:
+    return name in os.environ
 
 
 def compute_dtype() -> str:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from .errors import PrunekitError
-from .families import Family, family_for_config
+from .families import family_for_config
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -1,37 +1,51 @@
-"""`prunekit artifacts` (= `make artifacts`, the CI job): compress -> export -> verify -> summary.
+"""The orchestrator: compress -> export -> verify with reuse; `prunekit artifacts` (= `make artifacts`,
+the CI job) and bench both build their artifacts through `build_artifact`.
 
-Into OUT/<name>/: the artifact (HF checkpoint, ONNX, prunekit.json, verify.json) and a README of
-what was pruned, how to serve it and its measured quality. Each step is skipped when its complete
-output is already there for the same inputs (a re-run resumes); anything partial is rebuilt
-(every step writes atomically, so "complete" is simply "its manifest exists").
+Each step records one hash of its inputs in its manifest (`inputs_hash`); a re-run skips a step whose
+complete output is there with the same hash, and rebuilds anything else (every step writes
+atomically, so "complete" is simply "its manifest exists"). App layer: it calls the stages' public
+entries only.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifact import read_manifest
+from prunekit.compress import CompressConfig, compress
+from prunekit.export import RUNTIMES, ExportConfig, VerifyConfig, export, format_table, verify
+
+from .artifact import Manifest, inputs_hash, read_manifest, sha256_file, write_json_atomic
+from .config import Config, check, check_positive, opt
+from .env import set_threads
 from .errors import PrunekitError
+from .model_card import readme
 
 
-@dataclass
-class Pipeline:
-    model: str = "default"
-    ratio: float = 0.2
-    mode: str = "uniform"
-    out: str = "artifacts"
-    name: str | None = None
-    rounds: int = 2
-    threads: int | None = None
-    runtimes: tuple[str, ...] = ("transformers", "onnxruntime", "vllm")
-    kv_cache_gib: float = 1.0
-    rebuild: bool = False
-    samples: int | None = None      # calibration sequences (default: the mix's)
-    seq_len: int | None = None
-    settings: object = None         # a compress Settings that replaces ratio/mode/rounds (tests, experts)
+@dataclass(frozen=True)
+class ArtifactsConfig(Config):
+    model: str = opt("default", "hub id or local HF directory to prune")
+    ratio: float = opt(0.2, "fraction of parameters to remove")
+    mode: str = opt("uniform", "uniform (stock checkpoint) or per-layer widths", choices=("uniform", "per-layer"))
+    rounds: int = opt(2, "calibration rounds (1: one-shot)")
+    out: str = opt("artifacts", "artifacts go to OUT/<name>/")
+    name: str | None = opt(None, "artifact name (default: <model>-pruned-<percent>)")
+    runtimes: tuple[str, ...] = opt(RUNTIMES, "runtimes verify checks")
+    kv_cache_gib: float = opt(1.0, "vLLM KV cache size in GiB")
+    threads: int | None = opt(None, "torch threads (default: torch's choice)", type=int)
+    rebuild: bool = opt(False, "redo every step even if its output exists")
+
+    def validate(self) -> None:
+        self.compress_config()  # the compress fields are checked as compress checks them
+        VerifyConfig(artifact=".", runtimes=self.runtimes, kv_cache_gib=self.kv_cache_gib)
+        check(self.name is None or ("/" not in self.name and self.name not in ("", ".", "..")),
+              f"--name {self.name!r} must be a plain directory name.")
+        check_positive("threads", self.threads)
+
+    def compress_config(self, **over) -> CompressConfig:
+        return CompressConfig(model=self.model, ratio=self.ratio, mode=self.mode, rounds=self.rounds,
+                              threads=self.threads, **over)
 
     def artifact_name(self) -> str:
         from .loading import resolve_source
@@ -39,114 +53,75 @@ class Pipeline:
         return self.name or f"{base}-pruned-{round(self.ratio * 100)}{'-per-layer' if self.mode == 'per-layer' else ''}"
 
 
-def run_pipeline(p: Pipeline, log=None) -> dict:
+def build_artifact(art: Path, export_cfg: ExportConfig, compress_cfg: CompressConfig | None = None,
+                   runtimes: tuple[str, ...] = (), kv_cache_gib: float = 1.0, threads: int | None = None,
+                   rebuild: bool = False, log=None) -> tuple[Manifest | None, Manifest, dict | None, dict]:
+    """compress (when compress_cfg is given; its out is the pruned checkpoint, which export reads),
+    export into `art`, verify on `runtimes` (none: skip). Returns (compress manifest, artifact
+    manifest, verify report, seconds per step)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    from prunekit.compress.iterate import Settings
-    from prunekit.compress.plan import Constraints
-    from prunekit.compress.run import Job, run
-    from prunekit.export.run import export
-    from prunekit.export.verify import format_table, verify
-
-    name = p.artifact_name()
-    root = Path(p.out)
-    pruned, art = root / ".work" / name / "pruned", root / name
-    timings = {}
-    settings = p.settings or Settings(constraints=Constraints(ratio=p.ratio, mode=p.mode), rounds=p.rounds)
-    want = {"ratio": p.ratio, "mode": p.mode, "rounds": p.rounds, "samples": p.samples, "seq_len": p.seq_len,
-            "settings": repr(p.settings)}
-
+    timings: dict[str, float] = {}
+    c = None
     t = time.time()
-    m = read_manifest(pruned) if pruned.is_dir() else {}
-    if not p.rebuild and m.get("stage") == "compress" and m.get("pipeline") == want:
-        log(f"[1/4] compress: reusing {pruned}")
+    if compress_cfg is not None:
+        pruned = Path(compress_cfg.out)
+        h = inputs_hash({"step": "compress", **compress_cfg.to_dict(exclude=("out", "force", "threads"))})
+        c = read_manifest(pruned) if pruned.is_dir() else None
+        if not rebuild and c is not None and c.stage == "compress" and c.inputs_hash == h:
+            log(f"compress: reusing {pruned}")
+        else:
+            log(f"compress {compress_cfg.model} by {compress_cfg.ratio:.0%} ({compress_cfg.mode}) -> {pruned}")
+            c = compress(compress_cfg.replace(force=True), log=log, inputs_hash=h)
+        export_cfg = export_cfg.replace(model=str(pruned))
+        # The pruned manifest changes whenever compress ran again: export then runs again too.
+        upstream = sha256_file(pruned / "prunekit.json")
     else:
-        log(f"[1/4] compress {p.model} by {p.ratio:.0%} ({p.mode}) -> {pruned}")
-        m = run(Job(model=p.model, out=str(pruned), settings=settings, force=True, threads=p.threads,
-                    samples=p.samples, seq_len=p.seq_len), log=log)
-        _tag(pruned, want)
+        upstream = export_cfg.model
     timings["compress"] = round(time.time() - t, 1)
 
     t = time.time()
-    a = read_manifest(art) if art.is_dir() else {}
-    same_source = a.get("source", {}).get("manifest", {}).get("source_hash") == m.get("source_hash") and \
-        a.get("source", {}).get("path") == str(pruned)
-    if not p.rebuild and a.get("stage") == "export" and same_source and not _newer(pruned, art):
-        log(f"[2/4] export: reusing {art}")
+    h = inputs_hash({"step": "export", "source": upstream, **export_cfg.inputs()})
+    a = read_manifest(art) if art.is_dir() else None
+    if not rebuild and a is not None and a.stage == "export" and a.inputs_hash == h:
+        log(f"export: reusing {art}")
     else:
-        log(f"[2/4] export -> {art}")
-        a = export(str(pruned), str(art), force=True, log=log)
+        log(f"export -> {art}")
+        a = export(export_cfg.replace(out=str(art), force=True), log=log, inputs_hash=h)
     timings["export"] = round(time.time() - t, 1)
 
+    report = None
     t = time.time()
-    v = a.get("verify") or {}
-    if v.get("passed") and set(v.get("runtimes", {})) >= set(p.runtimes):
-        log("[3/4] verify: already passed")
-        report = json.loads((art / "verify.json").read_text())
-    else:
-        log(f"[3/4] verify on {', '.join(p.runtimes)}")
-        report = verify(art, runtimes=p.runtimes, kv_cache_gib=p.kv_cache_gib, threads=p.threads, log=log)
+    if runtimes:
+        v = a.verify or {}
+        if not rebuild and v.get("passed") and set(v.get("runtimes", {})) >= set(runtimes):
+            import json
+            log("verify: already passed")
+            report = json.loads((art / "verify.json").read_text())
+        else:
+            log(f"verify on {', '.join(runtimes)}")
+            report = verify(VerifyConfig(artifact=str(art), runtimes=runtimes, kv_cache_gib=kv_cache_gib,
+                                         threads=threads), log=log)
+            a = read_manifest(art)
     timings["verify"] = round(time.time() - t, 1)
-    log(format_table(report))
+    return c, a, report, timings
 
-    log("[4/4] summary")
-    (art / "README.md").write_text(readme(art, read_manifest(art), m, report))
+
+def run_artifacts(cfg: ArtifactsConfig, compress_cfg: CompressConfig | None = None, log=None) -> dict:
+    """`prunekit artifacts`: OUT/<name>/ with the artifact, its verify report and a model card.
+    `compress_cfg` replaces the compress settings derived from cfg (tests, experts)."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    set_threads(cfg.threads)
+    name = cfg.artifact_name()
+    root = Path(cfg.out)
+    pruned, art = root / ".work" / name / "pruned", root / name
+    ccfg = (compress_cfg or cfg.compress_config()).replace(out=str(pruned), model=cfg.model)
+    c, a, report, timings = build_artifact(art, ExportConfig(model=str(pruned), out=str(art)), ccfg, cfg.runtimes,
+                                           cfg.kv_cache_gib, cfg.threads, cfg.rebuild, log)
+    log(format_table(report))
+    (art / "README.md").write_text(readme(art, a, c, report))
     summary = {"artifact": str(art), "passed": report["passed"], "timings_s": timings}
-    (art.parent / f"{name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(art.parent / f"{name}.summary.json", summary)
     if not report["passed"]:
         raise PrunekitError(f"verify failed for {art}; see {art / 'verify.json'}.")
     log(f"done: {art} ({sum(timings.values()):.0f} s); serve it with: prunekit serve {art}")
     return summary
-
-
-def _tag(pruned: Path, want: dict) -> None:
-    """Record the pipeline inputs in the pruned manifest so a re-run knows whether it can reuse it."""
-    from .artifact import write_manifest
-    m = read_manifest(pruned)
-    m["pipeline"] = want
-    write_manifest(pruned, m)
-
-
-def _newer(pruned: Path, art: Path) -> bool:
-    # The manifest is the last file either step writes (sharded checkpoints have no model.safetensors).
-    return (pruned / "prunekit.json").stat().st_mtime > (art / "prunekit.json").stat().st_mtime
-
-
-def readme(art: Path, a: dict, c: dict, report: dict) -> str:
-    p = c.get("params", {})
-    q = c.get("quality", {}).get("heldout_ppl", {})
-    dense, pruned = q.get("dense", {}), q.get("pruned", {})
-    rows = "\n".join(f"| {d} | {dense[d]:.2f} | {pruned[d]:.2f} |" for d in dense if d in pruned)
-    vr = "\n".join(f"| {k} | {'yes' if r['loads'] else 'no'} | {r.get('max_abs_logit_diff', float('nan')):.2e} | "
-                   f"{r.get('greedy_match', '-')} |" for k, r in report["runtimes"].items())
-    trc = " (it ships modeling_prunekit.py; prunekit checks its sha256 before passing --trust-remote-code)" \
-        if a.get("layout") == "per-layer" else ""
-    st = c.get("settings", {})
-    ratio = 1 - p["pruned_total"] / p["dense_total"] if p.get("dense_total") else float("nan")
-    return f"""# {a.get('name')}
-
-{c.get('source_model', '?')} with {ratio:.1%} of its parameters removed by prunekit
-({p.get('dense_total', 0):,} -> {p.get('pruned_total', 0):,}); method `{st.get('method', '?')}`,
-{st.get('rounds', '?')} calibration rounds on the multi-domain mix. Layout: **{a.get('layout')}**{trc}.
-
-## Serve
-
-```bash
-prunekit serve {art}            # vLLM OpenAI server on 127.0.0.1:8000
-prunekit load http://127.0.0.1:8000 --requests 32 --concurrency 4
-```
-
-Or any stock runtime: `AutoModelForCausalLM.from_pretrained("{art}")`, `vllm` with `--model {art}`,
-onnxruntime with `onnx/model.onnx` (KV cache as inputs/outputs, optimum's names).
-
-## Quality (held-out perplexity, text disjoint from calibration)
-
-| domain | dense | pruned |
-|---|---|---|
-{rows}
-
-## Verified ({report['prompts']} prompts x {report['new_tokens']} greedy tokens against PyTorch)
-
-| runtime | loads | max abs logit diff | greedy match |
-|---|---|---|---|
-{vr}
-"""

@@ -11,7 +11,8 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+
+from .config import LoadConfig
 
 PROMPTS = (
     "Explain in two sentences why the sky is blue.",
@@ -22,22 +23,7 @@ PROMPTS = (
 )
 
 
-@dataclass
-class LoadOptions:
-    model: str
-    concurrency: int = 4
-    requests: int = 32
-    duration: float = 120.0
-    max_tokens: int = 32
-    kinds: tuple[str, ...] = ("completion", "chat")
-    api_key: str | None = None
-    timeout: float = 300.0
-    # Every request generates max_tokens (vLLM's `ignore_eos`), so that models that stop early do not
-    # look faster: the same work is asked of each model.
-    ignore_eos: bool = True
-
-
-def one_request(url: str, opt: LoadOptions, kind: str, prompt: str) -> dict:
+def one_request(url: str, opt: LoadConfig, kind: str, prompt: str) -> dict:
     """One streaming request; returns latency, time to first token and output tokens."""
     body = {"model": opt.model, "max_tokens": opt.max_tokens, "temperature": 0.0, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -77,7 +63,9 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def run_load(url: str, opt: LoadOptions) -> dict:
+def run_load(opt: LoadConfig) -> dict:
+    """Send opt.requests streaming requests (or for opt.duration seconds) from opt.concurrency clients."""
+    url = opt.url.rstrip("/")
     results, errors = [], []
     lock = threading.Lock()
     counter = iter(range(opt.requests))

@@ -15,34 +15,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from prunekit.artifact import Manifest, check_shipped_code, load_artifact, needs_remote_code
+from prunekit.env import child_env, compute_dtype, has_var
 from prunekit.errors import PrunekitError
+from prunekit.proc import stop_group
+
+from .config import ServeConfig
 
 
-@dataclass
-class ServeOptions:
-    host: str = "127.0.0.1"         # never exposed beyond this machine unless asked for
-    port: int = 8000
-    api_key: str | None = None
-    dtype: str = "auto"             # auto: bf16 on CUDA or CPUs with native bf16, else fp32
-    max_model_len: int = 2048
-    kv_cache_gib: float = 1.0       # vLLM on CPU needs an explicit size (it misreads free memory)
-    threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND; None: all cores on a small machine
-    enforce_eager: bool = True      # start in ~20 s instead of ~50 s (no torch.compile)
-    allow_unverified: bool = False
-    startup_timeout: float = 600
-    extra_args: list[str] = field(default_factory=list)
-
-
-def check_artifact(path: str | Path, allow_unverified: bool) -> tuple[Path, dict]:
-    """The artifact, its manifest, and the reasons to refuse it: not verified, failed, tampered."""
-    from prunekit.export.hf import check_shipped_code
-    from prunekit.export.verify import load_artifact
-
+def check_artifact(path: str | Path, allow_unverified: bool) -> tuple[Path, Manifest]:
+    """The artifact and its manifest, or the reason to refuse it: not verified, failed, tampered."""
     art, m = load_artifact(path)
-    v = m.get("verify")
+    v = m.verify
     if not allow_unverified:
         if v is None:
             raise PrunekitError(f"{art} has not been verified; run `prunekit verify {art}` first "
@@ -68,32 +54,28 @@ def port_free(host: str, port: int) -> None:
                                 "Pick another with --port.") from e
 
 
-def server_dtype(opt: ServeOptions) -> str:
-    if opt.dtype != "auto":
-        return opt.dtype
-    from prunekit.env import compute_dtype
-    return compute_dtype()
+def server_dtype(cfg: ServeConfig) -> str:
+    return compute_dtype() if cfg.dtype == "auto" else cfg.dtype
 
 
-def command(art: Path, manifest: dict, opt: ServeOptions) -> tuple[list[str], dict]:
-    name = manifest.get("name") or art.name
+def command(art: Path, manifest: Manifest, cfg: ServeConfig) -> tuple[list[str], dict]:
+    name = manifest.name or art.name
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(art.resolve()),
-           "--served-model-name", name, "--host", opt.host, "--port", str(opt.port),
-           "--dtype", server_dtype(opt), "--max-model-len", str(opt.max_model_len),
-           "--kv-cache-memory-bytes", str(int(opt.kv_cache_gib * 2**30)), "--disable-uvicorn-access-log"]
-    if manifest.get("layout") == "per-layer":
+           "--served-model-name", name, "--host", cfg.host, "--port", str(cfg.port),
+           "--dtype", server_dtype(cfg), "--max-model-len", str(cfg.max_model_len),
+           "--kv-cache-memory-bytes", str(int(cfg.kv_cache_gib * 2**30)), "--disable-uvicorn-access-log"]
+    if needs_remote_code(manifest):
         cmd.append("--trust-remote-code")  # the shipped code matched its sha256 (check_artifact)
-    if opt.enforce_eager:
+    if cfg.enforce_eager:
         cmd.append("--enforce-eager")
-    cmd += opt.extra_args
-    env = dict(os.environ)
-    if opt.api_key:
-        env["VLLM_API_KEY"] = opt.api_key  # not on the command line, where `ps` shows it
-    if opt.threads_bind or "VLLM_CPU_OMP_THREADS_BIND" not in env:
+    extra = {}
+    if cfg.api_key:
+        extra["VLLM_API_KEY"] = cfg.api_key  # not on the command line, where `ps` shows it
+    if cfg.threads_bind or not has_var("VLLM_CPU_OMP_THREADS_BIND"):
         # vLLM's default binds the model to one core and keeps one for the scheduler; on a 2-core
         # machine using both for the model measured faster (RUNTIME.md).
-        env["VLLM_CPU_OMP_THREADS_BIND"] = opt.threads_bind or f"0-{(os.cpu_count() or 1) - 1}"
-    return cmd, env
+        extra["VLLM_CPU_OMP_THREADS_BIND"] = cfg.threads_bind or f"0-{(os.cpu_count() or 1) - 1}"
+    return cmd, child_env(**extra)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log_path: Path | None) -> None:
@@ -112,71 +94,32 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log_path: Pat
     raise PrunekitError(f"vLLM did not answer {url}/health within {timeout:.0f} s.")
 
 
-def group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group. Zombies are skipped: orphans re-parented to a
-    container's PID 1 may never be reaped, but they hold no memory, port or thread."""
-    alive = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(d.name))
-    return alive
-
-
-def stop(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM the whole process group (server, engine core, workers); SIGKILL what remains after
-    `grace` seconds. Returns when no process of the group is left running."""
-    pgid = proc.pid
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + grace
-    while time.time() < deadline:
-        proc.poll()
-        if proc.returncode is not None and not group_alive(pgid):
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 class Server:
     """A running vLLM server for an artifact; a context manager that always stops it."""
 
-    def __init__(self, artifact: str | Path, opt: ServeOptions, log_path: Path | None = None):
-        self.art, self.manifest = check_artifact(artifact, opt.allow_unverified)
-        port_free(opt.host, opt.port)
-        self.opt, self.log_path = opt, log_path
-        self.name = self.manifest.get("name") or self.art.name
-        host = f"[{opt.host}]" if ":" in opt.host else opt.host
-        self.url = f"http://{'127.0.0.1' if opt.host in ('0.0.0.0', '') else host}:{opt.port}"
+    def __init__(self, cfg: ServeConfig, log_path: Path | None = None):
+        self.art, self.manifest = check_artifact(cfg.artifact, cfg.allow_unverified)
+        port_free(cfg.host, cfg.port)
+        self.cfg, self.log_path = cfg, log_path
+        self.name = self.manifest.name or self.art.name
+        self.url = cfg.url()
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Server":
-        cmd, env = command(self.art, self.manifest, self.opt)
+        cmd, env = command(self.art, self.manifest, self.cfg)
         out = open(self.log_path, "w") if self.log_path else None
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                      start_new_session=True)  # own process group: stop() reaches all children
         try:
-            wait_healthy(self.url, self.proc, self.opt.startup_timeout, self.log_path)
+            wait_healthy(self.url, self.proc, self.cfg.startup_timeout, self.log_path)
         except BaseException:
-            stop(self.proc)
+            stop_group(self.proc)
             raise
         return self
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop(self.proc)
+            stop_group(self.proc)
 
     def __enter__(self) -> "Server":
         return self.start()
@@ -189,15 +132,16 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def serve_forever(artifact: str, opt: ServeOptions) -> int:
-    srv = Server(artifact, opt)
+def serve(cfg: ServeConfig) -> int:
+    """Serve until Ctrl-C or SIGTERM; returns the exit code."""
+    srv = Server(cfg)
     # SIGTERM (docker stop, CI cancel) takes the same path as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"starting vLLM for {srv.art} ({srv.manifest.get('layout')} layout, dtype {server_dtype(opt)}) ...",
+    print(f"starting vLLM for {srv.art} ({srv.manifest.layout} layout, dtype {server_dtype(cfg)}) ...",
           file=sys.stderr)
     try:
         srv.start()
-        print(f"serving {srv.name!r} at {srv.url}/v1 (OpenAI API){'; API key required' if opt.api_key else ''}. "
+        print(f"serving {srv.name!r} at {srv.url}/v1 (OpenAI API){'; API key required' if cfg.api_key else ''}. "
               "Ctrl-C stops it.", file=sys.stderr, flush=True)
         while srv.proc.poll() is None:
             time.sleep(0.5)
@@ -211,9 +155,14 @@ def serve_forever(artifact: str, opt: ServeOptions) -> int:
 
 
 def models(url: str, api_key: str | None = None) -> list[str]:
-    req = urllib.request.Request(f"{url}/v1/models", headers=_auth(api_key))
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return [m["id"] for m in json.load(r)["data"]]
+    """The model names a server offers, or an error that says the server is not there."""
+    req = urllib.request.Request(f"{url.rstrip('/')}/v1/models", headers=_auth(api_key))
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return [m["id"] for m in json.load(r)["data"]]
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError, KeyError) as e:
+        raise PrunekitError(f"no OpenAI-compatible server answers at {url} ({e}); start one with "
+                            "`prunekit serve ARTIFACT`, or fix the URL.") from e
 
 
 def _auth(api_key: str | None) -> dict:

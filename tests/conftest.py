@@ -1,7 +1,17 @@
-"""Shared fixtures: tiny random-weight models of every supported family, and the default model."""
+"""Shared fixtures: tiny random-weight models of every supported architecture, a tiny tokenizer and
+calibration mix kept in the repo (unit tests need no real model and no shared data), and the default
+model for the slow tier.
+
+Tiers (every test has exactly one; `make test-fast` runs unit):
+  unit         seconds; tiny models, the tiny tokenizer and mix, no vLLM, no ONNX export
+  integration  tiny exported artifacts on the three runtimes (ONNX export, vLLM), the shared data sets
+  slow         the real default model
+"""
 from __future__ import annotations
 
+import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -15,18 +25,32 @@ torch.set_num_threads(int(os.environ.get("PRUNEKIT_TEST_THREADS", "2")))
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=128)
 
-# One tiny config per family; test_families_complete fails if a family has no entry here.
-FAMILY_CONFIGS = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(tie_word_embeddings=True)),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=False)),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(tie_word_embeddings=True)),
+# One tiny config per supported architecture name; test_every_architecture_has_a_tiny_model fails if
+# a registered architecture has no entry here (and export/verify run over all of them).
+ARCH_CONFIGS = {
+    "LlamaForCausalLM": ("LlamaConfig", dict(tie_word_embeddings=True)),
+    "MistralForCausalLM": ("MistralConfig", dict(tie_word_embeddings=False, sliding_window=None)),
+    "Qwen2ForCausalLM": ("Qwen2Config", dict(tie_word_embeddings=False)),
+    "Qwen3ForCausalLM": ("Qwen3Config", dict(tie_word_embeddings=True)),
 }
+# The first architecture of each family stands for it where a test is about the family.
+FAMILY_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
-def tiny_model(family: str, seed: int = 0, **overrides):
+def pytest_collection_modifyitems(items):
+    tiers = {"unit", "integration", "slow"}
+    for item in items:
+        marks = tiers & {m.name for m in item.iter_markers()}
+        if len(marks) != 1:
+            raise pytest.UsageError(f"{item.nodeid} needs exactly one tier marker of {sorted(tiers)}, has {sorted(marks)}")
+
+
+def tiny_model(arch: str, seed: int = 0, **overrides):
+    """A tiny random model of an architecture name (or a family name: its first architecture)."""
     import transformers
 
-    cfg_cls, model_cls, extra = FAMILY_CONFIGS[family]
+    model_cls = FAMILY_ARCH.get(arch, arch)
+    cfg_cls, extra = ARCH_CONFIGS[model_cls]
     cfg = getattr(transformers, cfg_cls)(**{**TINY, **extra, **overrides})
     cfg.architectures = [model_cls]
     torch.manual_seed(seed)
@@ -39,7 +63,7 @@ def tiny_model(family: str, seed: int = 0, **overrides):
     return model
 
 
-@pytest.fixture(params=sorted(FAMILY_CONFIGS))
+@pytest.fixture(params=sorted(FAMILY_ARCH))
 def family_name(request):
     return request.param
 
@@ -64,6 +88,9 @@ def data_root() -> Path:
     from prunekit import env
     root = env.data_root()
     if root is None:
+        # CI lays out ../shared/data: a missing folder there is a broken setup, not a reason to skip.
+        if os.environ.get("CI") == "true":
+            pytest.fail("no local data folder (../shared/data or $PRUNEKIT_DATA) in CI")
         pytest.skip("no local data folder (../shared/data or $PRUNEKIT_DATA)")
     return root
 
@@ -96,8 +123,8 @@ def tiny_tokenizer():
 
 
 def tiny_checkpoint(out: Path, family: str, widths=None, groups=None, seed: int = 0) -> Path:
-    """A saved tiny checkpoint with tokenizer, pruned per layer when widths/groups are given.
-
+    """A saved tiny checkpoint with tokenizer, pruned per layer when widths/groups are given;
+    `family` is a family or an architecture name (see ARCH_CONFIGS);
     head_dim 32 (vLLM's CPU attention has no kernel for 16) and heads * head_dim == hidden_size."""
     from prunekit.checkpoint import save_model, save_tokenizer
     from prunekit.compress import surgery as S
@@ -113,5 +140,43 @@ def tiny_checkpoint(out: Path, family: str, widths=None, groups=None, seed: int 
                           list(range(groups[i])) if groups else None)
         S.sync_config(model, fam)
     save_model(model, out)
+    save_tokenizer(tiny_tokenizer(), out)
+    return out
+
+
+# ---------------------------------------------------------------- a tiny calibration mix
+
+WORDS = {
+    "prose": "the a river city winter light old house road market song child morning letter garden "
+             "window story stone bridge quiet long green small across under between after before".split(),
+    "code": "def return if else for in range while import class self None True False print len "
+            "x y i n value result items key + - * = == ( ) : [ ] ,".split(),
+}
+
+
+def tiny_mix(root: Path, records: int = 120, seq_len: int = 32, total: int = 8) -> Path:
+    """A two-domain mix YAML over generated text files (deterministic; no shared data needed)."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    domains = {}
+    for name, words in WORDS.items():
+        with open(root / f"{name}.jsonl", "w") as f:
+            for i in range(records):
+                text = " ".join(rng.choice(words) for _ in range(rng.randint(12, 30)))
+                f.write(json.dumps({"text": f"{i}: {text}"}) + "\n")
+        domains[name] = {"source": f"{name}.jsonl", "template": "{text}", "weight": 1}
+    spec = {"name": "tiny", "seq_len": seq_len, "seed": 0, "total_samples": total, "eval_samples": 2,
+            "domains": domains}
+    (root / "mix.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return root / "mix.yaml"
+
+
+def tiny_src(out: Path, arch: str = "llama", **overrides) -> Path:
+    """A tiny random checkpoint with the tiny tokenizer, ready for compress."""
+    from prunekit.checkpoint import save_tokenizer
+    model = tiny_model(arch, vocab_size=320, **overrides)
+    model.save_pretrained(out)
     save_tokenizer(tiny_tokenizer(), out)
     return out

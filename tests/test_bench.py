@@ -1,13 +1,15 @@
-"""bench: the zero-shot scorer against a direct computation, and a whole quick run on tiny artifacts."""
+"""bench: the zero-shot scorer against a direct computation, and the shapes mode (the whole quick
+run on tiny artifacts is in test_shared_data.py: it needs the data sets)."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import tiny_checkpoint, tiny_model, tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.unit
 
 
 @torch.no_grad()
@@ -61,67 +63,13 @@ def test_acc_and_acc_norm_follow_lm_eval():
     assert res == {"n": 2, "acc": acc, "acc_norm": norm}
 
 
-def test_task_loaders_read_the_shared_data(data_root):
-    from prunekit.bench.zeroshot import TASKS
-
-    sizes = {name: len(load(data_root)) for name, load in TASKS.items()}
-    assert sizes == {"piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172, "boolq": 3270,
-                     "winogrande": 1267, "openbookqa": 500}
-    for name, load in TASKS.items():
-        d = load(data_root)[0]
-        assert 0 <= d.gold < len(d.continuations) == len(d.contexts), name
-
-
-def test_wikitext_windows_follow_the_paper_protocol(data_root):
-    from prunekit.bench.quality import wikitext_windows
-
-    tok = tiny_tokenizer()
-    w = wikitext_windows(data_root, tok, 256, limit=3)
-    assert w.shape == (3, 256)
-    text = tok.decode(w[0].tolist())
-    # HF rows ("" for the blank " " lines, "\n" kept on the others) joined by "\n\n", as the papers do.
-    assert text.startswith("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is")
-
-
-def test_quick_bench_on_tiny_artifacts(tmp_path, data_root):
-    from prunekit.bench.run import run_bench
-    from prunekit.export.run import export
-
-    arts = {}
-    for label, kw in (("dense", {}), ("20%", dict(widths=[128] * 3))):
-        src = tiny_checkpoint(tmp_path / f"src-{len(arts)}", "llama", **kw)
-        export(str(src), str(tmp_path / f"art-{len(arts)}"), tokens=2, log=lambda m: None)
-        arts[label] = str(tmp_path / f"art-{len(arts)}")
-    # The method grid prunes the tiny dense source in-process (ours and wanda-sp, at 30%: the tiny
-    # model's MLP granularity cannot hit 20%).
-    out = run_bench("quick", str(tmp_path / "results"), str(tmp_path / "work"), given=arts, threads=2,
-                    runtimes=["torch", "onnxruntime"], log=lambda m: None, model=str(tmp_path / "src-0"),
-                    overrides={"method_ratios": (0.3,)})
-    res = json.loads((out / "results.json").read_text())
-    assert set(res["models"]) == {"dense", "20%"}
-    d, p = res["models"]["dense"], res["models"]["20%"]
-    assert p["weight_bytes_per_token"] < d["weight_bytes_per_token"]
-    for m in (d, p):
-        assert m["quality"]["wikitext2"]["ppl"] > 1 and set(m["quality"]["zeroshot"]) >= {"piqa", "winogrande"}
-        for rt in ("torch", "onnxruntime"):
-            s = m["speed"][rt]
-            assert s["runs"] == 1 and not s["errors"] and s["decode_tok_s_b1"]["median"] > 0, s
-    rows = res["methods"]
-    assert [(r["variant"], r["ratio"]) for r in rows] == [("dense", 0.0), ("ours", 0.3), ("wanda-sp", 0.3)]
-    assert all(r["params"] < rows[0]["params"] and r["quality"]["mean_acc"] is not None for r in rows[1:])
-    report = (out / "report.md").read_text()
-    assert "| 20% |" in report and "ideal" in report and "| wanda-sp |" in report
-    for png in ("quality.png", "speed.png", "methods.png"):
-        assert (out / png).stat().st_size > 1000
-
-
 def test_shapes_mode_builds_pruned_shapes_and_times_them():
     from prunekit.bench.shapes import SHAPES, params, pruned_width, run_shapes
 
     cfg = SHAPES["llama-3.1-8b"][1]
     assert params(cfg, cfg["intermediate_size"]) == 8_030_261_248  # Llama-3.1-8B's published count
     assert pruned_width(cfg, 0.2) % 256 == 0 and abs(1 - params(cfg, pruned_width(cfg, 0.2)) / 8_030_261_248 - 0.2) < 0.01
-    res = run_shapes(["tiny"], [0.0, 0.4], None, prompt_len=8, new_tokens=3, batch=2, repeats=1, log=lambda m: None)
+    res = run_shapes(["tiny"], [0.0, 0.4], None, prompt_len=8, new_tokens=12, batch=2, repeats=1, log=lambda m: None)
     dense, pruned = res["rows"]
     assert pruned["params"] < dense["params"] and pruned["intermediate_size"] < dense["intermediate_size"]
     assert all(r["decode_tok_s_b1"]["median"] > 0 for r in res["rows"])

@@ -1,91 +1,158 @@
-"""`prunekit compress` end to end: tiny models for mechanics, the default model for the real thing."""
+"""`prunekit compress` end to end on tiny models and the tiny mix (unit), and the default model (slow)."""
 import json
 
 import pytest
 import torch
 
 from prunekit.cli import main
-from prunekit.compress.iterate import Settings
-from prunekit.compress.plan import Constraints
-from prunekit.compress.run import Job, run
+from prunekit.compress import CompareConfig, CompressConfig, compare, compress
 from prunekit.errors import PrunekitError
 
-from conftest import tiny_model
+from conftest import tiny_mix, tiny_src
 
 
 @pytest.fixture(scope="module")
-def tiny_src(tmp_path_factory, default_model_dir):
-    """A tiny random Llama with the default model's tokenizer (so the real mix can be packed)."""
-    from prunekit.checkpoint import save_tokenizer
-    from prunekit.loading import load_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-src")
-    tiny_model("llama", vocab_size=49152, intermediate_size=256, num_hidden_layers=4).save_pretrained(out)
-    save_tokenizer(load_tokenizer(default_model_dir), out)
-    return out
+def src(tmp_path_factory):
+    """A tiny random Llama (4 layers) with the tiny tokenizer, and the tiny two-domain mix."""
+    d = tmp_path_factory.mktemp("tiny-src")
+    return tiny_src(d / "model", intermediate_size=256, num_hidden_layers=4), tiny_mix(d / "mix")
 
 
-def job(src, out, **kw):
+def cfg(src, out, **kw) -> CompressConfig:
     # The tiny model's embeddings dwarf its decoder, so targets are fractions of the decoder.
-    s = Settings(constraints=Constraints(ratio=kw.pop("ratio", 0.2), ratio_of="decoder", align=32,
-                                         structures=kw.pop("structures", ("mlp", "heads")),
-                                         tolerance=0.06, mode=kw.pop("mode", "uniform")),
-                 rounds=kw.pop("rounds", 2), method=kw.pop("method", "hybrid"), quick_eval=0)
-    return Job(model=str(src), out=str(out), settings=s, samples=5, seq_len=64, seed=kw.pop("seed", 0),
-               dtype="float32", **kw)
+    model, mix = src
+    base = dict(model=str(model), calib=str(mix), out=str(out), ratio=0.2, ratio_of="decoder", align=32,
+                structures=("mlp", "heads"), tolerance=0.06, rounds=2, quick_eval=0, seed=0, dtype="float32")
+    return CompressConfig(**{**base, **kw})
 
 
-def test_tiny_compress_deterministic_and_loadable(tiny_src, tmp_path, data_root):
+def quiet(m):
+    pass
+
+
+@pytest.mark.unit
+def test_tiny_compress_deterministic_and_loadable(src, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    m1 = run(job(tiny_src, tmp_path / "a"), log=lambda m: None)
-    m2 = run(job(tiny_src, tmp_path / "b"), log=lambda m: None)
-    assert m1["plan"] == m2["plan"]
-    m3 = run(job(tiny_src, tmp_path / "c", seed=1), log=lambda m: None)
-    assert m3["calibration"]["fingerprint"] != m1["calibration"]["fingerprint"]
+    m1 = compress(cfg(src, tmp_path / "a"), log=quiet)
+    m2 = compress(cfg(src, tmp_path / "b"), log=quiet)
+    assert m1.plan == m2.plan
+    assert any(len(k) < 256 for k in m1.plan["mlp"])  # something was cut
+    m3 = compress(cfg(src, tmp_path / "c", seed=1), log=quiet)
+    assert m3.plan != m1.plan  # other calibration samples, other statistics
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
-    assert sum(p.numel() for p in model.parameters()) == m1["params"]["pruned_total"]
-    assert m1["params"]["pruned_total"] < m1["params"]["dense_total"]
-    assert len(m1["rounds"]) == 2 and m1["layout"] == "uniform"
-    assert set(m1["quality"]["heldout_ppl"]["pruned"]) == {"web", "code", "math", "instructions", "german"}
+    assert sum(p.numel() for p in model.parameters()) == m1.params["pruned_total"] < m1.params["dense_total"]
+    assert [r["target"] for r in m1.rounds] == pytest.approx([0.1, 0.2]) and m1.layout == "uniform"
+    assert set(m1.quality["heldout_ppl"]["pruned"]) == {"prose", "code"}
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     on_disk = json.loads((tmp_path / "a" / "prunekit.json").read_text())
-    assert on_disk["source_hash"].startswith("sha256:") and on_disk["versions"]["torch"]
+    assert on_disk["format"] == "prunekit/1" and on_disk["source_hash"].startswith("sha256:")
+    assert on_disk["settings"]["method"] == "hybrid" and on_disk["settings"]["rounds"] == 2
+    assert on_disk["settings"]["constraints"]["structures"] == ["mlp", "heads"]  # prunekit/1's nesting
 
 
-def test_tiny_per_layer_and_layers(tiny_src, tmp_path, data_root):
+@pytest.mark.unit
+def test_tiny_per_layer_and_layers(src, tmp_path):
     from prunekit.loading import load_model
 
-    m = run(job(tiny_src, tmp_path / "p", mode="per-layer", ratio=0.3), log=lambda m: None)
-    assert m["layout"] == "per-layer"
+    m = compress(cfg(src, tmp_path / "p", mode="per-layer", ratio=0.3), log=quiet)
+    assert m.layout == "per-layer"
     model, _, _ = load_model(tmp_path / "p", dtype="float32")
-    assert sum(p.numel() for p in model.parameters()) == m["params"]["pruned_total"]
-    m = run(job(tiny_src, tmp_path / "l", structures=("layers",), method="block-influence", ratio=0.25,
-                rounds=1), log=lambda m: None)
-    assert len(m["plan"]["kept_layers"]) == 3
+    assert sum(p.numel() for p in model.parameters()) == m.params["pruned_total"]
+    m = compress(cfg(src, tmp_path / "l", structures=("layers",), method="block-influence", ratio=0.25, rounds=1),
+                 log=quiet)
+    assert len(m.plan["kept_layers"]) == 3
 
 
-def test_existing_out_refused_before_work(tiny_src, tmp_path):
+@pytest.mark.unit
+def test_existing_out_refused_before_work(src, tmp_path):
     (tmp_path / "x").write_text("keep me")
     with pytest.raises(PrunekitError, match="--force"):
-        run(job(tiny_src, tmp_path), log=lambda m: None)
+        compress(cfg(src, tmp_path), log=quiet)
     assert (tmp_path / "x").read_text() == "keep me"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("argv,match", [
     (["--ratio", "1.5"], "--ratio"),
     (["--structures", "mlp,experts"], "unknown structure"),
     (["--method", "block-influence"], "block-influence"),
     (["--rounds", "0"], "--rounds"),
+    (["--tolerance", "0"], "--tolerance"),
+    (["--align", "-64"], "--align"),
+    (["--mode", "per-layer", "--structures", "layers"], "per-layer mode"),
     (["--model", "/nonexistent/model"], "does not exist"),
     (["--calib", "/nonexistent/mix.yaml"], "does not exist"),
-    (["--domains", "klingon"], "not in the mix"),
 ])
 def test_cli_bad_inputs(tmp_path, argv, match, capsys):
     rc = main(["compress", "--out", str(tmp_path / "o"), *argv])
     assert rc == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.unit
+def test_bad_config_fails_before_any_model_loads(monkeypatch, tmp_path):
+    """The config is checked when it is built: a bad value never reaches the loader."""
+    import prunekit.compress.run as R
+    import prunekit.compress.variants as V
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+    for mod in (R, V):
+        monkeypatch.setattr(mod, "load_model", boom)
+        monkeypatch.setattr(mod.D, "load_mix", boom)
+    assert main(["compress", "--out", str(tmp_path / "o"), "--rounds", "0"]) == 2
+    assert main(["compare", "--variants", "ours,sparsegpt"]) == 2
+
+
+@pytest.mark.unit
+def test_unknown_domain_is_named(src, tmp_path, capsys):
+    model, mix = src
+    rc = main(["compress", "--model", str(model), "--calib", str(mix), "--domains", "klingon",
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "not in the mix" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.unit
+def test_compare_runs_variants_on_one_budget(src, tmp_path):
+    model, mix = src
+    c = CompareConfig(model=str(model), calib=str(mix), ratios=(0.25,), variants=("ours-oneshot", "ours-c4only",
+                      "magnitude"), seed=0, ratio_of="decoder", align=32, tolerance=0.06, out=str(tmp_path))
+    with pytest.raises(PrunekitError, match="not in the mix"):  # ours-c4only calibrates on the mix's `web`
+        compare(c, log=quiet)
+    res = compare(c.replace(variants=("ours-oneshot", "magnitude")), log=quiet)
+    names = [r["variant"] for r in res["rows"]]
+    assert names == ["dense", "ours-oneshot", "magnitude"]
+    assert all(set(r["ppl"]) == set(res["heldout_tokens"]) == {"prose", "code"} for r in res["rows"])
+    assert all(r["removed_total"] > 0 for r in res["rows"][1:])
+    md = (tmp_path / "compare.md").read_text()
+    assert "25% of parameters removed" in md and "magnitude" in md
+    with pytest.raises(PrunekitError, match="unknown variant"):
+        CompareConfig(variants=("sparsegpt",))
+
+
+@pytest.mark.integration
+def test_artifacts_pipeline_builds_then_resumes(src, tmp_path):
+    from prunekit.pipeline import ArtifactsConfig, run_artifacts
+
+    a = ArtifactsConfig(model=str(src[0]), out=str(tmp_path / "artifacts"), name="tiny",
+                        runtimes=("transformers", "onnxruntime"), threads=2)
+    c = cfg(src, "unused", rounds=1)
+    logs: list[str] = []
+    summary = run_artifacts(a, c, log=logs.append)
+    art = tmp_path / "artifacts" / "tiny"
+    assert summary["passed"] and (art / "verify.json").is_file() and (art / "onnx" / "model.onnx").is_file()
+    readme = (art / "README.md").read_text()
+    assert "prunekit serve" in readme and "| prose |" in readme and "| onnxruntime | yes |" in readme
+    assert not any("reusing" in m for m in logs)
+    logs.clear()
+    run_artifacts(a, c, log=logs.append)
+    assert any("compress: reusing" in m for m in logs) and any("export: reusing" in m for m in logs)
+    assert any("verify: already passed" in m for m in logs)
+    logs.clear()
+    run_artifacts(a, c.replace(ridge=0.1), log=logs.append)  # a changed input redoes compress, so export too
+    assert not any("reusing" in m for m in logs)
 
 
 @pytest.mark.slow
@@ -106,38 +173,3 @@ def test_default_model_20_percent(tmp_path, default_model_dir, data_root):
     with torch.no_grad():
         out_ids = model.generate(torch.tensor([[1, 504, 3458]]), max_new_tokens=4, do_sample=False)
     assert out_ids.shape[1] == 7
-
-
-def test_compare_runs_variants_on_one_budget(tiny_src, tmp_path, data_root):
-    from prunekit.compress.compare import run_compare
-
-    base = Settings(quick_eval=0, constraints=Constraints(ratio=0.2, ratio_of="decoder", align=32,
-                                                          tolerance=0.06))
-    res = run_compare(str(tiny_src), "default", [0.25], ["ours-oneshot", "ours-c4only", "magnitude"], base,
-                      tmp_path, samples=5, seq_len=64, seed=0, log=lambda m: None)
-    names = [r["variant"] for r in res["rows"]]
-    assert names == ["dense", "ours-oneshot", "ours-c4only", "magnitude"]
-    assert all(set(r["ppl"]) == set(res["heldout_tokens"]) for r in res["rows"])
-    md = (tmp_path / "compare.md").read_text()
-    assert "25% of parameters removed" in md and "magnitude" in md
-    with pytest.raises(PrunekitError, match="unknown variant"):
-        run_compare(str(tiny_src), "default", [0.2], ["sparsegpt"], base, None)
-
-
-def test_artifacts_pipeline_builds_then_resumes(tiny_src, tmp_path, data_root):
-    from prunekit.pipeline import Pipeline, run_pipeline
-
-    s = job(tiny_src, tmp_path / "unused").settings
-    p = Pipeline(model=str(tiny_src), out=str(tmp_path / "artifacts"), name="tiny", settings=s, samples=5,
-                 seq_len=64, runtimes=("transformers", "onnxruntime"), threads=2)
-    logs: list[str] = []
-    summary = run_pipeline(p, log=logs.append)
-    art = tmp_path / "artifacts" / "tiny"
-    assert summary["passed"] and (art / "verify.json").is_file() and (art / "onnx" / "model.onnx").is_file()
-    readme = (art / "README.md").read_text()
-    assert "prunekit serve" in readme and "| web |" in readme and "| onnxruntime | yes |" in readme
-    assert not any("reusing" in m for m in logs)
-    logs.clear()
-    run_pipeline(p, log=logs.append)
-    assert any("compress: reusing" in m for m in logs) and any("export: reusing" in m for m in logs)
-    assert any("verify: already passed" in m for m in logs)

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_default_model_is_trained(default_model_dir, data_root):
-    from prunekit.compress.quality import perplexity
+    from prunekit.perplexity import perplexity
     from prunekit.loading import load_model, load_tokenizer
 
     model, fam, _ = load_model(default_model_dir)

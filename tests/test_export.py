@@ -7,15 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_checkpoint
+from conftest import ARCH_CONFIGS, tiny_checkpoint
+from prunekit.artifact import check_shipped_code, read_manifest
 from prunekit.errors import PrunekitError
+from prunekit.export import ExportConfig, VerifyConfig, verify
 
 LAYOUTS = {"uniform": dict(widths=[192] * 3), "per-layer": dict(widths=[64, 256, 128], groups=[1, 2, 1])}
 
 
 def export(src, out, **kw):
-    from prunekit.export.run import export as run_export
-    return run_export(str(src), str(out), tokens=kw.pop("tokens", 8), log=lambda m: None, **kw)
+    from prunekit.export import export as run_export
+    return run_export(ExportConfig(model=str(src), out=str(out), tokens=kw.pop("tokens", 8), **kw), log=lambda m: None)
+
+
+def check(art, runtimes=("transformers", "onnxruntime", "vllm"), **kw) -> dict:
+    return verify(VerifyConfig(artifact=str(art), runtimes=runtimes, **kw), log=lambda m: None)
+
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +36,20 @@ def artifact(tmp_path_factory):
     return d / "art"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_export_and_verify_every_runtime(tmp_path, family, layout):
-    from prunekit.export.verify import verify
-
-    src = tiny_checkpoint(tmp_path / "src", family, **LAYOUTS[layout])
+@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
+def test_export_and_verify_every_runtime(tmp_path, arch, layout):
+    """Every registered architecture name, both layouts, all three runtimes."""
+    src = tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS[layout])
     m = export(src, tmp_path / "art")
-    assert m["layout"] == layout
-    assert bool(m["shipped_code"]) == (layout == "per-layer")
+    assert m.layout == layout
+    assert bool(m.shipped_code) == (layout == "per-layer")
     cfg = json.loads((tmp_path / "art" / "config.json").read_text())
     assert cfg["head_dim"] == 32
     assert ("per_layer_config" in cfg) == (layout == "per-layer") and "prunekit_layers" not in cfg
-    report = verify(tmp_path / "art", kv_cache_gib=0.05, threads=2, log=lambda m: None)
+    assert layout == "per-layer" or cfg["architectures"] == [arch]
+    report = check(tmp_path / "art", kv_cache_gib=0.05, threads=2)
     rows = report["runtimes"]
     assert set(rows) == {"transformers", "onnxruntime", "vllm"}, rows
     for name, row in rows.items():
@@ -54,7 +63,7 @@ def test_artifact_contents_and_hashes(artifact):
     from prunekit.artifact import sha256_file
 
     m = json.loads((artifact / "prunekit.json").read_text())
-    assert m["stage"] == "export" and m["layout"] == "per-layer"
+    assert m["stage"] == "export" and m["layout"] == "per-layer" and "inputs_hash" not in m
     assert (artifact / "onnx" / "model.onnx").is_file() and (artifact / "onnx" / "model.onnx.data").is_file()
     assert {"model.safetensors", "config.json", "tokenizer.json", "modeling_prunekit.py",
             "onnx/model.onnx", "reference/logits.safetensors"} <= set(m["files"])
@@ -68,9 +77,7 @@ def test_artifact_contents_and_hashes(artifact):
 
 
 def test_transformers_and_onnxruntime_match_reference(artifact):
-    from prunekit.export.verify import verify
-
-    report = verify(artifact, runtimes=("transformers", "onnxruntime"), threads=2, log=lambda m: None)
+    report = check(artifact, runtimes=("transformers", "onnxruntime"), threads=2)
     assert report["passed"], report
 
 
@@ -129,17 +136,15 @@ def test_corrupt_input_is_refused_and_leaves_nothing(tmp_path, kind):
 
 def test_tampered_shipped_code_is_detected(artifact, tmp_path):
     from prunekit.cli import main
-    from prunekit.export.hf import check_shipped_code
-    from prunekit.export.verify import verify
 
     art = tmp_path / "art"
     shutil.copytree(artifact, art)
     code = art / "modeling_prunekit.py"
     code.write_text(code.read_text() + "\nimport os  # injected\n")
-    m = json.loads((art / "prunekit.json").read_text())
+    m = read_manifest(art)
     with pytest.raises(PrunekitError, match="sha256"):
         check_shipped_code(art, m)
-    report = verify(art, runtimes=("transformers",), log=lambda m: None)
+    report = check(art, runtimes=("transformers",))
     assert not report["passed"] and "transformers" not in report["runtimes"]
     assert "modeling_prunekit.py (changed)" in report["runtimes"]["files"]["error"]
     assert main(["verify", str(art), "--runtimes", "transformers"]) == 1
@@ -161,4 +166,4 @@ def test_heads_cut_where_stock_vllm_would_misread_go_per_layer(tmp_path):
     """Qwen2 in vLLM derives head_dim from hidden_size // heads: a uniform head cut needs the per-layer layout."""
     src = tiny_checkpoint(tmp_path / "src", "qwen2", widths=[256] * 3, groups=[1] * 3)
     m = export(src, tmp_path / "art", onnx=False)
-    assert m["layout"] == "per-layer" and "head_dim" in m["reason"]
+    assert m.layout == "per-layer" and "head_dim" in m.reason

@@ -8,12 +8,22 @@ from prunekit.errors import PrunekitError
 from prunekit.families import FAMILIES, supported_architectures
 from prunekit.loading import load_model, resolve_source
 
-from conftest import FAMILY_CONFIGS, tiny_model
+from conftest import ARCH_CONFIGS, FAMILY_ARCH, tiny_model
+
+pytestmark = pytest.mark.unit
 
 
 def test_families_complete():
     """Every registered family has a tiny fixture, so every family is tested."""
-    assert set(FAMILIES) == set(FAMILY_CONFIGS)
+    assert set(FAMILIES) == set(FAMILY_ARCH)
+    assert all(FAMILY_ARCH[f] in FAMILIES[f].architectures for f in FAMILIES)
+
+
+def test_every_architecture_has_a_tiny_model():
+    """Registering an architecture without a tiny model fails here (export/verify run over ARCH_CONFIGS)."""
+    assert sorted(ARCH_CONFIGS) == supported_architectures()
+    for arch in ARCH_CONFIGS:
+        assert tiny_model(arch).config.architectures == [arch]
 
 
 def test_loads_each_family(tiny_dir, family_name):

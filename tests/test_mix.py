@@ -8,6 +8,8 @@ import yaml
 from prunekit.compress import data as D
 from prunekit.errors import PrunekitError
 
+pytestmark = pytest.mark.unit
+
 
 class WordTok:
     """A whitespace tokenizer: mix mechanics do not need a real vocabulary."""
@@ -42,9 +44,12 @@ def test_template_seed_and_packing(tmp_path, qa_file):
     c = D.build(D.load_mix(p, seed=1), WordTok())
     assert a.calib["qa"].shape == (4, 16) and a.heldout["qa"].shape == (2, 16)
     assert torch.equal(a.calib["qa"], b.calib["qa"]) and a.fingerprint == b.fingerprint
-    assert not torch.equal(a.calib["qa"], c.calib["qa"]) and a.fingerprint != c.fingerprint
+    assert not torch.equal(a.calib["qa"], c.calib["qa"])
     # The held-out split does not depend on the seed: every run evaluates on the same text.
     assert torch.equal(a.heldout["qa"], c.heldout["qa"])
+    # The fingerprint follows the source's content, not only the spec: same file name, one record changed.
+    qa_file.write_text(qa_file.read_text().replace("q7 ", "q7 changed ", 1))
+    assert D.build(D.load_mix(p), WordTok()).fingerprint != a.fingerprint
 
 
 def test_split_is_disjoint_even_with_duplicates(tmp_path):
@@ -103,14 +108,3 @@ def test_bad_top_level(tmp_path):
         D.parse_mix({"domains": {"a": {"source": "x", "template": "{t}", "samples": 1}}, "sed": 1})
     with pytest.raises(PrunekitError, match="does not exist"):
         D.load_mix(tmp_path / "nope.yaml")
-
-
-def test_default_mix_resolves_locally_and_is_disjoint(data_root):
-    """The packaged mix reads ../shared/data; its five domains hold out text they never calibrate on."""
-    mix = D.load_mix("default")
-    assert {d.name for d in mix.domains} == {"web", "code", "math", "instructions", "german"}
-    for dom in mix.domains:
-        t = D.domain_texts(mix, dom)
-        assert not t.fingerprint.startswith("hub:"), dom.name
-        assert len(t.calib) > 50 and len(t.heldout) > 10, dom.name
-        assert not {D.text_key(x) for x in t.calib} & {D.text_key(x) for x in t.heldout}

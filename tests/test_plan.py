@@ -2,9 +2,12 @@
 import pytest
 import torch
 
+from prunekit.compress import CompressConfig
 from prunekit.compress import plan as P
 from prunekit.compress.scores import Scores
 from prunekit.errors import PrunekitError
+
+pytestmark = pytest.mark.unit
 
 # SmolLM2-135M's shape: 30 layers, hidden 576, 3 KV groups of 3 query heads, MLP 1536, tied embeddings.
 DIMS = P.Dims(hidden=576, vocab=49152, head_dim=64, n_rep=3, tied=True, qkv_bias=False, qk_norm=False)
@@ -23,7 +26,7 @@ def test_dense_param_count_matches_smollm2():
 
 @pytest.mark.parametrize("align", [64, 128, 256])
 def test_uniform_shape_is_aligned_and_near_target(align):
-    c = P.Constraints(ratio=0.2, structures=("mlp", "heads"), align=align, tolerance=0.05)
+    c = CompressConfig(ratio=0.2, structures=("mlp", "heads"), align=align, tolerance=0.05)
     shape = P.uniform_shape(DENSE, DENSE, DIMS, c, 0.2, scores(), final=True)
     assert shape.is_uniform()
     w, g = shape.layers[0]
@@ -32,8 +35,8 @@ def test_uniform_shape_is_aligned_and_near_target(align):
 
 
 def test_ratio_of_decoder_removes_more_of_the_decoder():
-    c_tot = P.Constraints(ratio=0.2, structures=("mlp",))
-    c_dec = P.Constraints(ratio=0.2, ratio_of="decoder", structures=("mlp",))
+    c_tot = CompressConfig(ratio=0.2, structures=("mlp",))
+    c_dec = CompressConfig(ratio=0.2, ratio_of="decoder", structures=("mlp",))
     s_tot = P.uniform_shape(DENSE, DENSE, DIMS, c_tot, 0.2, scores(), True)
     s_dec = P.uniform_shape(DENSE, DENSE, DIMS, c_dec, 0.2, scores(), True)
     assert s_dec.layers[0][0] > s_tot.layers[0][0]
@@ -41,21 +44,23 @@ def test_ratio_of_decoder_removes_more_of_the_decoder():
 
 
 def test_unreachable_target_names_nearest():
-    c = P.Constraints(ratio=0.2, structures=("heads",), tolerance=0.01)
+    c = CompressConfig(ratio=0.2, structures=("heads",), tolerance=0.01)
     with pytest.raises(PrunekitError, match=r"nearest reachable is \d+\.\d%.*--ratio"):
         P.uniform_shape(DENSE, DENSE, DIMS, c, 0.2, scores(), final=True)
 
 
 def test_tp_must_divide_heads_and_groups():
-    c = P.Constraints(ratio=0.2, tp=2)
+    c = CompressConfig(ratio=0.2, tp=2)
     with pytest.raises(PrunekitError, match="--tp 2"):
         P.check_dense(DENSE, DIMS, c)
     dims4 = P.Dims(576, 49152, 64, 2, True, False, False)
     dense4 = P.Shape([(1536, 4)] * 30)
-    c = P.Constraints(ratio=0.25, structures=("mlp", "heads"), tp=2, tolerance=0.05)
+    c = CompressConfig(ratio=0.25, structures=("mlp", "heads"), tp=2, tolerance=0.05)
     shape = P.uniform_shape(dense4, dense4, dims4, c, 0.25, scores4(), True)
     w, g = shape.layers[0]
-    assert g % 2 == 0 and (g * 2) % 2 == 0 and w % 2 == 0
+    assert P.group_options(4, c, dims4, True) == [2, 4] and g in (2, 4)
+    # With tp 3 a width must also split three ways: steps of align * tp.
+    assert P.width_options(1536, CompressConfig(ratio=0.2, tp=3, align=64), True)[:2] == [192, 384]
 
 
 def scores4():
@@ -66,7 +71,7 @@ def test_layer_removal_picks_least_influential():
     sc = scores()
     for i, s in enumerate(sc):
         s.layer = 1.0 if i not in (3, 17, 25) else 0.01
-    c = P.Constraints(ratio=0.08, structures=("layers",), tolerance=0.02)
+    c = CompressConfig(ratio=0.08, structures=("layers",), tolerance=0.02)
     shape = P.uniform_shape(DENSE, DENSE, DIMS, c, 0.08, sc, final=True)
     assert [i for i, s in enumerate(shape.layers) if s is None] == [3, 17, 25]
 
@@ -75,7 +80,7 @@ def test_global_shape_takes_from_unimportant_layers():
     sc = scores()
     for i in range(10):
         sc[i].mlp = sc[i].mlp * 1e-3  # the first ten layers' channels matter little
-    c = P.Constraints(ratio=0.15, structures=("mlp",), mode="per-layer")
+    c = CompressConfig(ratio=0.15, structures=("mlp",), mode="per-layer")
     shape = P.global_shape(DENSE, DENSE, DIMS, c, 0.15, sc)
     widths = [s[0] for s in shape.layers]
     assert all(w % 64 == 0 and w >= 64 for w in widths)
@@ -105,11 +110,11 @@ def test_schedules():
 ])
 def test_bad_constraints(kw, match):
     with pytest.raises(PrunekitError, match=match):
-        P.Constraints(**kw).validate()
+        CompressConfig(**kw).validate()
 
 
 def test_intermediate_rounds_move_toward_their_target():
     """A non-final round has no tolerance limit but still lands near its own target."""
-    c = P.Constraints(ratio=0.2, structures=("mlp",))
+    c = CompressConfig(ratio=0.2, structures=("mlp",))
     shape = P.uniform_shape(DENSE, DENSE, DIMS, c, 0.1, scores(), final=False)
     assert abs(1 - shape.params(DIMS) / DENSE.params(DIMS) - 0.1) < 0.015

@@ -3,12 +3,14 @@ import pytest
 import torch
 
 from prunekit.compress import scores as SC
-from prunekit.compress.iterate import Settings, compress
-from prunekit.compress.plan import Constraints
+from prunekit.compress import METHODS, CompressConfig
+from prunekit.compress.iterate import prune
 from prunekit.compress.stats import DomainStats, LayerStats
 from prunekit.families import family_for_config
 
 from conftest import tiny_model
+
+pytestmark = pytest.mark.unit
 
 D, I, KV, HD, REP = 8, 6, 2, 2, 2
 
@@ -72,15 +74,19 @@ def test_taylor_and_group_shapes():
     assert SC.per_group(torch.arange(8.0), 2).tolist() == [6.0, 22.0]
 
 
-@pytest.mark.parametrize("method", SC.METHODS)
+def test_methods_list_every_scorer():
+    assert sorted(METHODS) == sorted([*SC.SCORERS, "taylor"])
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_every_method_prunes_a_tiny_model(method):
     model = tiny_model("llama", num_hidden_layers=4)
     fam = family_for_config(model.config)
     calib = {"a": torch.randint(0, 256, (4, 16)), "b": torch.randint(0, 256, (4, 16))}
-    structures = ("layers",) if method == "block-influence" else ("mlp", "heads")
-    s = Settings(method=method, rounds=2, quick_eval=0, constraints=Constraints(
-        ratio=0.25, ratio_of="decoder", structures=structures, align=16, tolerance=0.1))
-    rec = compress(model, fam, calib, {}, s, log=lambda m: None)
+    structures = {"block-influence": ("layers",), "obs": ("mlp",)}.get(method, ("mlp", "heads"))
+    s = CompressConfig(method=method, rounds=2, quick_eval=0, ratio=0.25, ratio_of="decoder",
+                       structures=structures, align=16, tolerance=0.1)
+    rec = prune(model, fam, calib, {}, s, log=lambda m: None)
     assert abs(rec["rounds"][-1]["removed_decoder"] - 0.25) <= 0.1
     assert sum(p.numel() for p in model.parameters()) == rec["params"]["pruned_total"]
     with torch.no_grad():

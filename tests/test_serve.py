@@ -11,6 +11,9 @@ import pytest
 
 from conftest import tiny_checkpoint
 from prunekit.errors import PrunekitError
+from prunekit.serve import ServeConfig
+
+pytestmark = pytest.mark.integration
 
 
 def free_port() -> int:
@@ -26,27 +29,42 @@ def post(url: str, body: dict, key: str | None = None) -> dict:
         return json.load(r)
 
 
+def as_old_prunekit1(art) -> None:
+    """Rewrite an artifact's manifest as the untyped writers before the typed schema left it (key order,
+    an explicit "verify": null, no inputs_hash, the bench's resume tag), so that the tests below show
+    that such an artifact still verifies and serves."""
+    m = json.loads((art / "prunekit.json").read_text())
+    m.pop("inputs_hash", None)
+    order = ("format", "stage", "name", "family", "architectures", "layout", "reason", "shipped_code", "dtype",
+             "onnx", "source", "reference", "files", "verify", "versions", "export_s")
+    old = {k: m.get(k) for k in order}
+    old["bench"] = {"model": "default", "ratio": 0.2, "mode": "uniform"}
+    (art / "prunekit.json").write_text(json.dumps(old, indent=2, sort_keys=False, default=str) + "\n")
+
+
 @pytest.fixture(scope="module")
 def verified(tmp_path_factory):
-    """A uniform tiny Llama artifact that passed verify (transformers, for speed)."""
-    from prunekit.export.run import export
-    from prunekit.export.verify import verify
+    """A uniform tiny Llama artifact with a manifest as prunekit/1 wrote it before the typed schema, that
+    then passed today's verify (transformers, for speed)."""
+    from prunekit.export import ExportConfig, VerifyConfig, export, verify
 
     d = tmp_path_factory.mktemp("serve")
     src = tiny_checkpoint(d / "src", "llama", widths=[192] * 3)
-    export(str(src), str(d / "art"), tokens=8, onnx=False, log=lambda m: None)
-    assert verify(d / "art", runtimes=("transformers",), log=lambda m: None)["passed"]
+    export(ExportConfig(model=str(src), out=str(d / "art"), tokens=8, onnx=False), log=lambda m: None)
+    as_old_prunekit1(d / "art")
+    assert verify(VerifyConfig(artifact=str(d / "art"), runtimes=("transformers",)), log=lambda m: None)["passed"]
+    after = json.loads((d / "art" / "prunekit.json").read_text())
+    assert after["verify"]["passed"] and after["bench"]["ratio"] == 0.2  # the old tag survived the rewrite
     return d / "art"
 
 
-@pytest.mark.slow
 def test_server_answers_as_verify_and_stops_cleanly(verified, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prunekit.export.greedy import torch_greedy
-    from prunekit.serve.load import LoadOptions, run_load
-    from prunekit.serve.server import ServeOptions, Server, models
+    from prunekit.proc import group_alive
+    from prunekit.runtimes import torch_greedy
+    from prunekit.serve import LoadConfig, Server, models, run_load
 
     ref = json.loads((verified / "prunekit.json").read_text())["reference"]
     messages = [{"role": "user", "content": "Say hi."}]
@@ -55,8 +73,11 @@ def test_server_answers_as_verify_and_stops_cleanly(verified, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(verified, dtype=torch.float32)
     chat_ref = torch_greedy(model, [chat_ids], 8)[0][0]
 
-    opt = ServeOptions(port=free_port(), api_key="s3cret", kv_cache_gib=0.05, max_model_len=128)
-    with Server(verified, opt, log_path=tmp_path / "vllm.log") as srv:
+    # The reference is fp32: pin the server to fp32 too (auto picks bf16 on AMX machines, where the random
+    # tiny model's near-tied logits flip).
+    opt = ServeConfig(artifact=str(verified), port=free_port(), api_key="s3cret", kv_cache_gib=0.05,
+                      max_model_len=128, dtype="float32")
+    with Server(opt, log_path=tmp_path / "vllm.log") as srv:
         pgid = srv.proc.pid
         assert srv.url.startswith("http://127.0.0.1:")
         assert models(srv.url, "s3cret") == ["art"]
@@ -71,15 +92,15 @@ def test_server_answers_as_verify_and_stops_cleanly(verified, tmp_path):
                                                       "temperature": 0, "ignore_eos": True, "return_token_ids": True},
                    "s3cret")
         assert out["choices"][0]["token_ids"] == chat_ref
-        load = run_load(srv.url, LoadOptions(model="art", concurrency=2, requests=6, max_tokens=8, api_key="s3cret"))
+        load = run_load(LoadConfig(url=srv.url, model="art", concurrency=2, requests=6, max_tokens=8,
+                                   api_key="s3cret"))
         assert load["errors"] == 0 and load["requests"] == 6 and load["output_tokens"] == 6 * 8, load
         assert load["ttft_p50_s"] <= load["latency_p50_s"]
-    from prunekit.serve.server import group_alive
     assert srv.proc.returncode is not None and group_alive(pgid) == []  # nothing of the server is left running
 
 
 def test_serve_refuses_unverified_failed_and_tampered(verified, tmp_path):
-    from prunekit.serve.server import check_artifact
+    from prunekit.serve import check_artifact
 
     art = tmp_path / "art"
     shutil.copytree(verified, art)
@@ -97,11 +118,11 @@ def test_serve_refuses_unverified_failed_and_tampered(verified, tmp_path):
 
 
 def test_serve_refuses_tampered_per_layer_code(tmp_path):
-    from prunekit.export.run import export
-    from prunekit.serve.server import check_artifact
+    from prunekit.export import ExportConfig, export
+    from prunekit.serve import check_artifact
 
     src = tiny_checkpoint(tmp_path / "src", "qwen2", widths=[64, 256, 128])
-    export(str(src), str(tmp_path / "art"), tokens=2, onnx=False, log=lambda m: None)
+    export(ExportConfig(model=str(src), out=str(tmp_path / "art"), tokens=2, onnx=False), log=lambda m: None)
     check_artifact(tmp_path / "art", allow_unverified=True)
     code = tmp_path / "art" / "modeling_prunekit.py"
     code.write_text(code.read_text().replace("pass", "import os"))
@@ -120,11 +141,26 @@ def test_port_in_use_is_a_clear_error():
 
 
 def test_server_command_is_local_and_safe(verified):
-    from prunekit.serve.server import ServeOptions, check_artifact, command
+    from prunekit.serve import check_artifact, command
 
     art, m = check_artifact(verified, allow_unverified=False)
-    cmd, env = command(art, m, ServeOptions(api_key="k"))
+    cmd, env = command(art, m, ServeConfig(artifact=str(art), api_key="k", dtype="bfloat16"))
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16"  # the asked dtype, not the machine's choice
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert "--trust-remote-code" not in cmd and "k" not in cmd and env["VLLM_API_KEY"] == "k"
     assert cmd[cmd.index("--served-model-name") + 1] == "art"
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["serve", "ART", "--port", "99999"], "--port must be in 1..65535"),
+    (["load", "127.0.0.1:8000"], "is not a server URL"),
+    (["load", "http://127.0.0.1:1", "--concurrency", "0"], "--concurrency must be a positive integer"),
+    (["load", "http://127.0.0.1:9", "--requests", "1"], "no OpenAI-compatible server answers"),
+])
+def test_serve_and_load_bad_inputs_exit_2_without_a_traceback(argv, match, capsys):
+    from prunekit.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err

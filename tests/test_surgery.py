@@ -10,6 +10,8 @@ from prunekit.families import family_for_config, get_module
 
 from conftest import tiny_model
 
+pytestmark = pytest.mark.unit
+
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
@@ -135,3 +137,29 @@ def test_truncated_per_layer_checkpoint_is_refused(tmp_path):
     save_file(state, f)
     with pytest.raises(PrunekitError, match="corrupt"):
         load_model(tmp_path, dtype="float32")
+
+
+def test_obs_keep_finds_the_channels_the_refit_recovers_best():
+    """Greedy OBS against brute force over every subset, on correlated inputs where channel energy
+    alone picks badly."""
+    import itertools
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 10) @ torch.randn(10, 10)
+    w = torch.randn(6, 10)
+    g = x.T @ x
+
+    def err(keep):
+        k = torch.tensor(keep)
+        return float(((x[:, k] @ S.refit(w, g, k, 0.0).T - x @ w.T) ** 2).sum())
+
+    energy = ((w * w).sum(0) * g.diagonal())  # the score a per-channel energy criterion ranks by
+    total_obs = total_energy = 0.0
+    for n_keep in (8, 6, 4):
+        got = S.obs_keep(w, g, n_keep, 0.0)
+        best = min(err(list(c)) for c in itertools.combinations(range(10), n_keep))
+        assert len(got) == n_keep == len(set(got)) and err(got) <= 1.05 * best
+        total_obs += err(got)
+        total_energy += err(sorted(energy.argsort(descending=True)[:n_keep].tolist()))
+    assert total_obs < total_energy
+    assert 3 in S.obs_keep(w, g, 4, 0.0, protect=torch.tensor([3]))

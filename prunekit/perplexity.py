@@ -1,4 +1,4 @@
-"""Held-out perplexity: the quick check after each round and the report at the end of a run."""
+"""Perplexity over token windows, shared by compress (held-out check per round and at the end) and bench."""
 from __future__ import annotations
 
 import math
@@ -29,12 +29,17 @@ def per_domain(model, heldout: dict[str, torch.Tensor], batch_size: int = 4) -> 
     return {d: perplexity(model, s, batch_size) for d, s in heldout.items()}
 
 
+def geomean(vals) -> float:
+    vals = list(vals)
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
 def table(rows: dict[str, dict[str, float]], domains: list[str]) -> str:
     """Markdown table: one row per model, one column per domain, plus the geometric mean."""
     head = "| model | " + " | ".join(domains) + " | geomean |"
     lines = [head, "|" + "---|" * (len(domains) + 2)]
     for name, ppl in rows.items():
         vals = [ppl[d] for d in domains]
-        gm = math.exp(sum(math.log(v) for v in vals) / len(vals))
+        gm = geomean(vals)
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {gm:.2f} |")
     return "\n".join(lines)

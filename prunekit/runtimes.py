@@ -1,6 +1,7 @@
-"""Greedy decoding loops with a KV cache, one per runtime, that return the same things.
+"""The stock runtimes as export's verify and bench's speed runs drive them: greedy decoding loops
+with a KV cache (PyTorch, onnxruntime) and the one place that builds a vLLM engine.
 
-Each takes a batch of equal-length prompts (token ids), decodes `n` tokens with no stopping on EOS
+Each greedy loop takes a batch of equal-length prompts (token ids), decodes `n` tokens with no stopping on EOS
 (so every runtime is compared over the same number of steps) and returns (tokens [B, n], first-step
 logits [B, vocab]). bench times the same loops.
 """
@@ -72,3 +73,25 @@ class OrtLM:
             step_ids, pos = nxt, np.full((b, 1), t + i, np.int64)
             mask = np.concatenate([mask, np.ones((b, 1), np.int64)], 1)
         return np.concatenate(out, 1).tolist(), first
+
+
+def vllm_engine(model: str, dtype: str, max_model_len: int, trust_remote_code: bool = False,
+                kv_cache_gib: float = 1.0, enforce_eager: bool = True, **kw):
+    """vLLM's offline engine with the settings these machines need. Call it in a process of its own:
+    vLLM spawns workers (the caller needs a __main__ guard) and holds its KV cache for the process's life."""
+    from vllm import LLM
+
+    return LLM(model=model, dtype=dtype, max_model_len=max_model_len, trust_remote_code=trust_remote_code,
+               enforce_eager=enforce_eager,
+               # vLLM on CPU fails without an explicit KV cache size (it misreads free memory).
+               kv_cache_memory_bytes=int(kv_cache_gib * 2**30), seed=0, **kw)
+
+
+def vllm_generate(llm, prompts: list[list[int]], n: int, logprobs: int | None = None):
+    """Greedy decoding of n tokens per token-id prompt; never stops at EOS (ignore_eos keeps decoding
+    without touching the logits, where min_tokens would mask EOS and change the argmax)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, logprobs=logprobs)
+    return llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)

