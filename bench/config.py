@@ -33,6 +33,8 @@ class BenchConfig(Config):
                                           "(default: the profile's; full = ours, ours-oneshot, ours-c4only, "
                                           "ours-nocomp, magnitude, wanda-sp, flap, taylor, block-influence)",
                                           type=comma_list())
+    method_ratios: tuple[float, ...] | None = opt(None, "ratios of the method grid (default: the profile's; full = "
+                                                  "0.2,0.4)", type=comma_list(float))
     method_limit: int | None = opt(None, "examples per zero-shot task for the method grid (default: --limit)", type=int)
     method_windows: int | None = opt(None, "WikiText-2 windows for the method grid (default: --wikitext-windows)",
                                      type=int)
@@ -52,6 +54,8 @@ class BenchConfig(Config):
         for name in ("limit", "wikitext_windows", "domain_samples", "repeats", "threads", "method_limit",
                      "method_windows", "method_domain_samples"):
             check_positive(name, getattr(self, name))
+        check(self.method_ratios is None or all(0 < r < 1 for r in self.method_ratios),
+              f"--method-ratios must be fractions in (0, 1), got {self.method_ratios}.")
         if self.models and self.models != ("none",):
             from .models import FULL, QUICK
             known = {v.label for v in (FULL if self.profile == "full" else QUICK)}

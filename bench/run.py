@@ -122,6 +122,8 @@ def profile_for(cfg: BenchConfig) -> Profile:
         over["method_eval"] = ev
     if cfg.methods is not None:
         over["methods"] = () if cfg.methods == ("none",) else cfg.methods
+    if cfg.method_ratios is not None:
+        over["method_ratios"] = cfg.method_ratios
     if cfg.models is not None:
         over["variants"] = tuple(v for v in PROFILES[cfg.profile].variants if v.label in cfg.models)
     return replace(PROFILES[cfg.profile], runtimes=cfg.runtimes, **over)

@@ -35,6 +35,9 @@ class CompressConfig(Config):
     selection: str = opt("score", "which MLP channels a layer keeps: the highest scores, or obs (greedy Optimal "
                          "Brain Surgeon on the refit's gram: the channels whose loss the refit recovers best)",
                          choices=SELECTIONS)
+    weighting: str = opt("none", "token weights of the refit (and obs selection): none, or relative (each token's "
+                         "error counts relative to its own residual norm, so the few massive-activation tokens do "
+                         "not decide the fit)", choices=("none", "relative"))
     compensate: bool = opt(True, "do not refit down_proj/o_proj after a cut", flag="--no-compensate")
     refit_target: str = opt("local", "refit to the current layer's own outputs (measured better), or to the dense "
                             "model's layer outputs (also aims to undo earlier cuts' error)", choices=("local", "dense"))
@@ -76,6 +79,7 @@ class CompressConfig(Config):
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("refit_target", self.refit_target, ("local", "dense"))
         check_choice("selection", self.selection, SELECTIONS)
+        check_choice("weighting", self.weighting, ("none", "relative"))
         check(self.selection == "score" or self.compensate,
               "--selection obs chooses channels by what the refit recovers: it needs the refit (drop --no-compensate).")
         check(self.ridge >= 0, f"--ridge must be >= 0, got {self.ridge}.")

@@ -110,7 +110,7 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
             if ref is not None:
                 ref_consumer = getattr(getattr(ref_layers[idx], parent), name)
                 targets, target_w = consumer_inputs(ref, idx, ref_consumer), ref_consumer.weight.data
-            gram, cross = consumer_grams(runner, pos, consumer, targets)
+            gram, cross = consumer_grams(runner, pos, consumer, targets, relative=s.weighting == "relative")
             if kind == "mlp" and s.selection == "obs":
                 # The plan fixed how many channels stay; which ones is decided here, where the refit's
                 # gram on the already-cut model's activations is at hand.

@@ -171,13 +171,26 @@ def consumer_inputs(runner: "LayerRunner", i: int, consumer) -> list[torch.Tenso
     return caught
 
 
-def consumer_grams(runner: "LayerRunner", i: int, consumer, targets: list[torch.Tensor] | None = None):
+def token_weights(h: torch.Tensor) -> torch.Tensor:
+    """Per-token weights 1 / ||h_t||^2 of a layer input (B, T, D), scaled to mean 1: an error on a token
+    then counts relative to that token's own residual stream. A few tokens carry residuals 100x the
+    rest (massive activations); unweighted, they decide the least-squares fit."""
+    n = h.float().pow(2).sum(-1).reshape(-1).clamp_min(1e-12)
+    w = 1.0 / n
+    return w / w.mean()
+
+
+def consumer_grams(runner: "LayerRunner", i: int, consumer, targets: list[torch.Tensor] | None = None,
+                   relative: bool = False):
     """G = X^T X of `consumer`'s input over all batches, and C = X^T X_target when targets (the same
-    consumer's inputs in the dense model, batch by batch) are given. fp64 accumulators."""
+    consumer's inputs in the dense model, batch by batch) are given. fp64 accumulators. With
+    `relative`, each token's row is weighted by token_weights of the layer's input."""
     acc = {"g": None, "c": None, "b": 0}
 
     def fn(_m, args):
         x = args[0].reshape(-1, args[0].shape[-1]).float()
+        if relative:
+            x = x * token_weights(runner.hidden[acc["b"]]).sqrt()[:, None]
         g = (x.T @ x).double()
         acc["g"] = g if acc["g"] is None else acc["g"] + g
         if targets is not None:

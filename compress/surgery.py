@@ -45,15 +45,16 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: f
 
 
 def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: float,
-              protect: torch.Tensor | None = None) -> tuple[list[int], list[float]]:
+              protect: torch.Tensor | None = None, steps: int = 128) -> tuple[list[int], list[float]]:
     """Greedy Optimal Brain Surgeon over the inputs of a consumer (out, in), as ZipLM / OSSCAR select
     structures: the order in which inputs go, and what each removal costs given a refit.
 
     With H = G + lam I, removing input j and refitting the rest optimally raises the output error
-    ||X W^T - X_K A^T||^2 by ||W[:, j]||^2 / [H^-1]_jj. One input at a time the cheapest goes, and
-    the weights and H^-1 are updated as if the refit had run (rank-1 downdate), so each choice sees
-    the compensation the earlier ones allow. lam as in `refit`. `protect`: inputs never removed.
-    fp64; O(n_remove x in x (in + out))."""
+    ||X W^T - X_K A^T||^2 by ||W[:, j]||^2 / [H^-1]_jj. The cheapest inputs go, and the weights and
+    H^-1 are updated as if the refit had run (a block downdate), so each choice sees the compensation
+    the earlier ones allow. At most `steps` updates: each removes the ceil(n_remove / steps) cheapest
+    at once (one at a time, a 1536-wide MLP took 20 s per layer, bound by rewriting H^-1).
+    lam as in `refit`. `protect`: inputs never removed. fp64."""
     g = gram.double()
     n = g.shape[0]
     lam = ridge * g.diagonal().median().clamp_min(1e-12)
@@ -63,20 +64,24 @@ def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: fl
     if protect is not None:
         out[protect] = True
     order, costs = [], []
-    for _ in range(n_remove):
+    block = max(1, -(-n_remove // steps))
+    while len(order) < n_remove:
         d = hinv.diagonal().clamp_min(1e-30)
         cost = (w * w).sum(0) / d
         cost[out] = float("inf")
-        j = int(cost.argmin())
-        hj = hinv[:, j] / d[j]                               # (in,)
-        w -= torch.outer(w[:, j], hj)                        # compensate the others (OBS update)
-        hinv -= torch.outer(hj, hinv[j, :])
-        w[:, j] = 0
-        hinv[j, :] = 0
-        hinv[:, j] = 0
-        out[j] = True
-        order.append(j)
-        costs.append(float(cost[j]))
+        k = min(block, n_remove - len(order))
+        c, idx = cost.topk(k, largest=False)
+        # Block OBS: remove S at once; compensate the rest with H^-1[S,S]^-1.
+        inv_ss = torch.linalg.inv(hinv[idx][:, idx])         # (k, k)
+        rows = inv_ss @ hinv[idx, :]                         # (k, in)
+        w -= w[:, idx] @ rows
+        hinv -= hinv[:, idx] @ rows
+        w[:, idx] = 0
+        hinv[idx, :] = 0
+        hinv[:, idx] = 0
+        out[idx] = True
+        order += idx.tolist()
+        costs += c.tolist()
     return order, costs
 
 

@@ -33,6 +33,7 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
     "ours-perlayer": ({"mode": "per-layer"}, None),
     "ours-obs": ({"selection": "obs"}, None),
     "ours-obs-oneshot": ({"selection": "obs", "rounds": 1}, None),
+    "ours-obs-rel": ({"selection": "obs", "weighting": "relative"}, None),
     "ours-obs-perlayer": ({"method": "obs", "selection": "obs", "mode": "per-layer"}, None),
     "magnitude": ({"method": "magnitude", "rounds": 1, "compensate": False}, None),
     "wanda-sp": ({"method": "wanda-sp", "rounds": 1, "compensate": False}, None),

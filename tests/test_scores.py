@@ -91,3 +91,43 @@ def test_every_method_prunes_a_tiny_model(method):
     assert sum(p.numel() for p in model.parameters()) == rec["params"]["pruned_total"]
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=calib["a"]).logits).all()
+
+
+def test_obs_scores_keep_what_greedy_obs_keeps_at_every_width():
+    from prunekit.compress.surgery import obs_keep
+
+    w = weights()
+    x = torch.randn(64, I) @ torch.randn(I, I)
+    d = domain(x, torch.randn(64, KV * REP * HD), resid=2.0)
+    d.mlp_gram = (x.T @ x).double()
+    s = SC.obs(w, LayerStats({"a": d}))
+    assert s.comparable and s.heads is None
+    n_removable = int(I * SC.OBS_MAX_REMOVE)
+    for keep in range(I - n_removable, I + 1):
+        top = sorted(s.mlp.argsort(descending=True)[:keep].tolist())
+        assert top == obs_keep(w.down, d.mlp_gram / d.resid_sq, keep, 1e-2), keep
+
+
+def test_relative_token_weights_discount_massive_tokens():
+    from prunekit.compress.stats import token_weights
+
+    h = torch.ones(1, 4, 8)
+    h[0, 0] *= 100  # one massive-activation token
+    t = token_weights(h)
+    assert t.mean().item() == pytest.approx(1.0) and t[0] < 1e-3 * t[1] and torch.allclose(t[1:], t[1].expand(3))
+
+
+@pytest.mark.parametrize("over", [dict(selection="obs"), dict(selection="obs", weighting="relative"),
+                                  dict(method="obs", selection="obs", mode="per-layer")])
+def test_obs_variants_prune_a_tiny_model(over):
+    model = tiny_model("llama", num_hidden_layers=4)
+    fam = family_for_config(model.config)
+    calib = {"a": torch.randint(0, 256, (4, 16)), "b": torch.randint(0, 256, (4, 16))}
+    s = CompressConfig(**{"rounds": 2, "quick_eval": 0, "ratio": 0.25, "ratio_of": "decoder", "structures": ("mlp",),
+                          "align": 16, "tolerance": 0.1, **over})
+    rec = prune(model, fam, calib, {}, s, log=lambda m: None)
+    assert abs(rec["rounds"][-1]["removed_decoder"] - 0.25) <= 0.1
+    assert sum(p.numel() for p in model.parameters()) == rec["params"]["pruned_total"]
+    # The manifest's plan is what the model holds (obs re-chooses the channels in the cut pass).
+    widths = [getattr(layer.mlp, "down_proj").weight.shape[1] for layer in model.model.layers]
+    assert widths == [len(k) for k in rec["plan"]["mlp"]]
