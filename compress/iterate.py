@@ -43,7 +43,7 @@ def layer_grads(layer, fam: Family, hd: int) -> LayerWeights:
                         n_kv=getattr(attn, fam.k).weight.shape[0] // hd, head_dim=hd)
 
 
-def stat_scores(model, fam: Family, batches, method: str, desc: str) -> list[Scores]:
+def stat_scores(model, fam: Family, batches, method: str, desc: str, ridge: float) -> list[Scores]:
     """One sequential pass over the current model: statistics and scores of every layer."""
     runner = LayerRunner(model, fam, batches)
     hd = head_dim(model.config)
@@ -51,7 +51,9 @@ def stat_scores(model, fam: Family, batches, method: str, desc: str) -> list[Sco
     out = []
     for i in tqdm(range(len(layers)), desc=desc, unit="layer", leave=False):
         st = runner.collect(i, grams=method == "obs")
-        out.append(SCORERS[method](layer_weights(layers[i], fam, hd), st))
+        w = layer_weights(layers[i], fam, hd)
+        # obs scores what the refit recovers: with the refit's own ridge.
+        out.append(SCORERS[method](w, st, ridge) if method == "obs" else SCORERS[method](w, st))
     return out
 
 
@@ -146,7 +148,7 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         if s.method == "taylor":
             live_scores = taylor_scores(model, fam, batches, f"{tag} gradients")
         else:
-            live_scores = stat_scores(model, fam, batches, s.method, f"{tag} statistics")
+            live_scores = stat_scores(model, fam, batches, s.method, f"{tag} statistics", s.ridge)
         scores: list = [None] * n_orig
         for pos, idx in enumerate(alive):
             scores[idx] = live_scores[pos]

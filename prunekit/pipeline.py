@@ -8,6 +8,7 @@ entries only.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -43,9 +44,9 @@ class ArtifactsConfig(Config):
               f"--name {self.name!r} must be a plain directory name.")
         check_positive("threads", self.threads)
 
-    def compress_config(self, **over) -> CompressConfig:
+    def compress_config(self) -> CompressConfig:
         return CompressConfig(model=self.model, ratio=self.ratio, mode=self.mode, rounds=self.rounds,
-                              threads=self.threads, **over)
+                              threads=self.threads)
 
     def artifact_name(self) -> str:
         from .loading import resolve_source
@@ -94,7 +95,6 @@ def build_artifact(art: Path, export_cfg: ExportConfig, compress_cfg: CompressCo
     if runtimes:
         v = a.verify or {}
         if not rebuild and v.get("passed") and set(v.get("runtimes", {})) >= set(runtimes):
-            import json
             log("verify: already passed")
             report = json.loads((art / "verify.json").read_text())
         else:
