@@ -53,7 +53,7 @@ def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], l
     orchestrator, which reuses any step whose inputs are unchanged."""
     from prunekit.compress import CompressConfig
     from prunekit.export import ExportConfig
-    from prunekit.pipeline import build_artifact
+    from prunekit.pipeline import build_artifact, mode_settings
 
     out = {}
     for v in variants:
@@ -63,9 +63,10 @@ def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], l
         art = workdir / slug(v.label)
         ccfg = None
         if v.ratio > 0:
-            ccfg = CompressConfig(model=model, out=str(workdir / f".{slug(v.label)}-pruned"), ratio=v.ratio,
-                                  mode=v.mode, rounds=compress_kw["rounds"], samples=compress_kw["samples"],
-                                  seq_len=compress_kw["seq_len"], threads=compress_kw.get("threads"))
+            kw = {"model": model, "out": str(workdir / f".{slug(v.label)}-pruned"), "ratio": v.ratio,
+                  "mode": v.mode, "rounds": compress_kw["rounds"], "samples": compress_kw["samples"],
+                  "seq_len": compress_kw["seq_len"], "threads": compress_kw.get("threads")}
+            ccfg = CompressConfig(**{**kw, **mode_settings(v.mode)})
         log(f"{v.label}: {'compress ' + v.mode + ', ' if ccfg else ''}export -> {art}")
         build_artifact(art, ExportConfig(model=model, out=str(art), tokens=4), ccfg, log=log)
         out[v.label] = art

@@ -21,7 +21,7 @@ class CompressConfig(Config):
     deployment constraints; the rest choose the method, the data and the machine."""
     out: str = opt("", "output checkpoint directory", required=True)
     model: str = opt("default", "hub id or local HF directory ('default': the offline SmolLM2-135M-Instruct)")
-    calib: str = opt("default", "calibration mix YAML ('default': the packaged 5-domain mix)")
+    calib: str = opt("default", "calibration mix YAML ('default': the packaged 6-domain mix)")
     ratio: float = opt(0.2, "fraction of parameters to remove")
     ratio_of: str = opt("total", "what --ratio is a fraction of (both are reported)", choices=("total", "decoder"))
     method: str = opt("hybrid", "importance score", choices=METHODS)
@@ -35,6 +35,15 @@ class CompressConfig(Config):
     selection: str = opt("score", "which MLP channels a layer keeps: the highest scores, or obs (greedy Optimal "
                          "Brain Surgeon on the refit's gram: the channels whose loss the refit recovers best)",
                          choices=SELECTIONS)
+    allocation: str = opt("score", "per-layer mode: widths by comparing scores across layers, or kl (each layer cut "
+                          "alone to a grid of widths and the KL of the model's next-token distribution from the "
+                          "dense one measured; a knapsack picks the widths, kept only if the composed model beats "
+                          "uniform widths on the same tokens). kl needs --selection obs and --rounds 1; "
+                          "--method is then unused (OBS orders the channels)", choices=("score", "kl"))
+    search_samples: int = opt(8, "calibration sequences the kl allocation measures on (an equal share per domain, "
+                              "rounded up)")
+    search_step: int = opt(256, "width grid of the kl allocation (rounded down to a multiple of --align, and of "
+                           "--tp where --align is not)")
     weighting: str = opt("none", "token weights of the refit (and obs selection): none, or relative (each token's "
                          "error counts relative to its own residual norm, so the few massive-activation tokens do "
                          "not decide the fit)", choices=("none", "relative"))
@@ -79,6 +88,16 @@ class CompressConfig(Config):
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("refit_target", self.refit_target, ("local", "dense"))
         check_choice("selection", self.selection, SELECTIONS)
+        check_choice("allocation", self.allocation, ("score", "kl"))
+        check(self.allocation == "score" or (self.mode == "per-layer" and set(self.structures) == {"mlp"}
+                                             and self.selection == "obs"),
+              "--allocation kl searches per-layer MLP widths: use it with --mode per-layer --structures mlp "
+              "--selection obs.")
+        check(self.allocation == "score" or (self.rounds == 1 and self.refit_target == "local"),
+              "--allocation kl searches once, against the model it starts from, with the local refit: use "
+              "--rounds 1 and the default --refit-target local.")
+        check_positive("search_samples", self.search_samples, allow_none=False)
+        check_positive("search_step", self.search_step, allow_none=False)
         check_choice("weighting", self.weighting, ("none", "relative"))
         check(self.selection == "score" or self.compensate,
               "--selection obs chooses channels by what the refit recovers: it needs the refit (drop --no-compensate).")

@@ -13,6 +13,7 @@ from prunekit.perplexity import per_domain
 from . import plan as P
 from .config import CompressConfig
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
+from .search import KLProbe, kl_shape, probe_batches
 from .stats import LayerRunner, consumer_grams, consumer_inputs, make_batches
 from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, layer_shapes, obs_keep,
                       remove_layers, sync_config)
@@ -141,11 +142,17 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
     dense_ref = copy.deepcopy(model) if s.compensate and s.refit_target == "dense" else None
     quick = {d: t[: s.quick_eval] for d, t in heldout.items()} if s.quick_eval else {}
     targets = P.schedule(c.ratio, s.rounds, s.schedule)
+    by_kl = c.mode == "per-layer" and s.allocation == "kl"
+    # The dense model's distributions, the reference of every round's search.
+    probe = KLProbe(model, fam, probe_batches(batches, s.search_samples)) if by_kl else None
     rounds = []
     for r, target in enumerate(targets, 1):
         t0 = time.time()
         tag = f"round {r}/{len(targets)}"
-        if s.method == "taylor":
+        search = None
+        if by_kl:  # the channels are chosen by OBS in the cut; the widths by measured KL below
+            live_scores = [Scores(None, None) for _ in alive]
+        elif s.method == "taylor":
             live_scores = taylor_scores(model, fam, batches, f"{tag} gradients")
         else:
             live_scores = stat_scores(model, fam, batches, s.method, f"{tag} statistics", s.ridge)
@@ -156,6 +163,10 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         final = r == len(targets)
         if c.mode == "uniform":
             shape = P.uniform_shape(cur, dense, dims, c, target, scores, final)
+        elif by_kl:
+            uniform = P.uniform_shape(cur, dense, dims, c, target, scores, final)
+            shape, search = kl_shape(model, fam, batches, probe, alive, cur, dense, dims, c, target, uniform,
+                                     f"{tag} width search", log)
         else:
             shape = P.global_shape(cur, dense, dims, c, target, scores)
         plan = P.select(scores, shape)
@@ -176,6 +187,12 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         rec = {"round": r, "target": target, "removed_total": 1 - now.params(dims) / dense.params(dims),
                "removed_decoder": 1 - now.decoder_params(dims) / dense.decoder_params(dims),
                "layers_removed": removed, "score_s": round(t1 - t0, 2), "cut_s": round(time.time() - t1, 2)}
+        if search:
+            # What the search's measure says of the model actually produced (OBS re-selects channels
+            # on the cut model's own activations, so this differs a little from kl_searched).
+            fresh = LayerRunner(model, fam, probe.batches)
+            search["kl_after_cut"] = float(f"{probe.kl(model, fresh.hidden, fresh.kwargs, 0):.4g}")
+            rec["search"] = search
         if quick:
             rec["quick_ppl"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
         rounds.append(rec)

@@ -34,7 +34,9 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
     "ours-obs": ({"selection": "obs"}, None),
     "ours-obs-oneshot": ({"selection": "obs", "rounds": 1}, None),
     "ours-obs-rel": ({"selection": "obs", "weighting": "relative"}, None),
+    "ours-obs-densefit": ({"selection": "obs", "refit_target": "dense", "rounds": 1}, None),
     "ours-obs-perlayer": ({"method": "obs", "selection": "obs", "mode": "per-layer"}, None),
+    "ours-kl": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1}, None),
     "magnitude": ({"method": "magnitude", "rounds": 1, "compensate": False}, None),
     "wanda-sp": ({"method": "wanda-sp", "rounds": 1, "compensate": False}, None),
     "flap": ({"method": "flap", "rounds": 1, "compensate": False}, None),
@@ -94,8 +96,14 @@ def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: Compress
             t = time.time()
             calib = data.calib if doms is None else D.only_domains(mix, data.calib, doms, tok)
             rec = prune(model, fam, calib, data.heldout, s, log=lambda m: None)
-            yield ({"variant": name, "ratio": ratio, "seconds": round(time.time() - t, 1),
-                    "removed_total": rec["rounds"][-1]["removed_total"], "settings": rec["settings"]}, model)
+            row = {"variant": name, "ratio": ratio, "seconds": round(time.time() - t, 1),
+                   "removed_total": rec["rounds"][-1]["removed_total"], "settings": rec["settings"],
+                   "mlp_widths": [len(k) if k is not None else 0 for k in rec["plan"]["mlp"]]}
+            searches = [{k: r["search"][k] for k in ("chosen", "kl_searched", "kl_uniform")}
+                        for r in rec["rounds"] if "search" in r]
+            if searches:
+                row["search"] = searches
+            yield row, model
             del model, rec  # the caller's `del` cannot free what this suspended frame still holds
 
 

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_default_model)
 
     s = sub.add_parser("mix", help="build a calibration mix and print what it holds")
-    s.add_argument("--calib", default="default", help="mix YAML (default: the packaged 5-domain mix)")
+    s.add_argument("--calib", default="default", help="mix YAML (default: the packaged 6-domain mix)")
     s.add_argument("--model", default="default", help="model whose tokenizer packs the text")
     s.add_argument("--seq-len", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)

@@ -28,6 +28,7 @@ class Family:
     down: str = "down_proj"
     input_norm: str = "input_layernorm"
     post_attn_norm: str = "post_attention_layernorm"
+    final_norm: str = "model.norm"   # the norm before the LM head
     qkv_bias: bool = False           # Qwen2 has biases on q/k/v: they are sliced with the heads
     qk_norm: bool = False            # Qwen3 normalises q and k per head (shape head_dim: never sliced)
     # Config keys that hold one value per layer and must follow a layer removal.

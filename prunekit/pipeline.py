@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunekit.compress import CompressConfig, compress
+from prunekit.compress import CompressConfig, compress, load_mix
 from prunekit.export import RUNTIMES, ExportConfig, VerifyConfig, export, format_table, verify
 
 from .artifact import Manifest, inputs_hash, read_manifest, sha256_file, write_json_atomic
@@ -24,11 +24,19 @@ from .errors import PrunekitError
 from .model_card import readme
 
 
+def mode_settings(mode: str) -> dict:
+    """Compress settings that go with a layout. Per-layer widths are searched by measured KL:
+    allocating by scores was worse than uniform widths, the KL search better
+    (docs/results/compress-quality.md); it costs about 6x the prune time."""
+    return {"selection": "obs", "allocation": "kl", "rounds": 1} if mode == "per-layer" else {}
+
+
 @dataclass(frozen=True)
 class ArtifactsConfig(Config):
     model: str = opt("default", "hub id or local HF directory to prune")
     ratio: float = opt(0.2, "fraction of parameters to remove")
-    mode: str = opt("uniform", "uniform (stock checkpoint) or per-layer widths", choices=("uniform", "per-layer"))
+    mode: str = opt("uniform", "uniform (stock checkpoint) or per-layer (widths searched by measured KL; "
+                    "about 6x the prune time; needs shipped code to load)", choices=("uniform", "per-layer"))
     rounds: int = opt(2, "calibration rounds (1: one-shot)")
     out: str = opt("artifacts", "artifacts go to OUT/<name>/")
     name: str | None = opt(None, "artifact name (default: <model>-pruned-<percent>)")
@@ -45,13 +53,21 @@ class ArtifactsConfig(Config):
         check_positive("threads", self.threads)
 
     def compress_config(self) -> CompressConfig:
-        return CompressConfig(model=self.model, ratio=self.ratio, mode=self.mode, rounds=self.rounds,
-                              threads=self.threads)
+        kw = {"model": self.model, "ratio": self.ratio, "mode": self.mode, "rounds": self.rounds,
+              "threads": self.threads}
+        return CompressConfig(**{**kw, **mode_settings(self.mode)})
 
     def artifact_name(self) -> str:
         from .loading import resolve_source
         base = Path(resolve_source(self.model)[0]).name if self.model == "default" else self.model.rstrip("/").split("/")[-1]
         return self.name or f"{base}-pruned-{round(self.ratio * 100)}{'-per-layer' if self.mode == 'per-layer' else ''}"
+
+
+def compress_hash(cfg: CompressConfig) -> str:
+    """What decides a compress step's output: its settings and the mix's spec (an edited mix file, the
+    packaged default included, is a changed input even when --calib names the same path)."""
+    return inputs_hash({"step": "compress", **cfg.to_dict(exclude=("out", "force", "threads")),
+                        "mix": load_mix(cfg.calib).spec()})
 
 
 def build_artifact(art: Path, export_cfg: ExportConfig, compress_cfg: CompressConfig | None = None,
@@ -66,7 +82,7 @@ def build_artifact(art: Path, export_cfg: ExportConfig, compress_cfg: CompressCo
     t = time.time()
     if compress_cfg is not None:
         pruned = Path(compress_cfg.out)
-        h = inputs_hash({"step": "compress", **compress_cfg.to_dict(exclude=("out", "force", "threads"))})
+        h = compress_hash(compress_cfg)
         c = read_manifest(pruned) if pruned.is_dir() else None
         if not rebuild and c is not None and c.stage == "compress" and c.inputs_hash == h:
             log(f"compress: reusing {pruned}")

@@ -65,6 +65,58 @@ def test_tiny_per_layer_and_layers(src, tmp_path):
 
 
 @pytest.mark.unit
+def test_tiny_kl_allocation(src, tmp_path):
+    """The searched allocation: per-layer widths from measured KL, on the align grid, within the
+    target, with the search recorded; and the composed KL it keeps is never above uniform's."""
+    m = compress(cfg(src, tmp_path / "k", mode="per-layer", structures=("mlp",), selection="obs",
+                     allocation="kl", search_step=64, rounds=1, ratio=0.3), log=quiet)
+    s = m.rounds[0]["search"]
+    assert s["kl_base"] == pytest.approx(0.0, abs=1e-6)  # the probe's reference is the model it starts from
+    assert s["kl_uniform"] > 0 and s["kl_after_cut"] > 0 and s["chosen"] in ("searched", "uniform")
+    if s["chosen"] == "searched":
+        assert s["kl_searched"] < s["kl_uniform"]
+    assert len(s["curves"]) == 4 and all(len(c) >= 2 for c in s["curves"].values())
+    assert all(len(k) % 32 == 0 for k in m.plan["mlp"])
+    assert abs(m.params["pruned_decoder"] / m.params["dense_decoder"] - 0.7) <= 0.06
+
+
+@pytest.mark.unit
+def test_kl_allocation_needs_per_layer_obs_one_round():
+    with pytest.raises(PrunekitError, match="--mode per-layer"):
+        CompressConfig(out="x", allocation="kl")
+    kl = dict(out="x", allocation="kl", mode="per-layer", selection="obs")
+    with pytest.raises(PrunekitError, match="--rounds 1"):
+        CompressConfig(**kl, rounds=2)
+    with pytest.raises(PrunekitError, match="--rounds 1"):
+        CompressConfig(**kl, rounds=1, refit_target="dense")
+
+
+@pytest.mark.unit
+def test_per_layer_artifacts_search_widths_by_kl():
+    from prunekit.pipeline import ArtifactsConfig
+
+    c = ArtifactsConfig(mode="per-layer").compress_config()
+    assert (c.mode, c.allocation, c.selection) == ("per-layer", "kl", "obs")
+    assert ArtifactsConfig().compress_config().allocation == "score"  # the stock default is unchanged
+
+
+@pytest.mark.unit
+def test_compress_step_hash_follows_the_mix_file(src, tmp_path):
+    import shutil
+
+    from prunekit.pipeline import compress_hash
+
+    mixdir = tmp_path / "mix"
+    shutil.copytree(src[1].parent, mixdir)
+    c = cfg(src, "unused", calib=str(mixdir / src[1].name))
+    h = compress_hash(c)
+    assert compress_hash(c) == h
+    text = (mixdir / src[1].name).read_text()
+    (mixdir / src[1].name).write_text(text.replace("weight: 1", "weight: 2", 1))
+    assert compress_hash(c) != h  # same --calib path, edited mix: compress must rerun
+
+
+@pytest.mark.unit
 def test_existing_out_refused_before_work(src, tmp_path):
     (tmp_path / "x").write_text("keep me")
     with pytest.raises(PrunekitError, match="--force"):

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_default_mix_resolves_locally_and_is_disjoint(data_root):
-    """The packaged mix reads ../shared/data; its five domains hold out text they never calibrate on."""
+    """The packaged mix reads ../shared/data; its six domains hold out text they never calibrate on."""
     mix = D.load_mix("default")
-    assert {d.name for d in mix.domains} == {"web", "code", "math", "instructions", "german"}
+    assert {d.name for d in mix.domains} == {"web", "code", "math", "instructions", "german", "chinese"}
     for dom in mix.domains:
         t = D.domain_texts(mix, dom)
         assert not t.fingerprint.startswith("hub:"), dom.name
@@ -78,3 +78,13 @@ def test_quick_bench_on_tiny_artifacts(tmp_path, data_root, monkeypatch):
     assert "| 20% |" in report and "ideal" in report and "| wanda-sp |" in report
     for png in ("quality.png", "speed.png", "methods.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_bench_heldout_has_french_out_of_the_mix_and_chinese_once(data_root):
+    """French is the bench's out-of-mix probe; Chinese, now calibrated on, is held out by the mix."""
+    from prunekit.bench.quality import heldout_domains
+
+    assert "french" not in {d.name for d in D.load_mix("default").domains}
+    doms = heldout_domains(data_root, tiny_tokenizer(), 64, 2)
+    assert set(doms) == {"web", "code", "math", "instructions", "german", "chinese", "french"}
+    assert all(t.shape == (2, 64) for t in doms.values())
