@@ -13,7 +13,7 @@ from prunekit.perplexity import per_domain
 from . import plan as P
 from .config import CompressConfig
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
-from .search import KLProbe, kl_shape, probe_batches
+from .search import KLProbe, kl_shape, probe_batches, sig
 from .stats import LayerRunner, consumer_grams, consumer_inputs, make_batches
 from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, layer_shapes, obs_keep,
                       remove_layers, sync_config)
@@ -190,8 +190,7 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         if search:
             # What the search's measure says of the model actually produced (OBS re-selects channels
             # on the cut model's own activations, so this differs a little from kl_searched).
-            fresh = LayerRunner(model, fam, probe.batches)
-            search["kl_after_cut"] = float(f"{probe.kl(model, fresh.hidden, fresh.kwargs, 0):.4g}")
+            search["kl_after_cut"] = sig(probe.kl_model(model))
             rec["search"] = search
         if quick:
             rec["quick_ppl"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}

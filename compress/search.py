@@ -26,7 +26,7 @@ from prunekit.families import Family, get_module
 from . import plan as P
 from .config import CompressConfig
 from .stats import LayerRunner, consumer_grams
-from .surgery import obs_order, refit, slice_linear
+from .surgery import cut_mlp, keep_after, obs_order, refit
 
 TOPK = 64
 
@@ -54,6 +54,11 @@ class KLProbe:
                 top, idx = logp.topk(k, dim=-1)
                 rest = torch.log1p(-top.exp().sum(-1).clamp_max(1 - 1e-6))
                 self.ref.append((idx, top, rest))
+
+    def kl_model(self, model) -> float:
+        """Mean KL(dense || model) of `model` as it is, from its embeddings."""
+        fresh = LayerRunner(model, self.fam, self.batches)
+        return self.kl(model, fresh.hidden, fresh.kwargs, 0)
 
     def kl(self, model, hidden: list[torch.Tensor], kwargs: list[dict], start: int) -> float:
         """Mean KL(dense || model) per position, running `model`'s layers start.. on `hidden`."""
@@ -89,20 +94,19 @@ def probe_batches(batches: list, n_seq: int) -> list:
 
 @contextlib.contextmanager
 def swapped_mlp(layer, fam: Family, keep: list[int], down_w: torch.Tensor):
-    """Layer's MLP cut to `keep` with down_proj weight `down_w`, restored on exit."""
+    """Layer's MLP cut to `keep` (surgery.cut_mlp) with down_proj weight `down_w`, restored on exit."""
     mlp = getattr(layer, fam.mlp)
     old = {n: getattr(mlp, n) for n in (fam.gate, fam.up, fam.down)}
-    idx = torch.tensor(keep, dtype=torch.long)
-    new_down = slice_linear(old[fam.down], idx, 1)
-    new_down.weight.data.copy_(down_w)
-    setattr(mlp, fam.gate, slice_linear(old[fam.gate], idx, 0))
-    setattr(mlp, fam.up, slice_linear(old[fam.up], idx, 0))
-    setattr(mlp, fam.down, new_down)
+    width = getattr(mlp, "intermediate_size", None)
+    cut_mlp(mlp, fam, keep, None, 0.0)
+    getattr(mlp, fam.down).weight.data.copy_(down_w)
     try:
         yield
     finally:
         for n, m in old.items():
             setattr(mlp, n, m)
+        if width is not None:
+            mlp.intermediate_size = width
 
 
 def grid(width: int, step: int, extra: int | None) -> list[int]:
@@ -182,7 +186,7 @@ def kl_shape(model, fam: Family, batches: list, probe: KLProbe, alive: list[int]
             orders[idx], _ = obs_order(down.weight.data, gram, n - min(widths), c.ridge)
             curves[idx] = {}
             for w in widths:
-                keep = _keep(orders[idx], n, w)
+                keep = keep_after(orders[idx], n, w)
                 dw = refit(down.weight.data, gram, torch.tensor(keep), c.ridge)
                 with swapped_mlp(layers[pos], fam, keep, dw):
                     curves[idx][w] = probe.kl(model, sub.hidden, sub.kwargs, pos) - base_kl
@@ -200,20 +204,16 @@ def kl_shape(model, fam: Family, batches: list, probe: KLProbe, alive: list[int]
     else:
         log(f"{desc}: KL to dense {kl_pick:.4f} (searched) vs {kl_uniform:.4f} (uniform); keeping "
             f"{'searched' if chosen is pick else 'uniform'} widths")
-    rec = {"curves": {str(i): {str(w): _sig(v) for w, v in cv.items()} for i, cv in curves.items()},
-           "kl_base": _sig(base_kl), "kl_searched": None if kl_pick is None else _sig(kl_pick),
-           "kl_uniform": _sig(kl_uniform), "chosen": "searched" if chosen is pick else "uniform",
+    rec = {"curves": {str(i): {str(w): sig(v) for w, v in cv.items()} for i, cv in curves.items()},
+           "kl_base": sig(base_kl), "kl_searched": None if kl_pick is None else sig(kl_pick),
+           "kl_uniform": sig(kl_uniform), "chosen": "searched" if chosen is pick else "uniform",
            "probe_positions": sum(int(ids[:, ::probe.stride].numel()) for _, ids in probe.batches)}
     return chosen, rec
 
 
-def _sig(v: float) -> float:
+def sig(v: float) -> float:
+    """Four significant digits, for the manifest (KL values span 1e-7 on tiny models to 1 on real ones)."""
     return float(f"{v:.4g}")
-
-
-def _keep(order: list[int], n: int, w: int) -> list[int]:
-    gone = set(order[: n - w])
-    return [j for j in range(n) if j not in gone]
 
 
 def _composed(model, fam: Family, batches: list, probe: KLProbe, alive: list[int], cur: P.Shape, shape: P.Shape,
@@ -228,7 +228,7 @@ def _composed(model, fam: Family, batches: list, probe: KLProbe, alive: list[int
             w = shape.layers[idx][0]
             if w != cur.layers[idx][0]:
                 down = getattr(getattr(layers[pos], fam.mlp), fam.down)
-                keep = _keep(orders[idx], down.weight.shape[1], w)
+                keep = keep_after(orders[idx], down.weight.shape[1], w)
                 gram, _ = consumer_grams(runner, pos, down, relative=c.weighting == "relative")
                 dw = refit(down.weight.data, gram, torch.tensor(keep), c.ridge)
                 stack.enter_context(swapped_mlp(layers[pos], fam, keep, dw))

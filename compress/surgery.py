@@ -88,8 +88,13 @@ def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: fl
 def obs_keep(weight: torch.Tensor, gram: torch.Tensor, n_keep: int, ridge: float,
              protect: torch.Tensor | None = None) -> list[int]:
     """The inputs of a consumer to keep so that the least-squares refit loses the least (obs_order)."""
-    gone = set(obs_order(weight, gram, weight.shape[1] - n_keep, ridge, protect)[0])
-    return [i for i in range(weight.shape[1]) if i not in gone]
+    return keep_after(obs_order(weight, gram, weight.shape[1] - n_keep, ridge, protect)[0], weight.shape[1], n_keep)
+
+
+def keep_after(order: list[int], n: int, n_keep: int) -> list[int]:
+    """The inputs (sorted) that stay when the first n - n_keep of a removal `order` go."""
+    gone = set(order[: n - n_keep])
+    return [i for i in range(n) if i not in gone]
 
 
 def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | None, ridge: float,
