@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import string
 from dataclasses import asdict, dataclass, field, replace
@@ -258,8 +259,9 @@ def check_disjoint(calib: list[str], heldout: list[str], domain: str) -> None:
 
 
 def pack(texts: list[str], tokenizer, seq_len: int, n: int, joiner: str, domain: str, what: str,
-         seed: int | None = None):
-    """n sequences of seq_len tokens from texts (shuffled by seed when given), joined by `joiner`."""
+         seed: int | None = None, cycle: bool = False):
+    """n sequences of seq_len tokens from texts (shuffled by seed when given), joined by `joiner`;
+    with `cycle`, a pool shorter than asked for is read again (training reads text more than once)."""
     import torch
 
     if n == 0:
@@ -268,9 +270,12 @@ def pack(texts: list[str], tokenizer, seq_len: int, n: int, joiner: str, domain:
     if seed is not None:
         random.Random(seed).shuffle(order)
     need, buf = n * seq_len, []
-    for i in order:
-        buf.extend(tokenizer(texts[i] + joiner, add_special_tokens=False)["input_ids"])
-        if len(buf) >= need:
+    while len(buf) < need:
+        for i in order:
+            buf.extend(tokenizer(texts[i] + joiner, add_special_tokens=False)["input_ids"])
+            if len(buf) >= need:
+                break
+        if not cycle or not buf:
             break
     if len(buf) < need:
         raise _bad(f"domain {domain!r}", f"{what} text has {len(buf)} tokens but {n} x {seq_len} = {need} "
@@ -311,6 +316,31 @@ def only_domains(mix: Mix, calib: dict, domains: tuple[str, ...], tokenizer) -> 
     sub = replace(mix, domains=tuple(replace(d, samples=total // len(domains) if d.name in domains else 0)
                                      for d in mix.domains))
     return build(sub, tokenizer, with_heldout=False).calib
+
+
+def recovery_set(mix: Mix, tokenizer, sequences: int, domains: tuple[str, ...] = ()):
+    """`sequences` of the mix's length for recovery training: drawn from the calibration pools only
+    (never held-out text), split across the calibrating domains as the mix splits its calibration,
+    in another order than calibration (seed + 1), the domains interleaved. Returns the sequences and
+    how many came from each domain."""
+    import torch
+
+    doms = [d for d in mix.domains if d.samples and (not domains or d.name in domains)]
+    if not doms:
+        raise PrunekitError("recovery needs a domain with calibration samples in the mix.")
+    total = sum(d.samples for d in doms)
+    share = [sequences * d.samples / total for d in doms]
+    counts = [math.floor(x) for x in share]
+    for k in sorted(range(len(doms)), key=lambda k: counts[k] - share[k])[: sequences - sum(counts)]:
+        counts[k] += 1  # largest remainders get the sequences that rounding down left over
+    parts = []
+    for k, (dom, n) in enumerate(zip(doms, counts)):
+        t = domain_texts(mix, dom)
+        parts.append(pack(t.calib, tokenizer, mix.seq_len, n, dom.joiner, dom.name, "recovery",
+                          seed=(mix.seed + 1) * 1000 + k, cycle=True))
+    seqs = torch.cat(parts)
+    order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(mix.seed + 1))
+    return seqs[order], {d.name: n for d, n in zip(doms, counts) if n}
 
 
 def fingerprint(mix: Mix, sources: list[str]) -> str:

@@ -13,6 +13,7 @@ from prunekit.perplexity import per_domain
 from . import plan as P
 from .config import CompressConfig
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
+from .recover import fp32_params
 from .search import KLProbe, kl_shape, probe_batches, sig
 from .stats import LayerRunner, consumer_grams, consumer_inputs, make_batches
 from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, layer_shapes, obs_keep,
@@ -63,19 +64,18 @@ def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
     dtype = model.dtype
     # fp32 weights and gradients; when the model computes in bf16 (a CPU with native bf16), the
     # matmuls stay in bf16 under autocast. Elsewhere autocast to bf16 would be emulated and slow.
-    model.float()
-    try:
-        model.zero_grad(set_to_none=True)
-        for _, ids in tqdm(batches, desc=desc, unit="batch", leave=False):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            (loss * ids.shape[0] / sum(len(b) for _, b in batches)).backward()
-        hd = head_dim(model.config)
-        out = [taylor_from_grads(layer_weights(l, fam, hd), layer_grads(l, fam, hd))
-               for l in get_module(model, fam.layers)]
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.to(dtype)
+    with fp32_params(model):
+        try:
+            model.zero_grad(set_to_none=True)
+            for _, ids in tqdm(batches, desc=desc, unit="batch", leave=False):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                (loss * ids.shape[0] / sum(len(b) for _, b in batches)).backward()
+            hd = head_dim(model.config)
+            out = [taylor_from_grads(layer_weights(l, fam, hd), layer_grads(l, fam, hd))
+                   for l in get_module(model, fam.layers)]
+        finally:
+            model.zero_grad(set_to_none=True)
     return out
 
 

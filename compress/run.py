@@ -20,6 +20,7 @@ from prunekit.perplexity import per_domain, table
 from . import data as D
 from .config import CompressConfig
 from .iterate import prune
+from .recover import recover_after_cut, recovery_data
 
 
 def versions() -> dict:
@@ -61,11 +62,24 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     calib = D.only_domains(mix, data.calib, cfg.domains, tok) if cfg.domains else data.calib
     log(f"calibration: {sum(len(v) for v in calib.values())} x {mix.seq_len} tokens from "
         f"{', '.join(calib)}; held-out: {', '.join(data.heldout)}")
+    rdata = recovery_data(mix, tok, cfg, cfg.domains) if cfg.recover_tokens else None
     t_data = time.time()
     dense_ppl = per_domain(model, data.heldout, cfg.batch_size)
     t_eval = time.time()
     record = prune(model, fam, calib, data.heldout, cfg, log)
     t_cut = time.time()
+    recovery = None
+    if cfg.recover_tokens:
+        before = per_domain(model, data.heldout, cfg.batch_size)
+        # The teacher is loaded again rather than kept through the cut: the cut then needs one model's memory.
+        teacher, _, _ = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                   allow_pickle=cfg.allow_pickle)
+        recovery = recover_after_cut(model, teacher, fam, rdata, cfg)
+        recovery["heldout_ppl_before"] = before
+        del teacher
+        log(f"recovery: {recovery['tokens']:,} tokens in {recovery['steps']} steps, {recovery['seconds']:.0f} s "
+            f"({recovery['tokens_per_s']:.0f} tokens/s), KL {recovery['kl_first']:.3f} -> {recovery['kl_last']:.3f}")
+    t_rec = time.time()
     pruned_ppl = per_domain(model, data.heldout, cfg.batch_size)
     real = sum(p.numel() for p in model.parameters())  # parameters() skips the tied head: unique ones
     if real != record["params"]["pruned_total"]:
@@ -76,10 +90,12 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
         calibration={"mix": mix.spec(), "fingerprint": data.fingerprint, "domains_used": list(calib),
                      "tokens": sum(v.numel() for v in calib.values())},
         settings=record["settings"], rounds=record["rounds"], plan=record["plan"], params=record["params"],
+        recovery=recovery,
         quality={"heldout_ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
                  "heldout_tokens_per_domain": {d: int(v.numel()) for d, v in data.heldout.items()}},
         timings_s={"data": round(t_data - t0, 1), "dense_eval": round(t_eval - t_data, 1),
-                   "compress": round(t_cut - t_eval, 1), "pruned_eval": round(time.time() - t_cut, 1)},
+                   "compress": round(t_cut - t_eval, 1), "recover": round(t_rec - t_cut, 1),
+                   "pruned_eval": round(time.time() - t_rec, 1)},
         peak_rss_mb=round(peak_rss_mb()), threads=torch.get_num_threads(), versions=versions())
     # Store in the dtype the source was stored in (bf16 for most checkpoints), whatever we computed in.
     store = getattr(torch, str(stored_dtype or "float32").replace("torch.", ""), torch.float32)

@@ -21,6 +21,10 @@ from prunekit.perplexity import geomean, per_domain, table
 from . import data as D
 from .config import CompareConfig, CompressConfig
 from .iterate import prune
+from .recover import recover_after_cut, recovery_data
+
+RECOVER_TOKENS = 32768  # the recovered variants' budget unless compare --recover-tokens says otherwise (~6 min fp32, 2 cores)
+TRAINING = ("ours-recover", "ours-kl-recover")  # not retraining-free: run only when named
 
 # name -> (CompressConfig overrides, calibration domains or None for the whole mix). "ours" is the default
 # method; the rest change one thing at a time or are the baselines a reviewer asks for.
@@ -37,6 +41,10 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
     "ours-obs-densefit": ({"selection": "obs", "refit_target": "dense", "rounds": 1}, None),
     "ours-obs-perlayer": ({"method": "obs", "selection": "obs", "mode": "per-layer"}, None),
     "ours-kl": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1}, None),
+    # Not retraining-free: the cut, then distillation toward the dense model (compare --recover-tokens).
+    "ours-recover": ({"recover_tokens": RECOVER_TOKENS}, None),
+    "ours-kl-recover": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1,
+                         "recover_tokens": RECOVER_TOKENS}, None),
     "magnitude": ({"method": "magnitude", "rounds": 1, "compensate": False}, None),
     "wanda-sp": ({"method": "wanda-sp", "rounds": 1, "compensate": False}, None),
     "flap": ({"method": "flap", "rounds": 1, "compensate": False}, None),
@@ -51,7 +59,7 @@ def compare(cfg: CompareConfig, log=None) -> dict:
     held-out perplexity per domain of each (and writes compare.json/.md into cfg.out when given)."""
     log = log or (lambda m: print(m, file=sys.stderr))
     set_threads(cfg.threads)
-    variants = list(cfg.variants or VARIANTS)
+    variants = list(cfg.variants or [v for v in VARIANTS if v not in TRAINING])
     base = cfg.base()
     out = Path(cfg.out) if cfg.out else None
     mix = D.load_mix(cfg.calib, seed=cfg.seed, seq_len=cfg.seq_len, total_samples=cfg.samples)
@@ -67,7 +75,7 @@ def compare(cfg: CompareConfig, log=None) -> dict:
     dense_ppl = per_domain(dense, data.heldout, base.batch_size)
     results["rows"].append({"variant": "dense", "ratio": 0.0, "ppl": dense_ppl, "seconds": time.time() - t})
     log(f"dense: {fmt(dense_ppl)}")
-    for row, model in pruned_variants(dense, fam, mix, data, tok, cfg.ratios, variants, base):
+    for row, model in pruned_variants(dense, fam, mix, data, tok, cfg.ratios, variants, base, cfg.recover_tokens):
         row["ppl"] = per_domain(model, data.heldout, base.batch_size)
         results["rows"].append(row)
         log(f"{row['ratio']:.0%} {row['variant']}: removed {row['removed_total']:.1%} in {row['seconds']:.0f} s: "
@@ -84,18 +92,25 @@ def check_variants(variants: list[str]) -> None:
         raise PrunekitError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}.")
 
 
-def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: CompressConfig):
+def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: CompressConfig,
+                    recover_tokens: int | None = None):
     """Yield (row, pruned model) for every ratio x variant, each pruned from a fresh copy of `dense`
-    on the same calibration data (single-domain variants take their domain's share of it)."""
+    on the same calibration data (single-domain variants take their domain's share of it); the
+    recovered variants then train toward `dense` on `recover_tokens` (default: RECOVER_TOKENS)."""
     check_variants(variants)
     for ratio in ratios:
         for name in variants:
             overrides, doms = VARIANTS[name]
             s = base.replace(ratio=ratio, **overrides)
+            if s.recover_tokens and recover_tokens:
+                s = s.replace(recover_tokens=recover_tokens)
             model = copy.deepcopy(dense)
             t = time.time()
             calib = data.calib if doms is None else D.only_domains(mix, data.calib, doms, tok)
             rec = prune(model, fam, calib, data.heldout, s, log=lambda m: None)
+            recovery = None
+            if s.recover_tokens:
+                recovery = recover_after_cut(model, dense, fam, recovery_data(mix, tok, s, doms or ()), s)
             row = {"variant": name, "ratio": ratio, "seconds": round(time.time() - t, 1),
                    "removed_total": rec["rounds"][-1]["removed_total"], "settings": rec["settings"],
                    "mlp_widths": [len(k) if k is not None else 0 for k in rec["plan"]["mlp"]]}
@@ -103,6 +118,9 @@ def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: Compress
                         for r in rec["rounds"] if "search" in r]
             if searches:
                 row["search"] = searches
+            if recovery:
+                row["recovery"] = {k: recovery[k] for k in ("tokens", "steps", "seconds", "tokens_per_s",
+                                                             "kl_first", "kl_last")}
             yield row, model
             del model, rec  # the caller's `del` cannot free what this suspended frame still holds
 

@@ -94,7 +94,7 @@ def export(cfg: ExportConfig, prompts=PROMPTS, log=None, inputs_hash: str | None
             architectures=list(getattr(model.config, "architectures", []) or []), **hf, dtype=stored,
             onnx=onnx_info,
             source={"path": source, "manifest": {k: up[k] for k in
-                    ("source_model", "source_hash", "method", "settings", "params", "quality", "layout") if k in up}},
+                    ("source_model", "source_hash", "method", "settings", "params", "quality", "recovery", "layout") if k in up}},
             reference=ref_meta, files=file_hashes(tmp),
             versions={"prunekit": __version__, **package_versions("torch", "transformers", "onnx", "onnxruntime")},
             export_s=round(time.time() - t0, 1))

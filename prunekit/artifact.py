@@ -130,6 +130,7 @@ class Manifest:
     plan: dict | None = None
     params: dict | None = None
     quality: dict | None = None
+    recovery: dict | None = None              # distillation after the cut (--recover-tokens)
     timings_s: dict | None = None
     peak_rss_mb: int | None = None
     threads: int | None = None
@@ -189,7 +190,7 @@ class Manifest:
 _TYPES: dict[str, Any] = {
     "stage": str, "format": str, "name": str, "layout": str, "inputs_hash": str, "source_model": str,
     "source_hash": str, "family": str, "reason": str, "dtype": str,
-    "calibration": dict, "settings": dict, "plan": dict, "params": dict, "quality": dict, "timings_s": dict,
+    "calibration": dict, "settings": dict, "plan": dict, "params": dict, "quality": dict, "recovery": dict, "timings_s": dict,
     "shipped_code": dict, "onnx": dict, "source": dict, "reference": dict, "files": dict, "verify": dict,
     "versions": dict, "rounds": list, "architectures": list,
     "peak_rss_mb": (int, float), "threads": int, "export_s": (int, float),

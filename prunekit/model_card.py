@@ -17,12 +17,15 @@ def readme(art: Path, a: Manifest, c: Manifest | None, report: dict) -> str:
     trc = " (it ships modeling_prunekit.py; prunekit checks its sha256 before passing --trust-remote-code)" \
         if a.layout == "per-layer" else ""
     st = (c.settings if c else None) or {}
+    r = (c.recovery if c else None) or {}
+    rec = (f" Then distilled from the dense model on {r['tokens']:,} calibration-mix tokens ({r['steps']} steps; "
+           "the pruned column is after it)." if r else "")
     ratio = 1 - p["pruned_total"] / p["dense_total"] if p.get("dense_total") else float("nan")
     return f"""# {a.name}
 
 {c.source_model if c else '?'} with {ratio:.1%} of its parameters removed by prunekit
 ({p.get('dense_total', 0):,} -> {p.get('pruned_total', 0):,}); method `{st.get('method', '?')}`,
-{st.get('rounds', '?')} calibration rounds on the multi-domain mix. Layout: **{a.layout}**{trc}.
+{st.get('rounds', '?')} calibration rounds on the multi-domain mix.{rec} Layout: **{a.layout}**{trc}.
 
 ## Serve
 

@@ -38,6 +38,8 @@ class ArtifactsConfig(Config):
     mode: str = opt("uniform", "uniform (stock checkpoint) or per-layer (widths searched by measured KL; "
                     "about 6x the prune time; needs shipped code to load)", choices=("uniform", "per-layer"))
     rounds: int = opt(2, "calibration rounds (1: one-shot)")
+    recover_tokens: int = opt(0, "after the cut, distil from the dense model on this many calibration-mix tokens "
+                              "(0: off; see prunekit compress --help)")
     out: str = opt("artifacts", "artifacts go to OUT/<name>/")
     name: str | None = opt(None, "artifact name (default: <model>-pruned-<percent>)")
     runtimes: tuple[str, ...] = opt(RUNTIMES, "runtimes verify checks")
@@ -54,19 +56,22 @@ class ArtifactsConfig(Config):
 
     def compress_config(self) -> CompressConfig:
         kw = {"model": self.model, "ratio": self.ratio, "mode": self.mode, "rounds": self.rounds,
-              "threads": self.threads}
+              "recover_tokens": self.recover_tokens, "threads": self.threads}
         return CompressConfig(**{**kw, **mode_settings(self.mode)})
 
     def artifact_name(self) -> str:
         from .loading import resolve_source
         base = Path(resolve_source(self.model)[0]).name if self.model == "default" else self.model.rstrip("/").split("/")[-1]
-        return self.name or f"{base}-pruned-{round(self.ratio * 100)}{'-per-layer' if self.mode == 'per-layer' else ''}"
+        suffix = ("-per-layer" if self.mode == "per-layer" else "") + ("-recovered" if self.recover_tokens else "")
+        return self.name or f"{base}-pruned-{round(self.ratio * 100)}{suffix}"
 
 
 def compress_hash(cfg: CompressConfig) -> str:
     """What decides a compress step's output: its settings and the mix's spec (an edited mix file, the
     packaged default included, is a changed input even when --calib names the same path)."""
-    return inputs_hash({"step": "compress", **cfg.to_dict(exclude=("out", "force", "threads")),
+    # The recovery's settings count only when it runs: artifacts built before it existed stay valid.
+    off = ("recover_tokens", "recover_lr", "recover_batch") if not cfg.recover_tokens else ()
+    return inputs_hash({"step": "compress", **cfg.to_dict(exclude=("out", "force", "threads", *off)),
                         "mix": load_mix(cfg.calib).spec()})
 
 

@@ -186,6 +186,7 @@ def test_compare_runs_variants_on_one_budget(src, tmp_path):
 
 @pytest.mark.integration
 def test_artifacts_pipeline_builds_then_resumes(src, tmp_path):
+    from prunekit.artifact import read_manifest
     from prunekit.pipeline import ArtifactsConfig, run_artifacts
 
     a = ArtifactsConfig(model=str(src[0]), out=str(tmp_path / "artifacts"), name="tiny",
@@ -203,8 +204,11 @@ def test_artifacts_pipeline_builds_then_resumes(src, tmp_path):
     assert any("compress: reusing" in m for m in logs) and any("export: reusing" in m for m in logs)
     assert any("verify: already passed" in m for m in logs)
     logs.clear()
-    run_artifacts(a, c.replace(ridge=0.1), log=logs.append)  # a changed input redoes compress, so export too
-    assert not any("reusing" in m for m in logs)
+    # A changed input (here: recovery by distillation) redoes compress, so export too; a recovered
+    # artifact exports and verifies as any other.
+    summary = run_artifacts(a, c.replace(recover_tokens=64, recover_batch=2), log=logs.append)
+    assert not any("reusing" in m for m in logs) and summary["passed"]
+    assert read_manifest(tmp_path / "artifacts" / ".work" / "tiny" / "pruned").recovery["steps"] == 1
 
 
 @pytest.mark.slow

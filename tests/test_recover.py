@@ -1,0 +1,117 @@
+"""Recovery by distillation (--recover-tokens) on tiny models and the tiny mix."""
+import copy
+import json
+
+import pytest
+import torch
+
+from prunekit.compress import CompressConfig, compress
+from prunekit.compress import data as D
+from prunekit.compress.recover import RecoverSettings, curve, kl_to_teacher, recover, schedule
+from prunekit.errors import PrunekitError
+from prunekit.families import family_for_config, get_module
+
+from conftest import tiny_mix, tiny_model, tiny_src, tiny_tokenizer
+
+
+def kl(student, teacher, ids) -> float:
+    with torch.no_grad():
+        return kl_to_teacher(student(input_ids=ids).logits, teacher(input_ids=ids).logits).item()
+
+
+@pytest.mark.unit
+def test_recover_moves_the_student_toward_the_teacher():
+    teacher = tiny_model("llama", vocab_size=320, initializer_range=0.2)  # peaked outputs: a KL worth fitting
+    student = copy.deepcopy(teacher)
+    fam = family_for_config(student.config)
+    with torch.no_grad():  # a crude "cut": half of every MLP's channels zeroed
+        for layer in get_module(student, fam.layers):
+            layer.mlp.down_proj.weight[:, ::2] = 0
+    flags = [p.requires_grad for p in student.parameters()]
+    embed = student.model.embed_tokens.weight.clone()
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, 320, (4, 32), generator=g)
+    before = kl(student, teacher, seqs)
+    # Four passes over four sequences: random tokens teach nothing that carries to other random tokens.
+    rec = recover(student, teacher, fam, seqs.repeat(4, 1), RecoverSettings(lr=3e-3, batch=2, micro=1))
+    assert kl(student, teacher, seqs) < 0.6 * before
+    assert rec["steps"] == 8 and rec["tokens"] == 16 * 32 and len(rec["kl_curve"]) == 8
+    assert torch.equal(student.model.embed_tokens.weight, embed)  # embeddings (tied head) stay
+    assert [p.requires_grad for p in student.parameters()] == flags and student.dtype == torch.float32
+    assert all(p.grad is None for p in student.parameters())
+
+
+@pytest.mark.unit
+def test_recover_keeps_a_bf16_model_bf16_and_its_rope_tables_fp32():
+    teacher = tiny_model("llama", vocab_size=320).to(torch.bfloat16)
+    student = copy.deepcopy(teacher)
+    teacher.model.rotary_emb.inv_freq.data = teacher.model.rotary_emb.inv_freq.float()  # as a loaded bf16 model has it
+    student.model.rotary_emb.inv_freq.data = teacher.model.rotary_emb.inv_freq.clone()
+    rope = {n: (b.dtype, b.clone()) for n, b in student.named_buffers() if b.is_floating_point()}
+    rec = recover(student, teacher, family_for_config(student.config), torch.randint(0, 320, (2, 16)),
+                  RecoverSettings(batch=2))
+    assert rec["precision"].startswith("bf16") and all(p.dtype == torch.bfloat16 for p in student.parameters())
+    for n, b in student.named_buffers():
+        if n in rope:
+            assert b.dtype == rope[n][0] and torch.equal(b, rope[n][1]), n
+
+
+@pytest.mark.unit
+def test_schedule_and_curve():
+    lrs = [schedule(i, 10, 0.1) for i in range(10)]
+    assert lrs[0] == 1.0 and lrs[-1] < 0.05 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert schedule(0, 10, 0.3) < schedule(2, 10, 0.3) == 1.0  # linear warm-up
+    assert curve([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+    c = curve([float(i) for i in range(1000)], points=10)
+    assert len(c) == 10 and c[0] == pytest.approx(49.5) and c[-1] == pytest.approx(949.5)
+
+
+@pytest.mark.unit
+def test_recovery_set_comes_from_the_calibration_pool(tmp_path, monkeypatch):
+    mix = D.load_mix(tiny_mix(tmp_path / "mix"))
+    tok = tiny_tokenizer()
+    seqs, counts = D.recovery_set(mix, tok, 5)
+    assert seqs.shape == (5, mix.seq_len) and counts == {"prose": 3, "code": 2}
+    assert torch.equal(seqs, D.recovery_set(mix, tok, 5)[0])  # deterministic
+    # More than the pools hold: the text is read again instead of failing.
+    pool = sum(len(tok(t)["input_ids"]) for d in mix.domains for t in D.domain_texts(mix, d).calib)
+    assert len(D.recovery_set(mix, tok, pool // mix.seq_len + 20)[0]) == pool // mix.seq_len + 20
+    # No held-out text: what is packed is the calibration pool, and it shares no text with the held-out pool.
+    packed: list[str] = []
+    real_pack = D.pack
+    monkeypatch.setattr(D, "pack", lambda texts, *a, **k: packed.extend(texts) or real_pack(texts, *a, **k))
+    D.recovery_set(mix, tok, 5)
+    heldout = {t for dom in mix.domains for t in D.domain_texts(mix, dom).heldout}
+    assert packed and heldout and not heldout & set(packed)
+    with pytest.raises(PrunekitError, match="calibration samples"):
+        D.recovery_set(mix, tok, 5, domains=("nope",))
+
+
+@pytest.mark.unit
+def test_compress_records_the_recovery(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_src(tmp_path / "model", intermediate_size=256, num_hidden_layers=4)
+    mix = tiny_mix(tmp_path / "mix")
+    c = CompressConfig(model=str(src), calib=str(mix), out=str(tmp_path / "out"), ratio=0.2, ratio_of="decoder",
+                       align=32, rounds=1, quick_eval=0, seed=0, dtype="float32", recover_tokens=100,
+                       recover_batch=2)
+    m = compress(c, log=lambda _: None)
+    r = m.recovery
+    assert r["sequences"] == 4 and r["tokens"] == 4 * 32 and r["steps"] == 2  # 100 tokens -> 4 whole sequences
+    assert r["data"]["sequences"] == {"prose": 2, "code": 2} and r["precision"] == "fp32"
+    after = m.quality["heldout_ppl"]["pruned"]
+    assert set(r["heldout_ppl_before"]) == set(after) and r["heldout_ppl_before"] != after  # it trained
+    on_disk = json.loads((tmp_path / "out" / "prunekit.json").read_text())
+    assert on_disk["recovery"]["steps"] == 2 and on_disk["settings"]["recover_tokens"] == 100
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert sum(p.numel() for p in model.parameters()) == m.params["pruned_total"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kw, match", [({"recover_tokens": -1}, "--recover-tokens"),
+                                       ({"recover_lr": 0.0}, "--recover-lr"),
+                                       ({"recover_batch": 0}, "--recover-batch")])
+def test_recover_options_are_checked(kw, match):
+    with pytest.raises(PrunekitError, match=match):
+        CompressConfig(out="x", **kw)
