@@ -24,7 +24,6 @@ from .iterate import prune
 from .recover import recover_after_cut, recovery_data
 
 RECOVER_TOKENS = 32768  # the recovered variants' budget unless compare --recover-tokens says otherwise (~6 min fp32, 2 cores)
-TRAINING = ("ours-recover", "ours-kl-recover")  # not retraining-free: run only when named
 
 # name -> (CompressConfig overrides, calibration domains or None for the whole mix). "ours" is the default
 # method; the rest change one thing at a time or are the baselines a reviewer asks for.
@@ -59,7 +58,8 @@ def compare(cfg: CompareConfig, log=None) -> dict:
     held-out perplexity per domain of each (and writes compare.json/.md into cfg.out when given)."""
     log = log or (lambda m: print(m, file=sys.stderr))
     set_threads(cfg.threads)
-    variants = list(cfg.variants or [v for v in VARIANTS if v not in TRAINING])
+    # By default the retraining-free ones: a variant that trains (recover_tokens) runs only when named.
+    variants = list(cfg.variants or [v for v, (o, _) in VARIANTS.items() if not o.get("recover_tokens")])
     base = cfg.base()
     out = Path(cfg.out) if cfg.out else None
     mix = D.load_mix(cfg.calib, seed=cfg.seed, seq_len=cfg.seq_len, total_samples=cfg.samples)
