@@ -9,6 +9,7 @@ STRUCTURES = ("mlp", "heads", "layers")
 MODES = ("uniform", "per-layer")
 SCHEDULES = ("equal", "geometric")
 SELECTIONS = ("score", "obs")
+RECOVER_AT = ("end", "rounds")
 # The fields the planner reads (plan.py): the deployment constraints.
 CONSTRAINTS = ("ratio", "ratio_of", "structures", "mode", "align", "tp", "tolerance")
 # "taylor" needs gradients, not statistics (iterate.taylor_scores); the rest are scores.SCORERS.
@@ -58,6 +59,9 @@ class CompressConfig(Config):
     # measured at 20%, 16k tokens: 5e-5 -> 46.98, 1.5e-4 -> 44.79, 5e-4 -> 48.01 held-out geomean (cut: 51.28)
     recover_lr: float = opt(1.5e-4, "peak learning rate of the recovery (AdamW, warm-up then cosine)")
     recover_batch: int = opt(4, "sequences per recovery step")
+    recover_at: str = opt("end", "when the recovery trains: end (all of --recover-tokens after the last cut) or rounds "
+                          "(an equal share after every round's cut: prune, distil, prune again)",
+                          choices=RECOVER_AT)
     align: int = opt(64, "MLP widths are multiples of this (64, 128, 256)")
     tp: int = opt(1, "tensor-parallel size that KV heads, query heads and widths must divide")
     tolerance: float = opt(0.02, "allowed |achieved - target| ratio")
@@ -111,6 +115,10 @@ class CompressConfig(Config):
               f"--recover-tokens must be a non-negative integer, got {self.recover_tokens!r}.")
         check(self.recover_lr > 0, f"--recover-lr must be > 0, got {self.recover_lr}.")
         check_positive("recover_batch", self.recover_batch, allow_none=False)
+        check_choice("recover_at", self.recover_at, RECOVER_AT)
+        check(self.recover_at == "end" or (self.recover_tokens > 0 and self.rounds > 1),
+              "--recover-at rounds trains between the rounds' cuts: it needs --recover-tokens N and --rounds 2 or "
+              "more (with one round, --recover-at end is the same thing).")
         check(self.ridge >= 0, f"--ridge must be >= 0, got {self.ridge}.")
         check_positive("align", self.align, allow_none=False)
         check_positive("tp", self.tp, allow_none=False)

@@ -126,8 +126,10 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
 
 
 def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str, torch.Tensor],
-          s: CompressConfig, log=print) -> dict:
-    """Prune `model` in place to the target; returns the record of the run for the manifest."""
+          s: CompressConfig, log=print, after_round=None) -> dict:
+    """Prune `model` in place to the target; returns the record of the run for the manifest.
+    `after_round(model, r)`, when given, runs after round r's cut (recovery between cuts) and returns its
+    record for the round's entry (or None)."""
     c = s
     dims = P.Dims.of(model.config, fam)
     n_orig = model.config.num_hidden_layers
@@ -194,10 +196,15 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
             rec["search"] = search
         if quick:
             rec["quick_ppl"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
+        if after_round is not None:
+            rec["recovery"] = after_round(model, r)
+            if quick:
+                rec["quick_ppl_recovered"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
         rounds.append(rec)
         log(f"{tag}: removed {rec['removed_total']:.1%} of all parameters "
             f"({rec['removed_decoder']:.1%} of the decoder) in {rec['score_s'] + rec['cut_s']:.1f} s"
-            + (f"; quick held-out ppl {rec['quick_ppl']}" if quick else ""))
+            + (f"; quick held-out ppl {rec['quick_ppl']}" if quick else "")
+            + (f", after recovery {rec['quick_ppl_recovered']}" if "quick_ppl_recovered" in rec else ""))
     return {"settings": s.algorithm(), "rounds": rounds,
             "plan": {"kept_layers": alive, "mlp": kept_mlp, "kv_groups": kept_groups},
             "params": {"dense_total": dense.params(dims), "dense_decoder": dense.decoder_params(dims),

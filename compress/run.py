@@ -20,7 +20,7 @@ from prunekit.perplexity import per_domain, table
 from . import data as D
 from .config import CompressConfig
 from .iterate import prune
-from .recover import recover_after_cut, recovery_data
+from .recover import BetweenRounds, recover_after_cut, recovery_data
 
 
 def versions() -> dict:
@@ -38,6 +38,11 @@ def source_hash(source: str, model) -> str:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_teacher(source: str, cfg: CompressConfig):
+    return load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                      allow_pickle=cfg.allow_pickle)[0]
 
 
 def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> Manifest:
@@ -66,17 +71,22 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     t_data = time.time()
     dense_ppl = per_domain(model, data.heldout, cfg.batch_size)
     t_eval = time.time()
-    record = prune(model, fam, calib, data.heldout, cfg, log)
+    between = None
+    if cfg.recover_tokens and cfg.recover_at == "rounds":  # the teacher is needed from the first round's end
+        between = BetweenRounds(lambda: load_teacher(source, cfg), fam, rdata, cfg, cfg.rounds)
+    record = prune(model, fam, calib, data.heldout, cfg, log, after_round=between)
     t_cut = time.time()
     recovery = None
-    if cfg.recover_tokens:
+    if between is not None:
+        recovery = between.record()
+        del between
+        t_cut -= recovery["seconds"]  # the timings keep cutting and training apart
+    elif cfg.recover_tokens:
         before = per_domain(model, data.heldout, cfg.batch_size)
         # The teacher is loaded again rather than kept through the cut: the cut then needs one model's memory.
-        teacher, _, _ = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                   allow_pickle=cfg.allow_pickle)
-        recovery = recover_after_cut(model, teacher, fam, rdata, cfg)
+        recovery = recover_after_cut(model, load_teacher(source, cfg), fam, rdata, cfg)
         recovery["heldout_ppl_before"] = before
-        del teacher
+    if recovery:
         log(f"recovery: {recovery['tokens']:,} tokens in {recovery['steps']} steps, {recovery['seconds']:.0f} s "
             f"({recovery['tokens_per_s']:.0f} tokens/s), KL {recovery['kl_first']:.3f} -> {recovery['kl_last']:.3f}")
     t_rec = time.time()

@@ -21,7 +21,7 @@ from prunekit.perplexity import geomean, per_domain, table
 from . import data as D
 from .config import CompareConfig, CompressConfig
 from .iterate import prune
-from .recover import recover_after_cut, recovery_data
+from .recover import BetweenRounds, recover_after_cut, recovery_data
 
 RECOVER_TOKENS = 32768  # the recovered variants' budget unless compare --recover-tokens says otherwise (~6 min fp32, 2 cores)
 
@@ -42,6 +42,9 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
     "ours-kl": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1}, None),
     # Not retraining-free: the cut, then distillation toward the dense model (compare --recover-tokens).
     "ours-recover": ({"recover_tokens": RECOVER_TOKENS}, None),
+    "ours-oneshot-recover": ({"rounds": 1, "recover_tokens": RECOVER_TOKENS}, None),
+    # Prune, distil, prune again: the recovery split over the rounds (compare --rounds), same total tokens.
+    "ours-iter-recover": ({"recover_tokens": RECOVER_TOKENS, "recover_at": "rounds"}, None),
     "ours-kl-recover": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1,
                          "recover_tokens": RECOVER_TOKENS}, None),
     "magnitude": ({"method": "magnitude", "rounds": 1, "compensate": False}, None),
@@ -107,13 +110,20 @@ def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: Compress
             model = copy.deepcopy(dense)
             t = time.time()
             calib = data.calib if doms is None else D.only_domains(mix, data.calib, doms, tok)
-            rec = prune(model, fam, calib, data.heldout, s, log=lambda m: None)
+            rdata = recovery_data(mix, tok, s, doms or ()) if s.recover_tokens else None
+            between = BetweenRounds(lambda: dense, fam, rdata, s, s.rounds) if rdata and s.recover_at == "rounds" else None
+            rec = prune(model, fam, calib, data.heldout, s, log=lambda m: None, after_round=between)
             recovery = None
-            if s.recover_tokens:
-                recovery = recover_after_cut(model, dense, fam, recovery_data(mix, tok, s, doms or ()), s)
+            if between is not None:
+                recovery = between.record()
+            elif s.recover_tokens:
+                recovery = recover_after_cut(model, dense, fam, rdata, s)
             row = {"variant": name, "ratio": ratio, "seconds": round(time.time() - t, 1),
                    "removed_total": rec["rounds"][-1]["removed_total"], "settings": rec["settings"],
                    "mlp_widths": [len(k) if k is not None else 0 for k in rec["plan"]["mlp"]]}
+            # The quick held-out perplexity after every round's cut (and after its recovery, when it trains).
+            row["rounds"] = [{k: r[k] for k in ("round", "removed_total", "quick_ppl", "quick_ppl_recovered") if k in r}
+                             for r in rec["rounds"]]
             searches = [{k: r["search"][k] for k in ("chosen", "kl_searched", "kl_uniform")}
                         for r in rec["rounds"] if "search" in r]
             if searches:

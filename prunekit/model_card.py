@@ -18,8 +18,9 @@ def readme(art: Path, a: Manifest, c: Manifest | None, report: dict) -> str:
         if a.layout == "per-layer" else ""
     st = (c.settings if c else None) or {}
     r = (c.recovery if c else None) or {}
-    rec = (f" Then distilled from the dense model on {r['tokens']:,} calibration-mix tokens ({r['steps']} steps; "
-           "the pruned column is after it)." if r else "")
+    between = " in equal shares after each round's cut" if r.get("at") == "rounds" else ""
+    rec = (f" Then distilled from the dense model on {r['tokens']:,} calibration-mix tokens{between} ({r['steps']} "
+           "steps; the pruned column is after it)." if r else "")
     ratio = 1 - p["pruned_total"] / p["dense_total"] if p.get("dense_total") else float("nan")
     return f"""# {a.name}
 
