@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from prunekit.errors import PrunekitError
 from prunekit.families import Family, get_module
 
 CURVE_POINTS = 100  # the loss curve in the manifest is averaged down to at most this many points
@@ -155,8 +156,6 @@ class BetweenRounds:
     then, so that the first round's statistics and cut need one model's memory)."""
 
     def __init__(self, teacher, fam: Family, data: tuple[torch.Tensor, dict], s, rounds: int):
-        from prunekit.errors import PrunekitError
-
         seqs, self.meta = data
         if len(seqs) < rounds:  # checked here, before the cut: every round's cut gets its share
             raise PrunekitError(f"--recover-at rounds splits the recovery over {rounds} rounds but --recover-tokens "
@@ -177,13 +176,13 @@ class BetweenRounds:
 
     def record(self) -> dict:
         rs = self.records
-        out = {**rs[-1], "tokens": sum(r["tokens"] for r in rs), "sequences": sum(r["sequences"] for r in rs),
+        last = {k: v for k, v in rs[-1].items() if k != "round"}
+        out = {**last, "tokens": sum(r["tokens"] for r in rs), "sequences": sum(r["sequences"] for r in rs),
                "steps": sum(r["steps"] for r in rs), "seconds": round(sum(r["seconds"] for r in rs), 1),
                "kl_first": rs[0]["kl_first"], "kl_curve": curve([x for r in rs for x in r["kl_curve"]]),
                "schedule": "per round: linear warm-up, cosine to 0", "data": self.meta, "at": "rounds",
                "rounds": [{k: r[k] for k in ("round", "tokens", "steps", "seconds", "kl_first", "kl_last")}
                           for r in rs]}
-        del out["round"]
         out["tokens_per_s"] = round(out["tokens"] / max(out["seconds"], 1e-9), 1)
         self.teacher = None  # frees the teacher the first round loaded
         return out

@@ -72,7 +72,7 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     dense_ppl = per_domain(model, data.heldout, cfg.batch_size)
     t_eval = time.time()
     between = None
-    if cfg.recover_tokens and cfg.recover_at == "rounds":  # the teacher is needed from the first round's end
+    if cfg.recover_at == "rounds":  # the teacher is needed from the first round's end
         between = BetweenRounds(lambda: load_teacher(source, cfg), fam, rdata, cfg, cfg.rounds)
     record = prune(model, fam, calib, data.heldout, cfg, log, after_round=between)
     t_cut = time.time()

@@ -111,7 +111,7 @@ def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: Compress
             t = time.time()
             calib = data.calib if doms is None else D.only_domains(mix, data.calib, doms, tok)
             rdata = recovery_data(mix, tok, s, doms or ()) if s.recover_tokens else None
-            between = BetweenRounds(lambda: dense, fam, rdata, s, s.rounds) if rdata and s.recover_at == "rounds" else None
+            between = BetweenRounds(lambda: dense, fam, rdata, s, s.rounds) if s.recover_at == "rounds" else None
             rec = prune(model, fam, calib, data.heldout, s, log=lambda m: None, after_round=between)
             recovery = None
             if between is not None:

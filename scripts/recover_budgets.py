@@ -9,10 +9,10 @@ Usage: .venv/bin/python scripts/recover_budgets.py OUT.json RATIOS TOKENS[,TOKEN
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 from prunekit.bench.quality import evaluate_model, heldout_domains
+from prunekit.bench.run import PROFILES
 from prunekit.compress import data as D
 from prunekit.compress.config import CompressConfig
 from prunekit.compress.recover import recover_after_cut, recovery_data
@@ -27,17 +27,18 @@ ratios = [float(r) for r in sys.argv[2].split(",")]
 budgets = [int(t) for t in sys.argv[3].split(",")]
 windows = int(sys.argv[4]) if len(sys.argv) > 4 else 16
 root = data_root()
-mix = D.load_mix("default", seq_len=256, total_samples=32)
+grid = PROFILES["full"]  # the method grid's calibration budget and scoring, not a copy of them
+mix = D.load_mix("default", seq_len=grid.method_compress["seq_len"], total_samples=grid.method_compress["samples"])
 dense, fam, src = load_model("default")
 tok = load_tokenizer(src)
 data = D.build(mix, tok)
-domains = heldout_domains(root, tok, 512, 8)
-base = CompressConfig(model="default", rounds=2)
+domains = heldout_domains(root, tok, grid.seq_len, grid.domain_samples)
+base = CompressConfig(model="default", rounds=grid.method_compress["rounds"])
 rows: list[dict] = []
 
 
 def score(name: str, ratio: float, model, extra: dict) -> None:
-    q = evaluate_model(model, tok, root, 512, windows, 8, tasks=(), log=lambda m: None, domains=domains)
+    q = evaluate_model(model, tok, root, grid.seq_len, windows, grid.domain_samples, tasks=(), log=lambda m: None, domains=domains)
     row = {"model": name, "ratio": ratio, "wikitext2": q["wikitext2"]["ppl"], "domains": q["domains"],
            "geomean": geomean(q["domains"].values()), **extra}
     rows.append(row)
@@ -55,7 +56,6 @@ for ratio in ratios:
         for tokens in budgets:
             m = copy.deepcopy(cut)
             s = base.replace(ratio=ratio, recover_tokens=tokens)
-            t = time.time()
             rec = recover_after_cut(m, dense, fam, recovery_data(mix, tok, s), s)
             score(f"recover {tokens}", ratio, m, {k: rec[k] for k in ("tokens", "steps", "seconds", "tokens_per_s",
                                                                       "kl_first", "kl_last")})

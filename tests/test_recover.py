@@ -121,7 +121,7 @@ def test_recovery_between_rounds_trains_after_every_cut(tmp_path):
     assert r["tokens"] == 6 * 32 and r["steps"] == 4 and r["kl_last"] == r["rounds"][1]["kl_last"]
     for rd in m.rounds:  # each round's cut, then its share of training, each measured on held-out text
         assert rd["recovery"]["steps"] == 2 and rd["quick_ppl_recovered"] != rd["quick_ppl"]
-    # the second round cut a recovered model: its cut started from the first round's trained weights
+    # round 2 cut further the model round 1's share had trained
     assert m.rounds[1]["quick_ppl"] != m.rounds[0]["quick_ppl_recovered"]
     assert m.timings_s["recover"] >= r["seconds"] > 0 and m.timings_s["compress"] > 0
     with pytest.raises(PrunekitError, match="only 1 sequence"):  # before the cut, not after
