@@ -3,7 +3,7 @@
 The stage's public entry (the Python API):
 
     run_bench(BenchConfig(profile="quick")) -> Path     one run, a report folder (report.md, results.json, plots)
-    run_shapes(["llama-3.1-8b"], [0, 0.2, 0.4], out)    random weights in real shapes (meant for a GPU)
+    run_shapes(["qwen2.5-0.5b"], ["20%", "30% per-layer"], ("torch", "vllm"), out, work)   cuts at real shapes
 
 bench builds its artifacts through the orchestrator (prunekit.pipeline) and calls the other stages'
 public entries only.

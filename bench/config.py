@@ -26,8 +26,14 @@ class BenchConfig(Config):
     domain_samples: int | None = opt(None, "held-out windows per domain (default: the profile's)", type=int)
     repeats: int | None = opt(None, "speed repeats per model and runtime (default: the profile's)", type=int)
     threads: int | None = opt(None, "threads for every runtime (default: all cores)", type=int)
-    shapes: tuple[str, ...] = opt((), "instead: random-weight models in real shapes, e.g. llama-3.1-8b,qwen2.5-7b "
-                                  "(meant for a GPU; see prunekit.bench.shapes)", type=comma_list())
+    shapes: tuple[str, ...] = opt((), "instead: speed of cuts of random-weight models in real shapes on every "
+                                  "runtime, e.g. smollm2-135m,qwen2.5-0.5b (see prunekit.bench.shapes)",
+                                  type=comma_list())
+    cuts: tuple[str, ...] | None = opt(None, "with --shapes: the cuts, e.g. '20%,40%,30% per-layer,20% a64' "
+                                       "(default: dense, 20%, 40%, 30%, 30% per-layer, 30% per-layer generic)",
+                                       type=comma_list())
+    profile_cut: str | None = opt(None, "with --shapes: also break down the per-token time of dense and this cut "
+                                  "of the first shape on every runtime, from each runtime's profiler (e.g. 40%)")
     model: str = opt("default", "the dense model to prune and compare (local path or hub id)")
     methods: tuple[str, ...] | None = opt(None, "method grid: comma list of `prunekit compare` variants, or 'none' "
                                           "(default: the profile's; full = ours, ours-oneshot, ours-c4only, "
@@ -67,6 +73,11 @@ class BenchConfig(Config):
             from .shapes import SHAPES
             bad = [s for s in self.shapes if s not in SHAPES]
             check(not bad, f"unknown shape(s) {bad}; choose from {', '.join(SHAPES)}.")
+        if self.cuts:
+            from .shapes import parse_cut
+            for c in self.cuts:
+                parse_cut(c)
+        check(self.profile_cut is None or bool(self.shapes), "--profile-cut goes with --shapes.")
 
     def given(self) -> dict[str, str]:
         return dict(a.split("=", 1) for a in self.artifact)

@@ -126,8 +126,10 @@ def plots(res: dict, out: Path) -> list[str]:
     if q:
         fig, ax = plt.subplots(1, 2, figsize=(10, 4))
         for mode, marker in (("uniform", "o"), ("per-layer", "s")):
+            # decilm and per-layer are both widths searched per layer; only the file layout differs.
             pts = sorted((_ratio(m), m["quality"]["wikitext2"]["ppl"], m["quality"]["mean_acc"], k)
-                         for k, m in q.items() if m["layout"] == mode or (mode == "uniform" and k == "dense"))
+                         for k, m in q.items() if (m["layout"] == "uniform") == (mode == "uniform") or
+                         (mode == "uniform" and k == "dense"))
             if pts:
                 ax[0].plot([x[0] for x in pts], [x[1] for x in pts], marker=marker, label=f"ours, {mode}")
                 ax[1].plot([x[0] for x in pts], [x[2] for x in pts], marker=marker, label=f"ours, {mode}")

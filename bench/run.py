@@ -136,9 +136,12 @@ def run_bench(cfg: BenchConfig, log=None) -> Path:
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if cfg.shapes:
-        from .shapes import format_shapes, run_shapes
-        out = Path(cfg.out) / f"{time.strftime('%Y-%m-%d')}-{machine_slug(machine())}-shapes"
-        print(format_shapes(run_shapes(list(cfg.shapes), [0.0, 0.2, 0.4], out, repeats=cfg.repeats or 3)))
+        from .shapes import CUTS, format_shapes, run_shapes
+        out = Path(cfg.out) / f"{time.strftime('%Y-%m-%d')}-{machine_slug(machine())}-shapes-{'-'.join(cfg.shapes)}"
+        print(format_shapes(run_shapes(list(cfg.shapes), list(cfg.cuts or CUTS), cfg.runtimes, out,
+                                       Path(cfg.workdir) / "shapes", repeats=cfg.repeats or 5,
+                                       threads=set_threads(cfg.threads or os.cpu_count() or 1),
+                                       profile=cfg.profile_cut, log=log)))
         return out
     p = profile_for(cfg)
     skip_quality, skip_speed, model = cfg.skip_quality, cfg.skip_speed, cfg.model

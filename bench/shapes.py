@@ -1,22 +1,37 @@
-"""Speed at production sizes without downloading weights: random-weight models in the shapes of real
-ones, dense and pruned per a plan (MLP width cut uniformly to remove a fraction of all parameters,
-multiples of 256: what `prunekit compress` does by default), timed with the same greedy loop.
+"""Speed of cuts at the shapes people deploy, on every stock runtime, without downloading weights.
 
-    python -m prunekit.bench.shapes --shapes llama-3.1-8b,qwen2.5-7b --ratios 0,0.2,0.4 --out DIR
-Meant for a GPU (bf16); on a CPU use the `tiny` shape. Weights are random, so only speed and memory
-mean anything here.
+Random-weight models in the published shapes of real ones (weights do not change speed), cut the way
+compress cuts (MLP channels, widths on an alignment grid), exported as real artifacts (HF checkpoint in
+the layout export picks, ONNX with KV cache) and timed in a fresh process per run with the same worker as
+`prunekit bench`, repeats interleaved; medians and ranges, with the ideal speedup beside each ratio.
+
+    prunekit bench --shapes smollm2-135m,qwen2.5-0.5b --repeats 5 [--cuts '20%,40%,30% per-layer']
+Cut labels: "R%" (uniform), "R% per-layer" (widths ramp over depth, same total; DeciLM layout),
+"R% per-layer generic" (the same widths in the heterogeneous per-layer layout), any of them with " a64"
+(alignment of the widths; default: compress's --align default).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import sys
+import re
+import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-# Public configs of the real models (hidden, intermediate, layers, heads, kv heads, vocab, tied).
+from prunekit.errors import PrunekitError
+
+# Public configs of the real models.
 SHAPES = {
+    "smollm2-135m": ("LlamaConfig", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                         tie_word_embeddings=True, head_dim=64)),
+    "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                         tie_word_embeddings=True)),
+    "llama-3.2-1b": ("LlamaConfig", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                                         tie_word_embeddings=True, head_dim=64)),
     "llama-3.1-8b": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                          num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
                                          tie_word_embeddings=False)),
@@ -26,134 +41,286 @@ SHAPES = {
     "tiny": ("LlamaConfig", dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=1024)),
 }
+CUTS = ("dense", "20%", "40%", "30%", "30% per-layer", "30% per-layer generic")
+CUT_RE = re.compile(r"^(?:dense|(\d{1,2})%( per-layer)?( generic)?( a(\d+))?)$")
 
 
-def params(cfg: dict, inter: int) -> int:
-    h, L, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    hd = h // cfg["num_attention_heads"]
+@dataclass(frozen=True)
+class Cut:
+    label: str
+    ratio: float = 0.0
+    per_layer: bool = False
+    generic: bool = False      # the heterogeneous per-layer layout instead of DeciLM
+    align: int = 0             # 0: compress's default
+
+
+def default_align() -> int:
+    from prunekit.compress import CompressConfig
+    return CompressConfig.__dataclass_fields__["align"].default
+
+
+def parse_cut(label: str) -> Cut:
+    m = CUT_RE.match(label.strip())
+    if not m or (m.group(3) and not m.group(2)):
+        raise PrunekitError(f"cut {label!r} is not understood; write e.g. 'dense', '20%', '30% per-layer', "
+                            "'30% per-layer generic', '20% a64'.")
+    if label.strip() == "dense":
+        return Cut("dense")
+    return Cut(label.strip(), int(m.group(1)) / 100, bool(m.group(2)), bool(m.group(3)),
+               int(m.group(5) or default_align()))
+
+
+def params(cfg: dict, widths: list[int]) -> int:
+    h, v = cfg["hidden_size"], cfg["vocab_size"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     attn = h * hd * (2 * cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"])
     emb = v * h * (1 if cfg.get("tie_word_embeddings") else 2)
-    return L * (attn + 3 * h * inter + 2 * h) + emb + h
+    return sum(attn + 3 * h * w + 2 * h for w in widths) + emb + h
 
 
-def pruned_width(cfg: dict, ratio: float, align: int = 256) -> int:
-    """MLP width that removes `ratio` of all parameters (uniform over layers, rounded to `align`)."""
-    dense = params(cfg, cfg["intermediate_size"])
-    cut = ratio * dense / (3 * cfg["hidden_size"] * cfg["num_hidden_layers"])
-    return max(align, int(round((cfg["intermediate_size"] - cut) / align)) * align)
+def widths_for(cfg: dict, cut: Cut) -> list[int]:
+    """MLP widths that remove `ratio` of all parameters, on the alignment grid. Per-layer: the same total
+    spread as a ramp over depth (half the uniform width at the bottom, up to 1.5x at the top, capped at
+    the dense width), a stand-in for a searched plan: speed depends on the widths, not on which channels."""
+    L, dense = cfg["num_hidden_layers"], cfg["intermediate_size"]
+    if not cut.ratio:
+        return [dense] * L
+    cut_w = cut.ratio * params(cfg, [dense] * L) / (3 * cfg["hidden_size"] * L)
+    mean = dense - cut_w
+    a = cut.align
+    if not cut.per_layer:
+        return [max(a, round(mean / a) * a)] * L
+    raw = [min(dense, mean * (0.5 + i / max(1, L - 1))) for i in range(L)]
+    scale = mean * L / sum(raw)
+    return [max(a, min(dense, round(r * scale / a) * a)) for r in raw]
 
 
-def measure(model, vocab: int, prompt_len: int, new_tokens: int, batch: int, device: str, repeats: int) -> dict:
-    import torch
-
-    from prunekit.runtimes import torch_greedy
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    def timed(p, n):
-        sync()
-        t = time.perf_counter()
-        torch_greedy(model, p, n, device=device)
-        sync()
-        return time.perf_counter() - t
-
-    g = torch.Generator().manual_seed(0)
-    p1 = torch.randint(100, vocab, (1, prompt_len), generator=g).tolist()
-    pb = torch.randint(100, vocab, (batch, prompt_len), generator=g).tolist()
-    timed(p1[:1], 2)
-    out = {"ttft_s": [], "decode_tok_s_b1": [], "decode_tok_s_batch": []}
-    for _ in range(repeats):
-        t1 = timed(p1, 1)
-        out["ttft_s"].append(t1)
-        out["decode_tok_s_b1"].append((new_tokens - 1) / (timed(p1, new_tokens) - t1))
-        tb = timed(pb, 1)
-        out["decode_tok_s_batch"].append(batch * (new_tokens - 1) / (timed(pb, new_tokens) - tb))
-    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in out.items()}
-
-
-def run_shapes(shapes: list[str], ratios: list[float], out: Path | None, prompt_len: int = 512,
-               new_tokens: int = 64, batch: int = 16, repeats: int = 3, log=print) -> dict:
+def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "default") -> Path:
+    """The artifact of one shape and cut (reused when a complete one is there)."""
     import torch
     import transformers
 
-    from prunekit.errors import PrunekitError
+    from prunekit.artifact import read_manifest
+    from prunekit.checkpoint import resize_layers, save_model, save_tokenizer
+    from prunekit.export import ExportConfig, export
+    from prunekit.families import family_for_config
+    from prunekit.loading import load_tokenizer
+
+    name = f"{shape}-{cut.label.replace('%', 'pct').replace(' ', '-')}" + ("" if onnx else "-noonnx")
+    art = work / name
+    if read_manifest(art) is not None:
+        return art
+    cls, base = SHAPES[shape]
+    tok = load_tokenizer(tokenizer)  # only encodes export's reference prompts
+    if len(tok) > base["vocab_size"]:
+        raise PrunekitError(f"the tokenizer of {tokenizer!r} has {len(tok)} tokens, more than shape {shape}'s "
+                            f"vocabulary of {base['vocab_size']}; pass a smaller tokenizer.")
+    widths = widths_for(base, cut)
+    config = getattr(transformers, cls)(**{**base, "intermediate_size": max(widths)})
+    config.architectures = [cls.replace("Config", "ForCausalLM")]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    if len(set(widths)) > 1:  # the per-layer record compress writes, and layers built to it
+        heads, kv = base["num_attention_heads"], base["num_key_value_heads"]
+        model.config.prunekit_layers = [{"intermediate_size": w, "num_attention_heads": heads,
+                                         "num_key_value_heads": kv} for w in widths]
+        resize_layers(model, family_for_config(model.config), model.config.prunekit_layers)
+    src = work / f".{name}-src"
+    shutil.rmtree(src, ignore_errors=True)
+    save_model(model, src)
+    save_tokenizer(tok, src)
+    del model
+    log(f"shapes: {name}: widths {sorted(set(widths))}, exporting")
+    export(ExportConfig(model=str(src), out=str(art), tokens=4, onnx=onnx, force=True,
+                        layout="per-layer" if cut.generic else "auto"), log=lambda m: None)
+    shutil.rmtree(src)
+    return art
+
+
+def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], out: Path, work: Path,
+               repeats: int = 5, threads: int = 2, prompt_len: int = 128, new_tokens: int = 32, batch: int = 8,
+               profile: str | None = None, tokenizer: str = "default", log=print) -> dict:
+    """Build, time and report; `profile` (a cut label) adds the per-token breakdown of dense and that cut
+    of the first shape on every runtime (bench/profile.py)."""
+    from prunekit.artifact import read_manifest
+    from prunekit.env import compute_dtype
+
+    from .models import weight_bytes_per_token
+    from .run import PROFILES, machine, speed_once, summarize
     bad = [s for s in shapes if s not in SHAPES]
     if bad:
         raise PrunekitError(f"unknown shape {bad}; choose from {', '.join(SHAPES)}.")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "dtype": str(dtype),
-           "torch": torch.__version__, "transformers": transformers.__version__, "prompt_len": prompt_len,
-           "new_tokens": new_tokens, "batch": batch, "repeats": repeats, "rows": []}
+    plan = [parse_cut(c) for c in cuts]
+    if plan[0].label != "dense":
+        plan.insert(0, Cut("dense"))
+    if profile and profile not in [c.label for c in plan]:
+        raise PrunekitError(f"--profile-cut {profile!r} is not among the cuts {[c.label for c in plan]}.")
+    dtype = compute_dtype()
+    p = replace(PROFILES["quick"], prompt_len=prompt_len, new_tokens=new_tokens, batch=batch)
+    work.mkdir(parents=True, exist_ok=True)
+    res = {"machine": machine(), "dtype": dtype, "threads": threads, "prompt_len": prompt_len,
+           "new_tokens": new_tokens, "batch": batch, "repeats": repeats, "runtimes": list(runtimes), "rows": []}
+    t0 = time.time()
+    arts = {}
     for shape in shapes:
-        cls, base = SHAPES[shape]
-        dense_params = params(base, base["intermediate_size"])
-        for ratio in ratios:
-            cfg = dict(base, intermediate_size=pruned_width(base, ratio) if ratio else base["intermediate_size"])
-            config = getattr(transformers, cls)(**cfg)
-            torch.manual_seed(0)
-            with torch.device(device):
-                model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-            n = sum(p.numel() for p in model.parameters())
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            row = {"shape": shape, "ratio_target": ratio, "intermediate_size": cfg["intermediate_size"],
-                   "params": n, "removed": 1 - n / dense_params,
-                   **measure(model, cfg["vocab_size"], prompt_len, new_tokens, batch, device, repeats)}
-            if device == "cuda":
-                row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            res["rows"].append(row)
-            log(f"{shape} {ratio:.0%}: {n / 1e9:.2f}B params, ttft {row['ttft_s']['median'] * 1e3:.1f} ms, "
-                f"b1 {row['decode_tok_s_b1']['median']:.1f} tok/s, b{batch} {row['decode_tok_s_batch']['median']:.0f} tok/s"
-                + (f", peak {row['gpu_peak_mb']:.0f} MiB" if "gpu_peak_mb" in row else ""))
-            del model
-            if device == "cuda":
-                torch.cuda.empty_cache()
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "shapes.json").write_text(json.dumps(res, indent=2) + "\n")
-        (out / "shapes.md").write_text(format_shapes(res))
+        for cut in plan:
+            art = build(shape, cut, work, "onnxruntime" in runtimes, log, tokenizer)
+            m = read_manifest(art)
+            arts[(shape, cut.label)] = art
+            res["rows"].append({"shape": shape, "cut": cut.label, "layout": m.layout, "artifact": str(art),
+                                "widths": sorted(set(widths_for(SHAPES[shape][1], cut))),
+                                "params": params(SHAPES[shape][1], widths_for(SHAPES[shape][1], cut)),
+                                "weight_bytes_per_token": weight_bytes_per_token(art), "samples": {}})
+    rows = {(r["shape"], r["cut"]): r for r in res["rows"]}
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "shapes.partial.json"  # each repeat as it completes: a long run survives a kill
+    for rep in range(repeats):
+        for key, art in arts.items():        # interleaved: drift of the machine spreads over every cut
+            for rt in runtimes:
+                s = speed_once(rt, art, p, threads, dtype)
+                rows[key]["samples"].setdefault(rt, []).append(s)
+                log(f"shapes {rep + 1}/{repeats} {key[0]} {key[1]:>22} {rt:<12} " +
+                    (s["error"] if "error" in s else f"b1 {s['decode_tok_s_b1']:.1f} tok/s, "
+                     f"b{batch} {s['decode_tok_s_batch']:.1f} tok/s" + (f" [{s['model_class']}]" if "model_class"
+                                                                         in s else "")))
+        partial.write_text(json.dumps(res, indent=2) + "\n")
+    for r in res["rows"]:
+        r["speed"] = {rt: summarize(v) for rt, v in r["samples"].items()}
+    (out / "shapes.json").write_text(json.dumps(res, indent=2) + "\n")  # the timings are safe before profiling
+    if profile:
+        from .profile import profile_once
+        res["profile"] = {"shape": shapes[0], "batch": 1, "prompt_len": prompt_len, "new_tokens": new_tokens + 1,
+                          "rows": {}}
+        for rt in runtimes:
+            for label in ("dense", profile):
+                r = profile_once(rt, arts[(shapes[0], label)], threads, dtype, prompt_len, new_tokens + 1, 1)
+                res["profile"]["rows"].setdefault(rt, {})[label] = r
+                log(f"profile {shapes[0]} {label} {rt}: " + (r["error"] if "error" in r else
+                                                            f"{r['wall_ms']:.2f} ms/token"))
+    for r in res["rows"]:
+        r["model_class"] = next((s["model_class"] for s in r["samples"].get("vllm", []) if "model_class" in s), None)
+    res["seconds"] = round(time.time() - t0)
+    (out / "shapes.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "shapes.md").write_text(format_shapes(res))
+    plot_shapes(res, out / "shapes-speedup.png")
+    partial.unlink(missing_ok=True)
     return res
 
 
-def format_shapes(res: dict) -> str:
-    lines = [f"Random-weight models in real shapes on {res['device']} ({res['dtype']}, torch {res['torch']}, "
-             f"transformers {res['transformers']}): greedy decoding, prompt {res['prompt_len']}, "
-             f"{res['new_tokens']} new tokens; median (min-max) of {res['repeats']}.", "",
-             f"| shape | removed | MLP width | params | TTFT ms | decode tok/s b1 | decode tok/s b{res['batch']} | "
-             "speedup b1 | ideal | peak GPU MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
-    dense = {}
+def speedups(res: dict):
+    """(row, runtime, key, measured speedup, ideal speedup) for every cut, runtime and batch."""
+    dense = {r["shape"]: r for r in res["rows"] if r["cut"] == "dense"}
     for r in res["rows"]:
-        if r["ratio_target"] == 0:
-            dense[r["shape"]] = r
-        d = dense.get(r["shape"])
-        sp = f"{r['decode_tok_s_b1']['median'] / d['decode_tok_s_b1']['median']:.2f}x" if d else "-"
-        ideal = f"{d['params'] / r['params']:.2f}x" if d else "-"
-        mm = lambda k, s=1.0, f=".1f": f"{r[k]['median'] * s:{f}} ({r[k]['min'] * s:{f}}-{r[k]['max'] * s:{f}})"
-        lines.append(f"| {r['shape']} | {r['removed']:.1%} | {r['intermediate_size']} | {r['params'] / 1e9:.2f}B | "
-                     f"{mm('ttft_s', 1e3)} | {mm('decode_tok_s_b1')} | {mm('decode_tok_s_batch', f='.0f')} | {sp} | "
-                     f"{ideal} | {r.get('gpu_peak_mb', float('nan')):.0f} |")
-    lines.append("\nIdeal = dense / pruned parameters (bf16 bytes read per token, embeddings included).")
+        d = dense[r["shape"]]
+        ideal = d["weight_bytes_per_token"] / r["weight_bytes_per_token"]
+        for rt, s in r["speed"].items():
+            for key in ("decode_tok_s_b1", "decode_tok_s_batch"):
+                if key in s and key in d["speed"].get(rt, {}):
+                    yield r, rt, key, s[key]["median"] / d["speed"][rt][key]["median"], ideal
+
+
+def format_shapes(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"Random-weight models in real shapes on {m['cpu']} x{m['cores']}{' + ' + m['gpu'] if m.get('gpu') else ''}"
+             f" ({res['dtype']}, {res['threads']} threads): greedy decoding, prompt {res['prompt_len']}, "
+             f"{res['new_tokens']} new tokens, batch 1 and {res['batch']}; median (min-max) of {res['repeats']} "
+             "interleaved runs, each in a fresh process.", "",
+             "| shape | cut | layout | widths | params | runtime | b1 tok/s | speedup | "
+             f"b{res['batch']} tok/s | speedup | ideal | b1 / b{res['batch']} % of ideal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    sp = {(r["shape"], r["cut"], rt, k): (x, i) for r, rt, k, x, i in speedups(res)}
+    for r in res["rows"]:
+        for rt, s in r["speed"].items():
+            if "decode_tok_s_b1" not in s:
+                lines.append(f"| {r['shape']} | {r['cut']} | {r['layout']} | | | {rt} | failed: "
+                             f"{'; '.join(s['errors'])[:200]} | | | | | |")
+                continue
+            mm = lambda k: f"{s[k]['median']:.1f} ({s[k]['min']:.1f}-{s[k]['max']:.1f})"
+            no = (float("nan"), float("nan"))  # dense failed on this runtime: nothing to compare with
+            b1 = sp.get((r["shape"], r["cut"], rt, "decode_tok_s_b1"), no)
+            bb = sp.get((r["shape"], r["cut"], rt, "decode_tok_s_batch"), no)
+            w = r["widths"]
+            cls = f" [{r['model_class']}]" if rt == "vllm" and r.get("model_class") else ""
+            pct = "-" if r["cut"] == "dense" else \
+                " / ".join(f"{(x - 1) / (i - 1) * 100:.0f}" if i > 1 else "-" for x, i in (b1, bb))
+            lines.append(f"| {r['shape']} | {r['cut']} | {r['layout']} | {w[0] if len(w) == 1 else f'{w[0]}-{w[-1]}'} "
+                         f"| {r['params'] / 1e6:.0f}M | {rt}{cls} | {mm('decode_tok_s_b1')} | {b1[0]:.2f}x | "
+                         f"{mm('decode_tok_s_batch')} | {bb[0]:.2f}x | {b1[1]:.2f}x | {pct} |")
+    lines += ["", "Ideal = dense / pruned bytes of weights a decode step reads (every matrix once; the embedding "
+              "table only as the tied LM head). % of ideal = (speedup - 1) / (ideal - 1): the share of the "
+              "possible gain that the runtime delivers.", f"\nTotal {res['seconds']} s."]
+    if res.get("profile"):
+        from .profile import format_profile
+        pr = res["profile"]
+        un = {(rt, r["cut"]): 1e3 / s["decode_tok_s_b1"]["median"] for r in res["rows"] if r["shape"] == pr["shape"]
+              for rt, s in r["speed"].items() if "decode_tok_s_b1" in s}
+        lines += ["", f"## Where the time goes: {pr['shape']}", "",
+                  format_profile({**pr, "machine": f"{m['cpu']} x{m['cores']}", "dtype": res["dtype"],
+                                  "threads": res["threads"]}, un)]
     return "\n".join(lines) + "\n"
 
 
+def plot_shapes(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r, rt, k, x, i) for r, rt, k, x, i in speedups(res) if r["cut"] != "dense"]
+    if not pts:
+        return
+    keys = ("decode_tok_s_b1", "decode_tok_s_batch")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    markers = dict(zip(sorted({rt for _, rt, *_ in pts}), "osD^"))
+    colors = dict(zip(sorted({r["shape"] for r, *_ in pts}), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, key in zip(axes, keys):
+        top = max(max(x, i) for _, _, k, x, i in pts) * 1.05
+        ax.plot([1, top], [1, top], "k--", lw=0.8, label="ideal")
+        for r, rt, k, x, i in pts:
+            if k == key:
+                c = colors[r["shape"]]
+                ax.scatter(i, x, marker=markers[rt], edgecolors=c, alpha=0.8,
+                           facecolors="none" if "generic" in r["cut"] else c)
+        ax.set(xlabel="ideal speedup (weight bytes per token)", title="batch 1" if key.endswith("b1")
+               else f"batch {res['batch']}")
+    axes[0].set_ylabel("measured decode speedup vs dense")
+    for rt, mk in markers.items():
+        axes[1].scatter([], [], marker=mk, color="gray", label=rt)
+    for shape, c in colors.items():
+        axes[1].scatter([], [], marker="s", color=c, label=shape)
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"Measured vs ideal decode speedup ({res['machine']['cpu']}, {res['dtype']}); "
+                 "hollow = per-layer generic layout", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
+    """The same measurement without the rest of `prunekit bench` (e.g. the GPU machine's prepared script)."""
+    import argparse
+    import sys
     ap = argparse.ArgumentParser(prog="python -m prunekit.bench.shapes", description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default="llama-3.1-8b,qwen2.5-7b")
-    ap.add_argument("--ratios", default="0,0.2,0.4")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--prompt-len", type=int, default=512)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shapes", default="smollm2-135m")
+    ap.add_argument("--cuts", default=",".join(CUTS))
+    ap.add_argument("--runtimes", default="torch,onnxruntime,vllm")
+    ap.add_argument("--out", default="bench/results/shapes")
+    ap.add_argument("--work", default="bench/work/shapes")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--profile-cut", default=None, help="also profile dense and this cut of the first shape")
     a = ap.parse_args(argv)
-    res = run_shapes(a.shapes.split(","), [float(x) for x in a.ratios.split(",")], Path(a.out) if a.out else None,
-                     a.prompt_len, a.new_tokens, a.batch, a.repeats)
+    try:
+        res = run_shapes(a.shapes.split(","), a.cuts.split(","), tuple(a.runtimes.split(",")), Path(a.out),
+                         Path(a.work), a.repeats, a.threads, a.prompt_len, a.new_tokens, a.batch, a.profile_cut)
+    except PrunekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_shapes(res))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

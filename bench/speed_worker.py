@@ -87,6 +87,7 @@ def run_vllm(req: dict) -> dict:
     vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
     out = measure(gen, req, vocab)
     out["load_s"] = load
+    out["model_class"] = getattr(llm.model_config, "architecture", "?")  # native class or Transformers backend
     try:
         import torch
         if torch.cuda.is_available():

@@ -93,7 +93,7 @@ def run_vllm(art: Path, manifest: Manifest, ref: dict, kv_cache_gib: float, time
             errors = [ln for ln in lines if "Error" in ln and "Traceback" not in ln][-3:] or lines[-3:]
             raise RuntimeError(f"vLLM exited with {proc.returncode}: " + " | ".join(errors)[-900:])
         res = json.loads(rs.read_text())
-    return res["tokens"], res["first_logits"]
+    return res["tokens"], res["first_logits"], {"model_class": res.get("model_class", "?")}
 
 
 def verify(cfg: VerifyConfig, log=None) -> dict:
@@ -121,13 +121,14 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
             t = time.time()
             log(f"verify: {rt} ...")
             try:
+                extra = {}
                 if rt == "transformers":
                     out = run_transformers(art, manifest, ref, threads)
                 elif rt == "onnxruntime":
                     out = run_onnxruntime(art, manifest, ref, threads)
                 else:
-                    out = run_vllm(art, manifest, ref, cfg.kv_cache_gib)
-                rows[rt] = compare(ref, ref_logits, *out, cfg.atol)
+                    *out, extra = run_vllm(art, manifest, ref, cfg.kv_cache_gib)
+                rows[rt] = {**compare(ref, ref_logits, *out, cfg.atol), **extra}
             except Exception as e:  # a runtime that cannot load the artifact is a result, not a crash
                 rows[rt] = {"loads": False, "passed": False, "error": f"{type(e).__name__}: {e}"[:1000]}
             rows[rt]["seconds"] = round(time.time() - t, 1)
@@ -145,7 +146,8 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
 
 def format_table(report: dict) -> str:
     lines = [f"verify {report['artifact']} ({report['layout']} layout, {report['prompts']} prompts x "
-             f"{report['new_tokens']} greedy tokens, atol {report['atol']:g})",
+             f"{report['new_tokens']} greedy tokens, atol {report['atol']:g})"
+             + "".join(f"; vLLM ran {r['model_class']}" for k, r in report["runtimes"].items() if r.get("model_class")),
              "| runtime | loads | max abs logit diff | greedy tokens match | passed |",
              "|---|---|---|---|---|"]
     for name, r in report["runtimes"].items():

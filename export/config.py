@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from prunekit.config import Config, check, check_positive, opt
 
 RUNTIMES = ("transformers", "onnxruntime", "vllm")
+HF_LAYOUTS = ("auto", "per-layer")  # export --layout (export/hf.py picks the layout under auto)
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,9 @@ class ExportConfig(Config):
                      "directory or hub id", positional=True)
     out: str = opt("", "artifact directory to create", required=True)
     onnx: bool = opt(True, "skip the ONNX graph", flag="--no-onnx")
+    layout: str = opt("auto", "HF checkpoint layout for layers of differing widths: auto (vLLM's native DeciLM "
+                      "layout where it can hold them, else per-layer) or per-layer (transformers' heterogeneous "
+                      "config; vLLM runs it through its slower Transformers backend)", choices=HF_LAYOUTS)
     tokens: int = opt(16, "greedy tokens in the reference that verify checks")
     force: bool = opt(False, "replace a non-empty --out")
     trust_remote_code: bool = opt(False, "run the model's own code (off by default)")

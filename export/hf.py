@@ -1,13 +1,17 @@
-"""The HF checkpoint inside an artifact: stock classes when widths are uniform, shipped code otherwise.
+"""The HF checkpoint inside an artifact, in the layout its shapes need.
 
-Uniform: a plain LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM checkpoint with `head_dim`
-written explicitly (after head removal hidden_size // heads no longer gives it). Every runtime loads it
-without custom code.
-
-Per-layer: `config.per_layer_config` (transformers' heterogeneous configs, read natively by vLLM 0.32's
-Transformers backend) plus the small modeling file in shipped/. Chosen over vLLM's DeciLM layout because
-DeciLM keeps the query-head count global, and prunekit removes whole GQA groups (query heads with their
-KV head), so a DeciLM config cannot express a plan that cuts heads unevenly.
+- uniform: a plain LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM checkpoint with `head_dim`
+  written explicitly (after head removal hidden_size // heads no longer gives it). Every runtime loads it
+  without custom code.
+- decilm: vLLM's DeciLM / Nemotron-NAS layout (`block_configs`: per-layer MLP width; KV heads per layer
+  too, though prunekit's plans keep them equal: it removes query heads with their KV head, and the query-head
+  count is global here), which vLLM runs with its own model class and native kernels. Used for Llama and Qwen2
+  layers whose widths differ, or whose head count a stock config refuses, as long as every layer keeps the
+  same attention heads. Ships shipped/modeling_decilm.py (config class and transformers code).
+- per-layer: `config.per_layer_config` (transformers' heterogeneous configs, which vLLM 0.32 runs through
+  its generic Transformers backend, much slower) plus shipped/modeling_prunekit.py. Needed when query heads
+  differ per layer (prunekit removes whole GQA groups, query heads with their KV head, which DeciLM cannot
+  express: its query-head count is global) and for Qwen3 (DeciLM attention has no q/k norm).
 """
 from __future__ import annotations
 
@@ -20,51 +24,103 @@ from prunekit.checkpoint import save_model, save_tokenizer
 from prunekit.errors import PrunekitError
 from prunekit.families import Family, head_dim
 
-SHIPPED = Path(__file__).parent / "shipped" / "modeling_prunekit.py"
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+SHIPPED = {"per-layer": SHIPPED_DIR / "modeling_prunekit.py", "decilm": SHIPPED_DIR / "modeling_decilm.py"}
 PER_LAYER_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
 
 
-def layout_of(config, fam: Family) -> tuple[str, str]:
-    """(layout, reason): per-layer when layers differ, or when a stock config would refuse the shapes."""
-    if getattr(config, "prunekit_layers", None):
-        return "per-layer", "layers differ in width"
+def _stock_refusal(config, fam: Family) -> str:
     heads, hidden = config.num_attention_heads, config.hidden_size
     if fam.name == "llama" and hidden % heads:
         # transformers' LlamaConfig demands hidden_size % heads == 0 even with head_dim explicit.
-        return "per-layer", f"stock LlamaConfig refuses {heads} heads with hidden size {hidden}"
+        return f"stock LlamaConfig refuses {heads} heads with hidden size {hidden}"
     if fam.derived_head_dim and heads * head_dim(config) != hidden:
-        return "per-layer", (f"vLLM's {fam.shipped} class would derive head_dim {hidden // heads}, not "
-                             f"{head_dim(config)}, from {heads} heads")
-    return "uniform", ""
+        return (f"vLLM's {fam.shipped} class would derive head_dim {hidden // heads}, not "
+                f"{head_dim(config)}, from {heads} heads")
+    return ""
 
 
-def per_layer_config_json(cfg: dict, fam: Family) -> dict:
-    """Turn prunekit's own per-layer record into the config that transformers and vLLM read."""
+def _window_without_layer_types(config, fam: Family) -> bool:
+    """Mistral states its window in `sliding_window` alone; Llama's layers (which both shipped layouts build
+    on) and vLLM's DeciLM attention only honour windows listed in `layer_types`, as Qwen2 lists them."""
+    return fam.name == "llama" and bool(getattr(config, "sliding_window", None))
+
+
+def layout_of(config, fam: Family, prefer: str = "auto") -> tuple[str, str]:
+    """(layout, reason): the stock layout when it can hold the shapes, else DeciLM where vLLM's own class can
+    run them, else the heterogeneous per-layer layout. `prefer="per-layer"` skips DeciLM."""
+    layers = getattr(config, "prunekit_layers", None)
+    why = "layers differ in width" if layers else _stock_refusal(config, fam)
+    if not why:
+        return "uniform", ""
+    if _window_without_layer_types(config, fam):
+        raise PrunekitError(f"{why}, but this model uses sliding-window attention (sliding_window="
+                            f"{config.sliding_window}) that neither shipped layout can keep; prune it with "
+                            "--mode uniform and --structures mlp, which export as the stock class.")
+    if prefer == "per-layer":
+        return "per-layer", f"{why}; per-layer layout asked for"
+    if not fam.decilm:
+        return "per-layer", f"{why}; vLLM's DeciLM layout cannot hold {fam.name} layers (no q/k norm)"
+    if layers and len({(s["num_attention_heads"], s["num_key_value_heads"]) for s in layers}) > 1:
+        return "per-layer", f"{why}, and query heads differ per layer (DeciLM keeps their count global)"
+    return "decilm", f"{why}: DeciLM layout, run by vLLM's own DeciLMForCausalLM"
+
+
+def _layers(cfg: dict) -> list[dict]:
     layers = cfg.pop("prunekit_layers", None) or [{k: cfg[k] for k in PER_LAYER_KEYS}] * cfg["num_hidden_layers"]
     if len(layers) != cfg["num_hidden_layers"]:
         raise PrunekitError(f"config lists {len(layers)} per-layer shapes for {cfg['num_hidden_layers']} layers; "
                             "the pruned checkpoint is corrupt, re-run compress.")
+    return layers
+
+
+def _auto_map(module: str, stem: str) -> dict:
+    return {"AutoConfig": f"{module}.{stem}Config", "AutoModel": f"{module}.{stem}Model",
+            "AutoModelForCausalLM": f"{module}.{stem}ForCausalLM"}
+
+
+def per_layer_config_json(cfg: dict, fam: Family) -> dict:
+    """Turn prunekit's own per-layer record into the config that transformers and vLLM read."""
+    layers = _layers(cfg)
     width = len(str(len(layers) - 1))  # zero-padded keys sort numerically, as transformers writes them
     cfg["per_layer_config"] = {str(i).zfill(width): {k: spec[k] for k in PER_LAYER_KEYS}
                                for i, spec in enumerate(layers)}
-    stem = fam.shipped
-    cfg["architectures"] = [f"Prunekit{stem}ForCausalLM"]
-    cfg["auto_map"] = {"AutoConfig": f"modeling_prunekit.Prunekit{stem}Config",
-                       "AutoModel": f"modeling_prunekit.Prunekit{stem}Model",
-                       "AutoModelForCausalLM": f"modeling_prunekit.Prunekit{stem}ForCausalLM"}
+    cfg["architectures"] = [f"Prunekit{fam.shipped}ForCausalLM"]
+    cfg["auto_map"] = _auto_map("modeling_prunekit", f"Prunekit{fam.shipped}")
     return cfg
 
 
-def write_hf(model, tokenizer, fam: Family, out: Path) -> dict:
+def decilm_config_json(cfg: dict, fam: Family) -> dict:
+    """The same record as vLLM's DeciLM layout: one block per layer, widths given exactly (vLLM rounds only
+    `ffn_mult` to 256, never `intermediate_size`), KV heads as query heads per KV head."""
+    layers = _layers(cfg)
+    heads, kv = layers[0]["num_attention_heads"], layers[0]["num_key_value_heads"]
+    cfg.update(num_attention_heads=heads, num_key_value_heads=kv, model_type="nemotron-nas",
+               intermediate_size=max(s["intermediate_size"] for s in layers),  # for tools that size buffers
+               architectures=["DeciLMForCausalLM"], auto_map=_auto_map("modeling_decilm", f"Deci{fam.shipped}"))
+    cfg["block_configs"] = [
+        {"attention": {"no_op": False, "replace_with_linear": False, "n_heads_in_group": heads // kv},
+         "ffn": {"no_op": False, "replace_with_linear": False, "intermediate_size": s["intermediate_size"]}}
+        for s in layers]
+    if fam.qkv_bias:
+        cfg["qkv_bias"] = True  # vLLM's DeciLM attention: bias on q/k/v only, as Qwen2 has
+    return cfg
+
+
+REWRITE = {"per-layer": per_layer_config_json, "decilm": decilm_config_json}
+
+
+def write_hf(model, tokenizer, fam: Family, out: Path, prefer: str = "auto") -> dict:
     """Write the checkpoint into `out`; returns {layout, reason, shipped_code: {file: sha256}}."""
-    layout, reason = layout_of(model.config, fam)
+    layout, reason = layout_of(model.config, fam, prefer)
     model.config.head_dim = model.config.head_dim  # written explicitly even where a default exists
     save_model(model, out)
     save_tokenizer(tokenizer, out)
     shipped = {}
-    if layout == "per-layer":
+    if layout in REWRITE:
         p = out / "config.json"
-        p.write_text(json.dumps(per_layer_config_json(json.loads(p.read_text()), fam), indent=2) + "\n")
-        shutil.copyfile(SHIPPED, out / SHIPPED.name)
-        shipped[SHIPPED.name] = sha256_file(out / SHIPPED.name)
+        p.write_text(json.dumps(REWRITE[layout](json.loads(p.read_text()), fam), indent=2) + "\n")
+        code = SHIPPED[layout]
+        shutil.copyfile(code, out / code.name)
+        shipped[code.name] = sha256_file(out / code.name)
     return {"layout": layout, "reason": reason, "shipped_code": shipped}

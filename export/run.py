@@ -86,7 +86,7 @@ def export(cfg: ExportConfig, prompts=PROMPTS, log=None, inputs_hash: str | None
         from safetensors.torch import save_file
         (tmp / REFERENCE).parent.mkdir()
         save_file(ref_tensors, str(tmp / REFERENCE))
-        hf = write_hf(model.to(getattr(torch, stored)), tok, fam, tmp)
+        hf = write_hf(model.to(getattr(torch, stored)), tok, fam, tmp, cfg.layout)
         log(f"hf: {hf['layout']} layout{' (' + hf['reason'] + ')' if hf.get('reason') else ''}, {stored}")
         up = upstream.to_dict() if upstream is not None else {}
         manifest = Manifest(

@@ -6,7 +6,7 @@ long-lived test process should not inherit.
 
     python -m prunekit.export.vllm_run REQUEST.json RESULT.json
 REQUEST: {model, dtype, prompts: [[ids]], tokens, trust_remote_code, max_model_len, kv_cache_gib, logprobs}
-RESULT:  {tokens: [[ids]], first_logits: [{id: raw logit}], load_s, generate_s, versions}
+RESULT:  {tokens: [[ids]], first_logits: [{id: raw logit}], model_class, load_s, generate_s, versions}
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def main(request_path: str, result_path: str) -> None:
     result = {
         "tokens": [list(o.outputs[0].token_ids) for o in outs],
         "first_logits": [{str(t): lp.logprob for t, lp in o.outputs[0].logprobs[0].items()} for o in outs],
+        # The class vLLM resolved: its own (LlamaForCausalLM, DeciLMForCausalLM) or the generic Transformers backend.
+        "model_class": getattr(llm.model_config, "architecture", "?"),
         "load_s": round(t1 - t0, 2), "generate_s": round(t2 - t1, 3),
         "versions": {"vllm": getattr(vllm, "__version__", "?")},
     }

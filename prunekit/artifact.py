@@ -23,7 +23,7 @@ MANIFEST = "prunekit.json"
 FORMAT = "prunekit/1"
 FORMATS = (FORMAT,)          # formats this version reads
 STAGES = ("compress", "export")
-LAYOUTS = ("uniform", "per-layer")
+LAYOUTS = ("uniform", "decilm", "per-layer")
 
 
 # ---------------------------------------------------------------- hashes and atomic writes
@@ -119,7 +119,7 @@ class Manifest:
     stage: str
     format: str = FORMAT
     name: str | None = None
-    layout: str | None = None                 # "uniform" (stock classes) or "per-layer"
+    layout: str | None = None                 # "uniform" (stock classes), "decilm" or "per-layer"
     inputs_hash: str | None = None            # the step's inputs (see inputs_hash): what resume compares
     # compress
     source_model: str | None = None
@@ -259,5 +259,5 @@ def check_shipped_code(artifact: Path, manifest: Manifest) -> None:
 
 
 def needs_remote_code(manifest: Manifest) -> bool:
-    """Per-layer artifacts load through their shipped (hash-checked) modeling code."""
-    return manifest.layout == "per-layer"
+    """Artifacts whose layers differ (decilm, per-layer) load through their shipped, hash-checked code."""
+    return bool(manifest.shipped_code)

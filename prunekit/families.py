@@ -38,13 +38,16 @@ class Family:
     # vLLM's own class derives head_dim as hidden_size // heads and ignores config.head_dim (Qwen2),
     # so a stock checkpoint of this family must keep heads * head_dim == hidden_size.
     derived_head_dim: bool = False
+    # vLLM's DeciLM / Nemotron-NAS class can hold this family's layers (per-layer widths on native kernels);
+    # its attention has no per-head q/k norm, so not Qwen3.
+    decilm: bool = True
 
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", ("LlamaForCausalLM", "MistralForCausalLM"), "llama"),
     "qwen2": Family("qwen2", ("Qwen2ForCausalLM",), "qwen2", qkv_bias=True, shipped="Qwen2",
                     derived_head_dim=True),
-    "qwen3": Family("qwen3", ("Qwen3ForCausalLM",), "qwen3", qk_norm=True, shipped="Qwen3"),
+    "qwen3": Family("qwen3", ("Qwen3ForCausalLM",), "qwen3", qk_norm=True, shipped="Qwen3", decilm=False),
 }
 
 

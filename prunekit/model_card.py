@@ -14,8 +14,8 @@ def readme(art: Path, a: Manifest, c: Manifest | None, report: dict) -> str:
     rows = "\n".join(f"| {d} | {dense[d]:.2f} | {pruned[d]:.2f} |" for d in dense if d in pruned)
     vr = "\n".join(f"| {k} | {'yes' if r['loads'] else 'no'} | {r.get('max_abs_logit_diff', float('nan')):.2e} | "
                    f"{r.get('greedy_match', '-')} |" for k, r in report["runtimes"].items())
-    trc = " (it ships modeling_prunekit.py; prunekit checks its sha256 before passing --trust-remote-code)" \
-        if a.layout == "per-layer" else ""
+    code = ", ".join(a.shipped_code or {})
+    trc = f" (it ships {code}; prunekit checks its sha256 before passing --trust-remote-code)" if code else ""
     st = (c.settings if c else None) or {}
     r = (c.recovery if c else None) or {}
     between = " in equal shares after each round's cut" if r.get("at") == "rounds" else ""

@@ -1,4 +1,4 @@
-"""bench: the zero-shot scorer against a direct computation, and the shapes mode (the whole quick
+"""bench: the zero-shot scorer against a direct computation (the whole quick
 run on tiny artifacts is in test_shared_data.py: it needs the data sets)."""
 from __future__ import annotations
 
@@ -61,15 +61,3 @@ def test_acc_and_acc_norm_follow_lm_eval():
     norm = sum(int(max(range(2), key=lambda j: ll[2 * i + j] / len(d.continuations[j].strip())) == d.gold)
                for i, d in enumerate(docs)) / 2
     assert res == {"n": 2, "acc": acc, "acc_norm": norm}
-
-
-def test_shapes_mode_builds_pruned_shapes_and_times_them():
-    from prunekit.bench.shapes import SHAPES, params, pruned_width, run_shapes
-
-    cfg = SHAPES["llama-3.1-8b"][1]
-    assert params(cfg, cfg["intermediate_size"]) == 8_030_261_248  # Llama-3.1-8B's published count
-    assert pruned_width(cfg, 0.2) % 256 == 0 and abs(1 - params(cfg, pruned_width(cfg, 0.2)) / 8_030_261_248 - 0.2) < 0.01
-    res = run_shapes(["tiny"], [0.0, 0.4], None, prompt_len=8, new_tokens=12, batch=2, repeats=1, log=lambda m: None)
-    dense, pruned = res["rows"]
-    assert pruned["params"] < dense["params"] and pruned["intermediate_size"] < dense["intermediate_size"]
-    assert all(r["decode_tok_s_b1"]["median"] > 0 for r in res["rows"])

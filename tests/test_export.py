@@ -1,4 +1,4 @@
-"""export and verify on tiny random checkpoints: both layouts, every runtime, and the refusals."""
+"""export and verify on tiny random checkpoints: every layout, every runtime, and the refusals."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,11 @@ from prunekit.artifact import check_shipped_code, read_manifest
 from prunekit.errors import PrunekitError
 from prunekit.export import ExportConfig, VerifyConfig, verify
 
-LAYOUTS = {"uniform": dict(widths=[192] * 3), "per-layer": dict(widths=[64, 256, 128], groups=[1, 2, 1])}
+# decilm: MLP widths differ, attention the same in every layer; per-layer: query heads differ too.
+LAYOUTS = {"uniform": dict(widths=[192] * 3), "decilm": dict(widths=[64, 256, 128]),
+           "per-layer": dict(widths=[64, 256, 128], groups=[1, 2, 1])}
+# The layout vLLM runs each with: its own class for the stock architecture, DeciLM, or its Transformers backend.
+VLLM_CLASS = {"decilm": "DeciLMForCausalLM", "per-layer": "TransformersForCausalLM"}
 
 
 def export(src, out, **kw):
@@ -36,25 +40,36 @@ def artifact(tmp_path_factory):
     return d / "art"
 
 
+# Every architecture in the stock and per-layer layouts; DeciLM for the two families it holds (Mistral
+# shares Llama's code on both sides, Qwen3 cannot be held: test_layout_choice).
+CASES = [(a, lay) for a in sorted(ARCH_CONFIGS) for lay in ("uniform", "per-layer")] + \
+    [("LlamaForCausalLM", "decilm"), ("Qwen2ForCausalLM", "decilm")]
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
+@pytest.mark.parametrize("arch,layout", CASES)
 def test_export_and_verify_every_runtime(tmp_path, arch, layout):
-    """Every registered architecture name, both layouts, all three runtimes."""
+    """Each layout on all three runtimes, vLLM on the class the layout is for."""
     src = tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS[layout])
     m = export(src, tmp_path / "art")
     assert m.layout == layout
-    assert bool(m.shipped_code) == (layout == "per-layer")
+    assert bool(m.shipped_code) == (layout != "uniform")
     cfg = json.loads((tmp_path / "art" / "config.json").read_text())
     assert cfg["head_dim"] == 32
     assert ("per_layer_config" in cfg) == (layout == "per-layer") and "prunekit_layers" not in cfg
-    assert layout == "per-layer" or cfg["architectures"] == [arch]
+    assert ("block_configs" in cfg) == (layout == "decilm")
+    if layout == "decilm":
+        assert [b["ffn"]["intermediate_size"] for b in cfg["block_configs"]] == LAYOUTS["decilm"]["widths"]
+        heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        assert (heads, kv) == (4, 2) and {b["attention"]["n_heads_in_group"] for b in cfg["block_configs"]} == {2}
+    assert layout != "uniform" or cfg["architectures"] == [arch]
     report = check(tmp_path / "art", kv_cache_gib=0.05, threads=2)
     rows = report["runtimes"]
     assert set(rows) == {"transformers", "onnxruntime", "vllm"}, rows
     for name, row in rows.items():
         assert row["passed"], (name, row)
         assert row["greedy_match"] == "5/5" and row["max_abs_logit_diff"] < 1e-4, (name, row)
+    assert rows["vllm"]["model_class"] == VLLM_CLASS.get(layout, arch)
     saved = json.loads((tmp_path / "art" / "verify.json").read_text())
     assert saved["passed"] and json.loads((tmp_path / "art" / "prunekit.json").read_text())["verify"]["passed"]
 
@@ -162,8 +177,42 @@ def test_verify_refuses_a_non_artifact(tmp_path):
     assert main(["verify", str(tmp_path / "missing")]) == 2
 
 
-def test_heads_cut_where_stock_vllm_would_misread_go_per_layer(tmp_path):
-    """Qwen2 in vLLM derives head_dim from hidden_size // heads: a uniform head cut needs the per-layer layout."""
+def test_heads_cut_where_stock_vllm_would_misread_go_decilm(tmp_path):
+    """Qwen2 in vLLM derives head_dim from hidden_size // heads: a uniform head cut needs a layout that states
+    it, and DeciLM does (vLLM's DeciLM attention reads config.head_dim)."""
     src = tiny_checkpoint(tmp_path / "src", "qwen2", widths=[256] * 3, groups=[1] * 3)
     m = export(src, tmp_path / "art", onnx=False)
-    assert m.layout == "per-layer" and "head_dim" in m.reason
+    assert m.layout == "decilm" and "head_dim" in m.reason
+    report = check(tmp_path / "art", runtimes=("transformers", "vllm"), threads=2, kv_cache_gib=0.05)
+    assert report["passed"], report
+    assert report["runtimes"]["vllm"]["model_class"] == "DeciLMForCausalLM"
+
+
+@pytest.mark.parametrize("arch,shape,prefer,layout,why", [
+    ("Qwen3ForCausalLM", "decilm", "auto", "per-layer", "q/k norm"),
+    ("LlamaForCausalLM", "per-layer", "auto", "per-layer", "query heads differ"),
+    ("LlamaForCausalLM", "decilm", "per-layer", "per-layer", "asked for"),
+    ("MistralForCausalLM", "decilm", "auto", "decilm", "DeciLM"),
+])
+def test_layout_choice(tmp_path, arch, shape, prefer, layout, why):
+    """Export picks the layout the plan needs, says why, and `--layout per-layer` overrides DeciLM."""
+    src = tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS[shape])
+    m = export(src, tmp_path / "art", onnx=False, layout=prefer)
+    assert m.layout == layout and why in m.reason, (m.layout, m.reason)
+    assert list(m.shipped_code) == [f"modeling_{'decilm' if layout == 'decilm' else 'prunekit'}.py"]
+
+
+def test_sliding_window_without_layer_types_is_refused(tmp_path):
+    """Mistral's window lives in `sliding_window` alone, which Llama layers and vLLM's DeciLM ignore: a
+    non-uniform plan would silently lose it, so export refuses and names the fix."""
+    from transformers import AutoConfig
+
+    from prunekit.export.hf import layout_of
+    from prunekit.families import FAMILIES
+    src = tiny_checkpoint(tmp_path / "src", "MistralForCausalLM", **LAYOUTS["decilm"])
+    config = AutoConfig.from_pretrained(src)
+    config.sliding_window = 64
+    with pytest.raises(PrunekitError, match="--mode uniform"):
+        layout_of(config, FAMILIES["llama"])
+    config.sliding_window = None
+    assert layout_of(config, FAMILIES["llama"])[0] == "decilm"

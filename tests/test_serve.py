@@ -117,14 +117,15 @@ def test_serve_refuses_unverified_failed_and_tampered(verified, tmp_path):
         check_artifact(tmp_path / "nope", allow_unverified=True)
 
 
-def test_serve_refuses_tampered_per_layer_code(tmp_path):
+def test_serve_refuses_tampered_shipped_code(tmp_path):
     from prunekit.export import ExportConfig, export
     from prunekit.serve import check_artifact
 
     src = tiny_checkpoint(tmp_path / "src", "qwen2", widths=[64, 256, 128])
-    export(ExportConfig(model=str(src), out=str(tmp_path / "art"), tokens=2, onnx=False), log=lambda m: None)
+    m = export(ExportConfig(model=str(src), out=str(tmp_path / "art"), tokens=2, onnx=False), log=lambda m: None)
     check_artifact(tmp_path / "art", allow_unverified=True)
-    code = tmp_path / "art" / "modeling_prunekit.py"
+    assert list(m.shipped_code) == ["modeling_decilm.py"]  # MLP widths differ: the DeciLM layout
+    code = tmp_path / "art" / "modeling_decilm.py"
     code.write_text(code.read_text().replace("pass", "import os"))
     with pytest.raises(PrunekitError, match="sha256"):
         check_artifact(tmp_path / "art", allow_unverified=True)

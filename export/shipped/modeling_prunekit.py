@@ -6,6 +6,7 @@ models build every layer from the global config; these classes build layer i fro
 (MLP width, query heads, KV heads). Everything else is the stock implementation.
 Its sha256 is recorded in prunekit.json: `prunekit serve` refuses an artifact whose copy was changed.
 """
+from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 from transformers.models.llama import modeling_llama as llama
@@ -15,16 +16,19 @@ from transformers.models.qwen3 import modeling_qwen3 as qwen3
 
 # head_dim is explicit, so a head count need not divide hidden_size (Llama's stock check demands it);
 # the weight shapes are checked per layer when the checkpoint loads.
+@strict(accept_kwargs=True)  # validate() collects validators per class: the override needs it
 class PrunekitLlamaConfig(LlamaConfig):
     def validate_architecture(self):
         pass
 
 
+@strict(accept_kwargs=True)  # validate() collects validators per class: the override needs it
 class PrunekitQwen2Config(Qwen2Config):
     def validate_architecture(self):
         pass
 
 
+@strict(accept_kwargs=True)  # validate() collects validators per class: the override needs it
 class PrunekitQwen3Config(Qwen3Config):
     def validate_architecture(self):
         pass

@@ -1,0 +1,44 @@
+"""bench --shapes: cuts of random-weight models in real shapes, built as real artifacts and timed by the worker."""
+from __future__ import annotations
+
+import pytest
+
+from prunekit.errors import PrunekitError
+
+
+@pytest.mark.unit
+def test_shapes_cut_widths():
+    """Uniform cuts remove the asked share on the alignment grid; a per-layer cut spreads the same total."""
+    from prunekit.bench.shapes import SHAPES, default_align, params, parse_cut, widths_for
+
+    cfg = SHAPES["llama-3.1-8b"][1]
+    dense = params(cfg, [cfg["intermediate_size"]] * 32)
+    assert dense == 8_030_261_248  # Llama-3.1-8B's published count
+    for label, align in (("20% a256", 256), ("20% a64", 64), ("40%", default_align())):
+        cut = parse_cut(label)
+        w = widths_for(cfg, cut)
+        assert cut.align == align and len(set(w)) == 1 and w[0] % align == 0
+        assert abs(1 - params(cfg, w) / dense - cut.ratio) < 0.01
+    w = widths_for(cfg, parse_cut("30% per-layer"))
+    assert len(set(w)) > 4 and w == sorted(w) and max(w) <= cfg["intermediate_size"]
+    assert abs(1 - params(cfg, w) / dense - 0.3) < 0.01
+    with pytest.raises(PrunekitError, match="not understood"):
+        parse_cut("30% generic")
+
+
+@pytest.mark.integration
+def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
+    """Artifacts of a real export (the per-layer cut in the DeciLM layout), timed by the bench worker."""
+    from conftest import tiny_tokenizer
+    from prunekit.bench.shapes import run_shapes
+
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    res = run_shapes(["tiny"], ["dense", "40%", "30% per-layer"], ("torch",), tmp_path / "out", tmp_path / "work",
+                     repeats=1, threads=2, prompt_len=8, new_tokens=6, batch=2, tokenizer=str(tmp_path / "tok"),
+                     log=lambda m: None)
+    dense, cut, per_layer = res["rows"]
+    assert (dense["layout"], cut["layout"], per_layer["layout"]) == ("uniform", "uniform", "decilm")
+    assert cut["weight_bytes_per_token"] < dense["weight_bytes_per_token"]
+    assert all(r["speed"]["torch"]["decode_tok_s_b1"]["median"] > 0 for r in res["rows"])
+    assert "| tiny | 30% per-layer | decilm |" in (tmp_path / "out" / "shapes.md").read_text()
+    assert (tmp_path / "out" / "shapes-speedup.png").stat().st_size > 0
