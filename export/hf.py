@@ -113,7 +113,7 @@ REWRITE = {"per-layer": per_layer_config_json, "decilm": decilm_config_json}
 def write_hf(model, tokenizer, fam: Family, out: Path, prefer: str = "auto") -> dict:
     """Write the checkpoint into `out`; returns {layout, reason, shipped_code: {file: sha256}}."""
     layout, reason = layout_of(model.config, fam, prefer)
-    model.config.head_dim = model.config.head_dim  # written explicitly even where a default exists
+    model.config.head_dim = head_dim(model.config)  # explicit, also where the config derives it (Qwen2)
     save_model(model, out)
     save_tokenizer(tokenizer, out)
     shipped = {}

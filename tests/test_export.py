@@ -216,3 +216,19 @@ def test_sliding_window_without_layer_types_is_refused(tmp_path):
         layout_of(config, FAMILIES["llama"])
     config.sliding_window = None
     assert layout_of(config, FAMILIES["llama"])[0] == "decilm"
+
+
+def test_config_without_head_dim_exports(tmp_path):
+    """Stock Qwen2 configs carry no head_dim (it is derived): export writes it explicitly instead of failing."""
+    import transformers
+
+    from conftest import tiny_tokenizer
+    from prunekit.checkpoint import save_model, save_tokenizer
+    cfg = transformers.Qwen2Config(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=320, max_position_embeddings=128)
+    cfg.architectures = ["Qwen2ForCausalLM"]
+    assert getattr(cfg, "head_dim", None) is None
+    save_model(transformers.Qwen2ForCausalLM(cfg).eval(), tmp_path / "src")
+    save_tokenizer(tiny_tokenizer(), tmp_path / "src")
+    m = export(tmp_path / "src", tmp_path / "art", onnx=False)
+    assert m.layout == "uniform" and json.loads((tmp_path / "art" / "config.json").read_text())["head_dim"] == 32
