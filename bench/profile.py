@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -196,9 +195,8 @@ def worker(req_path: str, res_path: str) -> None:
 def profile_once(runtime: str, art: Path, threads: int, dtype: str, prompt_len: int, new_tokens: int,
                  batch: int, timeout: int = 900) -> dict:
     from prunekit.artifact import check_shipped_code, load_artifact, needs_remote_code
-    from prunekit.env import child_env
-    from prunekit.proc import run_group
 
+    from .run import run_worker
     from .speed_worker import prompts
     art, m = load_artifact(art)
     check_shipped_code(art, m)
@@ -207,18 +205,7 @@ def profile_once(runtime: str, art: Path, threads: int, dtype: str, prompt_len: 
         req = {"runtime": runtime, "artifact": str(art.resolve()), "threads": threads, "dtype": dtype,
                "prompts": prompts(batch, prompt_len, vocab), "new_tokens": new_tokens,
                "trust_remote_code": needs_remote_code(m), "trace_dir": f"{d}/traces"}
-        rq, rs = Path(d, "req.json"), Path(d, "res.json")
-        rq.write_text(json.dumps(req))
-        env = child_env(OMP_NUM_THREADS=str(threads), VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}")
-        try:
-            proc = run_group([sys.executable, "-m", "prunekit.bench.profile", "--worker", str(rq), str(rs)], timeout,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout} s"}
-        if proc.returncode != 0 or not rs.is_file():
-            err = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Error" in ln][-3:]
-            return {"error": f"exit {proc.returncode}: {' | '.join(err)[-600:]}"}
-        return json.loads(rs.read_text())
+        return run_worker(["prunekit.bench.profile", "--worker"], req, threads, timeout)
 
 
 def format_profile(res: dict, unprofiled: dict | None = None) -> str:

@@ -87,18 +87,24 @@ def speed_once(runtime: str, art: Path, p: Profile, threads: int, dtype: str, ti
     req = {"runtime": runtime, "artifact": str(art.resolve()), "prompt_len": p.prompt_len, "new_tokens": p.new_tokens,
            "batch": p.batch, "threads": threads, "dtype": dtype, "kv_cache_gib": 1,
            "trust_remote_code": needs_remote_code(m)}
-    with tempfile.TemporaryDirectory(prefix="prunekit-speed-") as d:
+    return run_worker(["prunekit.bench.speed_worker"], req, threads, timeout)
+
+
+def run_worker(module: list[str], req: dict, threads: int, timeout: int = 900) -> dict:
+    """Run `python -m MODULE... REQ.json RES.json` in a fresh process group pinned to `threads`; the result,
+    or {"error": ...} when it fails or times out (a failed run is a result, not a crash of the bench)."""
+    with tempfile.TemporaryDirectory(prefix="prunekit-worker-") as d:
         rq, rs = Path(d, "req.json"), Path(d, "res.json")
         rq.write_text(json.dumps(req))
         env = child_env(OMP_NUM_THREADS=str(threads), VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}")
         try:
-            proc = run_group([sys.executable, "-m", "prunekit.bench.speed_worker", str(rq), str(rs)], timeout,
+            proc = run_group([sys.executable, "-m", *module, str(rq), str(rs)], timeout,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout} s"}
         if proc.returncode != 0 or not rs.is_file():
-            err = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Error" in ln][-2:]
-            return {"error": f"exit {proc.returncode}: {' | '.join(err)[-500:]}"}
+            err = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Error" in ln][-3:]
+            return {"error": f"exit {proc.returncode}: {' | '.join(err)[-600:]}"}
         return json.loads(rs.read_text())
 
 

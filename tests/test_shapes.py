@@ -35,10 +35,15 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     res = run_shapes(["tiny"], ["dense", "40%", "30% per-layer"], ("torch",), tmp_path / "out", tmp_path / "work",
                      repeats=1, threads=2, prompt_len=8, new_tokens=6, batch=2, tokenizer=str(tmp_path / "tok"),
-                     log=lambda m: None)
+                     profile="40%", log=lambda m: None)
     dense, cut, per_layer = res["rows"]
     assert (dense["layout"], cut["layout"], per_layer["layout"]) == ("uniform", "uniform", "decilm")
     assert cut["weight_bytes_per_token"] < dense["weight_bytes_per_token"]
     assert all(r["speed"]["torch"]["decode_tok_s_b1"]["median"] > 0 for r in res["rows"])
     assert "| tiny | 30% per-layer | decilm |" in (tmp_path / "out" / "shapes.md").read_text()
     assert (tmp_path / "out" / "shapes-speedup.png").stat().st_size > 0
+    from prunekit.bench.profile import CATEGORIES
+    for label in ("dense", "40%"):  # the profiler's parts add up to its wall time per token
+        row = res["profile"]["rows"]["torch"][label]
+        assert row["wall_ms"] > 0 and row["decoder matmuls"] > 0, row
+        assert abs(sum(row[c] for c in CATEGORIES) - row["wall_ms"]) < 1e-6 * row["wall_ms"] + 1e-9, row
