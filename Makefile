@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PRUNEKIT := $(VENV)/bin/prunekit
 RUNS ?= runs
 
-.PHONY: setup demo test test-fast compare clean artifacts serve bench bench-speed bench-quick lmeval-check
+.PHONY: setup demo test test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check
 
 setup:
 	@scripts/setup.sh
@@ -40,6 +40,12 @@ artifacts: setup
 serve: setup
 	$(PRUNEKIT) serve artifacts/SmolLM2-135M-Instruct-pruned-20
 
+# The server under load: 64 streaming clients for 5 minutes on the 20% artifact, then malformed requests and
+# clients that drop mid-stream; memory per minute (about 8 min after `make artifacts`).
+bench-serve: artifacts
+	$(PY) -m prunekit.bench.soak artifacts/SmolLM2-135M-Instruct-pruned-20 --clients 64 --minutes 5 \
+	  --out $(RUNS)/soak
+
 # Quality and speed of dense vs pruned on every stock runtime, one run; report in bench/results/.
 bench: setup
 	$(PRUNEKIT) bench --profile full
@@ -48,11 +54,11 @@ bench: setup
 # Speed of cuts at real shapes (random weights) on PyTorch, onnxruntime and vLLM, fresh process per run,
 # 5 interleaved repeats: the default model's shape with uniform, per-layer (DeciLM and generic layouts) and
 # alignment variants (33% is 704 wide at --align 64, 640 at 128; at 256 it is 768, the 30% cut) plus a
-# per-token profile, then Qwen2.5-0.5B's shape (about 100 + 60 min on 2 cores).
+# per-token profile, then Qwen2.5-0.5B's shape with its profile (about 100 + 80 min on 2 cores).
 bench-speed: setup
 	$(PRUNEKIT) bench --shapes smollm2-135m --repeats 5 --profile-cut 40% \
 	  --cuts 'dense,20%,40%,30%,30% per-layer,30% per-layer generic,33%,33% a128'
-	$(PRUNEKIT) bench --shapes qwen2.5-0.5b --repeats 5 --cuts 'dense,20%,40%,30% per-layer'
+	$(PRUNEKIT) bench --shapes qwen2.5-0.5b --repeats 5 --profile-cut 20% --cuts 'dense,20%,40%,30%,30% per-layer'
 
 # Small limits, 2 methods at 20%; what CI runs after the tests (about 15 min on 2 cores from scratch,
 # most of it two ONNX exports and two vLLM starts). Asserts nothing about absolute times.

@@ -174,8 +174,13 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
     rows = {(r["shape"], r["cut"]): r for r in res["rows"]}
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "shapes.partial.json"  # each repeat as it completes: a long run survives a kill
+    order = list(arts.items())
     for rep in range(repeats):
-        for key, art in arts.items():        # interleaved: drift of the machine spreads over every cut
+        # Interleaved; each repeat starts one cut later and every other one runs backwards: drift of the machine
+        # spreads over every cut, and no cut always runs in the same place or after the same one (on this VM a
+        # run's speed depended on its position).
+        turn = order[rep % len(order):] + order[:rep % len(order)]
+        for key, art in (turn[::-1] if rep % 2 else turn):
             for rt in runtimes:
                 s = speed_once(rt, art, p, threads, dtype)
                 rows[key]["samples"].setdefault(rt, []).append(s)

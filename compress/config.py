@@ -121,6 +121,9 @@ class CompressConfig(Config):
               "more (with one round, --recover-at end is the same thing).")
         check(self.ridge >= 0, f"--ridge must be >= 0, got {self.ridge}.")
         check_positive("align", self.align, allow_none=False)
+        # Kernels tile widths in powers of two; a width that is a multiple of 48 gains nothing over one of 16.
+        check(self.align & (self.align - 1) == 0, f"--align must be a power of two (1, 2, ..., 64, 128, 256), "
+                                                  f"got {self.align}.")
         check_positive("tp", self.tp, allow_none=False)
         check(0.0 < self.tolerance < 1.0, f"--tolerance must be in (0, 1), got {self.tolerance}.")
         check_positive("samples", self.samples)

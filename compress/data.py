@@ -76,6 +76,17 @@ def _bad(where: str, msg: str) -> PrunekitError:
     return PrunekitError(f"calibration mix: {where}: {msg}")
 
 
+def _number(where: str, key: str, value, lo: float, kind=int):
+    """A mix field as an int (or float) >= lo, or a message naming the field and what it takes; YAML's
+    `true` is not a number here, and neither is 2.5 where a count is asked for."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (kind is float or value == int(value)))
+    if not ok or value < lo:
+        what = "an integer" if kind is int else "a number"
+        raise _bad(where, f"`{key}` must be {what} >= {lo:g}, got {value!r}.")
+    return kind(value)
+
+
 def _source(name: str, raw, what: str) -> Source:
     if isinstance(raw, str):
         raw = {"path": raw}
@@ -98,9 +109,12 @@ def parse_mix(raw: dict, base_dir: str | Path = "", seq_len: int | None = None,
     unknown = set(raw) - MIX_KEYS
     if unknown:
         raise _bad("spec", f"unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(MIX_KEYS)}.")
-    seq_len = int(seq_len or raw.get("seq_len", 512))
+    seq_len = _number("spec", "seq_len", seq_len or raw.get("seq_len", 512), 2)
     total = total_samples if total_samples is not None else raw.get("total_samples")
-    default_eval = int(raw.get("eval_samples", 8))
+    if total is not None:
+        total = _number("spec", "total_samples", total, 1)
+    default_eval = _number("spec", "eval_samples", raw.get("eval_samples", 8), 0)
+    seed = _number("spec", "seed", seed if seed is not None else raw.get("seed", 0), 0)
     entries = raw["domains"]
     weights = {}
     for name, d in entries.items():
@@ -115,21 +129,24 @@ def parse_mix(raw: dict, base_dir: str | Path = "", seq_len: int | None = None,
         if "samples" not in d:
             if total is None:
                 raise _bad(f"domain {name!r}", "give `samples`, or `weight` with a top-level `total_samples`.")
-            weights[name] = float(d.get("weight", 1.0))
+            weights[name] = _number(f"domain {name!r}", "weight", d.get("weight", 1.0), 0, float)
     wsum = sum(weights.values())
     domains = []
     for name, d in entries.items():
-        n = int(d["samples"]) if "samples" in d else round(int(total) * weights[name] / wsum)
-        frac = float(d.get("eval_fraction", 0.2))
+        where = f"domain {name!r}"
+        n = _number(where, "samples", d["samples"], 0) if "samples" in d else (round(total * weights[name] / wsum) if wsum else 0)
+        frac = _number(where, "eval_fraction", d.get("eval_fraction", 0.2), 0, float)
         if not 0.0 < frac < 1.0 and "eval_source" not in d:
-            raise _bad(f"domain {name!r}", f"eval_fraction must be in (0, 1), got {frac}.")
+            raise _bad(where, f"eval_fraction must be in (0, 1), got {frac}.")
         domains.append(Domain(
             name=name, source=_source(name, d["source"], "source"), template=str(d["template"]),
-            samples=n, eval_samples=int(d.get("eval_samples", default_eval)),
+            samples=n, eval_samples=_number(where, "eval_samples", d.get("eval_samples", default_eval), 0),
             eval_source=_source(name, d["eval_source"], "eval_source") if "eval_source" in d else None,
             eval_fraction=frac, joiner=str(d.get("joiner", "\n\n"))))
-    return Mix(name=str(raw.get("name", "mix")), seq_len=seq_len,
-               seed=int(seed if seed is not None else raw.get("seed", 0)),
+    if not any(dom.samples for dom in domains):
+        raise _bad("spec", "no domain has calibration samples (every `samples` and `weight` is 0, or the weights "
+                   "round to 0); give a domain a positive weight or `samples`, or raise `total_samples`.")
+    return Mix(name=str(raw.get("name", "mix")), seq_len=seq_len, seed=seed,
                domains=tuple(domains), base_dir=str(base_dir))
 
 
@@ -141,7 +158,10 @@ def load_mix(path: str | Path | None = None, **overrides) -> Mix:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise PrunekitError(f"calibration mix {p} is not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PrunekitError(f"calibration mix {p} is not valid YAML{where}: {what}; fix the file.") from e
     return parse_mix(raw, base_dir=p.parent, **overrides)
 
 

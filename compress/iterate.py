@@ -8,6 +8,7 @@ import torch
 from tqdm import tqdm
 
 from prunekit.families import Family, get_module, head_dim
+from prunekit.faults import point
 from prunekit.perplexity import per_domain
 
 from . import plan as P
@@ -122,6 +123,7 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
                 cut_heads(getattr(layer, parent), fam, keep, dims.n_rep, dims.head_dim, gram, s.ridge, cross, target_w)
             else:
                 cut_mlp(getattr(layer, parent), fam, keep, gram, s.ridge, cross, target_w)
+        point("compress:cut")
         runner.forward(pos)
 
 
@@ -158,6 +160,7 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
             live_scores = taylor_scores(model, fam, batches, f"{tag} gradients")
         else:
             live_scores = stat_scores(model, fam, batches, s.method, f"{tag} statistics", s.ridge)
+        point("compress:statistics")
         scores: list = [None] * n_orig
         for pos, idx in enumerate(alive):
             scores[idx] = live_scores[pos]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunekit.errors import PrunekitError
-from prunekit.families import Family, head_dim
+from prunekit.families import Family, head_dim, window_in_config_only
 
 from .config import CompressConfig
 
@@ -114,28 +114,26 @@ def _normalised(s: torch.Tensor, comparable: bool, size: int) -> torch.Tensor:
     return s if comparable else s / s.sum().clamp_min(1e-30) * size
 
 
-def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, target: float,
-                  scores: list, final: bool) -> Shape:
-    """The same width and KV-group count in every kept layer, closest to `target` (a removed fraction
-    of the dense model's base); among candidates within tolerance, the one whose removed units carry
-    the least importance."""
+def _uniform_candidates(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, layer_order: list[int]) -> list:
+    """(removed fraction, width, groups, shape, removed layers) of every uniform shape the constraints allow;
+    layers are removed in `layer_order`."""
     base = base_params(dense, dims, c.ratio_of)
     live = [i for i, s in enumerate(cur.layers) if s is not None]
     w0, g0 = cur.layers[live[0]]
     widths = width_options(w0, c, "mlp" in c.structures)
     groups = group_options(g0, c, dims, "heads" in c.structures)
     n_remove = range(0, len(live)) if "layers" in c.structures else [0]
-    if "layers" in c.structures and any(scores[i].layer is None for i in live):
-        raise PrunekitError("this method does not score whole layers; drop 'layers' from --structures "
-                            "or use --method block-influence or hybrid.")
-    # Least important first (only read when layers may be removed).
-    layer_order = sorted(live, key=lambda i: scores[i].layer) if "layers" in c.structures else live
     cands = []
     for w, g, nl in itertools.product(widths, groups, n_remove):
         removed_layers = set(layer_order[:nl])
         shape = Shape([None if (s is None or i in removed_layers) else (w, g) for i, s in enumerate(cur.layers)])
-        frac = 1 - base_params(shape, dims, c.ratio_of) / base
-        cands.append((frac, w, g, shape, removed_layers))
+        cands.append((1 - base_params(shape, dims, c.ratio_of) / base, w, g, shape, removed_layers))
+    return cands
+
+
+def _within(cands: list, target: float, c: CompressConfig, final: bool) -> list:
+    """The candidates within tolerance of the target (any, before the last round), or an error naming the
+    nearest reachable one."""
     tol = c.tolerance if final else 1.0
     ok = [x for x in cands if abs(x[0] - target) <= tol]
     if not ok:
@@ -145,6 +143,60 @@ def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, targe
             f"under these constraints (structures {','.join(c.structures)}, align {c.align}, tp {c.tp}); "
             f"the nearest reachable is {near[0]:.1%} (MLP width {near[1]}, {near[2]} KV groups, "
             f"{len(near[4])} layers removed). Use --ratio {near[0]:.3f} or loosen --align/--tolerance.")
+    return ok
+
+
+def config_shape(config) -> Shape | None:
+    """The shape a model's config states (a stock one, or prunekit's per-layer record); None for layouts
+    whose shapes the config does not state this way."""
+    if getattr(config, "block_configs", None):
+        return None
+    layers = getattr(config, "prunekit_layers", None)
+    if layers:
+        return Shape([(int(s["intermediate_size"]), int(s["num_key_value_heads"])) for s in layers])
+    return Shape([(config.intermediate_size, config.num_key_value_heads)] * config.num_hidden_layers)
+
+
+def precheck(config, fam: Family, c: CompressConfig) -> None:
+    """What can be known from the model's config alone, before any data is packed or weights loaded:
+    the tensor-parallel constraint and whether the final target is reachable (with the nearest one named)."""
+    if c.mode == "per-layer" and window_in_config_only(config, fam):
+        raise PrunekitError(f"--mode per-layer gives layers different shapes, but this model's sliding-window "
+                            f"attention (sliding_window={config.sliding_window}) is kept only by its stock class, "
+                            "which needs the same shape in every layer: use --mode uniform.")
+    dense = config_shape(config)
+    if dense is None:
+        return
+    dims = Dims.of(config, fam)
+    check_dense(dense, dims, c)
+    live = [i for i, s in enumerate(dense.layers) if s is not None]
+    if c.mode == "uniform" or c.allocation == "kl":
+        if len({dense.layers[i] for i in live}) == 1:
+            _within(_uniform_candidates(dense, dense, dims, c, live), c.ratio, c, final=True)
+        return
+    # Per-layer widths reach anything between no cut and every layer at its smallest allowed shape.
+    floor = Shape([(width_options(w, c, "mlp" in c.structures)[0],
+                    group_options(g, c, dims, "heads" in c.structures)[0]) for w, g in (dense.layers[i] for i in live)])
+    most = 1 - base_params(floor, dims, c.ratio_of) / base_params(dense, dims, c.ratio_of)
+    if c.ratio > most + c.tolerance:
+        raise PrunekitError(f"a {c.ratio:.1%} cut of the {c.ratio_of} parameters cannot be met with per-layer "
+                            f"{','.join(c.structures)} cuts (align {c.align}, tp {c.tp}): at most {most:.1%}, "
+                            f"with every layer at its smallest shape. Use --ratio {most:.3f} or less, or add "
+                            "structures to --structures.")
+
+
+def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, target: float,
+                  scores: list, final: bool) -> Shape:
+    """The same width and KV-group count in every kept layer, closest to `target` (a removed fraction
+    of the dense model's base); among candidates within tolerance, the one whose removed units carry
+    the least importance."""
+    live = [i for i, s in enumerate(cur.layers) if s is not None]
+    if "layers" in c.structures and any(scores[i].layer is None for i in live):
+        raise PrunekitError("this method does not score whole layers; drop 'layers' from --structures "
+                            "or use --method block-influence or hybrid.")
+    # Least important first (only read when layers may be removed).
+    layer_order = sorted(live, key=lambda i: scores[i].layer) if "layers" in c.structures else live
+    ok = _within(_uniform_candidates(cur, dense, dims, c, layer_order), target, c, final)
     best_frac = min(abs(x[0] - target) for x in ok)
     # Prefer the candidates nearest the target (within a quarter of the tolerance), then the cheapest.
     ok = [x for x in ok if abs(x[0] - target) <= best_frac + c.tolerance / 4]

@@ -14,10 +14,13 @@ from prunekit.artifact import Manifest, atomic_dir, check_out_dir, sha256_dir, w
 from prunekit.checkpoint import save_model, save_tokenizer
 from prunekit.config import check
 from prunekit.env import set_threads
-from prunekit.loading import load_config, load_model, load_tokenizer
+from prunekit.families import family_for_config
+from prunekit.faults import point
+from prunekit.loading import check_local_dir, load_config, load_model, load_tokenizer
 from prunekit.perplexity import per_domain, table
 
 from . import data as D
+from . import plan as P
 from .config import CompressConfig
 from .iterate import prune
 from .recover import BetweenRounds, recover_after_cut, recovery_data
@@ -45,6 +48,22 @@ def load_teacher(source: str, cfg: CompressConfig):
                       allow_pickle=cfg.allow_pickle)[0]
 
 
+def precheck(cfg: CompressConfig, log) -> None:
+    """What the config and the weights' headers can tell before anything heavy runs: an unreachable target,
+    a tensor-parallel size that does not fit, weights that are missing or cut short, and which artifact
+    layout the plan will need."""
+    config, source, is_local = load_config(cfg.model, cfg.trust_remote_code)
+    if is_local:
+        check_local_dir(Path(source), cfg.allow_pickle)
+    fam = family_for_config(config)
+    P.precheck(config, fam, cfg)
+    if cfg.mode == "per-layer":
+        log("per-layer widths: export will write " + (
+            "the DeciLM layout (vLLM runs its own DeciLMForCausalLM) when only MLP widths differ, else "
+            if fam.decilm else "") + "the per-layer layout; both ship their modeling code (transformers "
+            "loads it with trust_remote_code; verify pins its hash).")
+
+
 def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> Manifest:
     """Prune cfg.model by cfg.ratio on the calibration mix and write the checkpoint to cfg.out.
 
@@ -58,6 +77,7 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     torch.manual_seed(cfg.seed or 0)
     t0 = time.time()
     mix = D.load_mix(cfg.calib, seed=cfg.seed, seq_len=cfg.seq_len, total_samples=cfg.samples)
+    precheck(cfg, log)
     model, fam, source = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                     allow_pickle=cfg.allow_pickle)
     # The loaded config reports the compute dtype; the stored one says how to write the result.
@@ -111,6 +131,7 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     store = getattr(torch, str(stored_dtype or "float32").replace("torch.", ""), torch.float32)
     with atomic_dir(cfg.out, force=cfg.force) as tmp:
         save_model(model.to(store), tmp)
+        point("compress:save")  # weights written, the rest not yet
         save_tokenizer(tok, tmp)
         write_manifest(tmp, manifest)
     p = manifest.params

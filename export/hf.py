@@ -22,7 +22,7 @@ from pathlib import Path
 from prunekit.artifact import sha256_file
 from prunekit.checkpoint import save_model, save_tokenizer
 from prunekit.errors import PrunekitError
-from prunekit.families import Family, head_dim
+from prunekit.families import Family, head_dim, window_in_config_only
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 SHIPPED = {"per-layer": SHIPPED_DIR / "modeling_prunekit.py", "decilm": SHIPPED_DIR / "modeling_decilm.py"}
@@ -40,12 +40,6 @@ def _stock_refusal(config, fam: Family) -> str:
     return ""
 
 
-def _window_without_layer_types(config, fam: Family) -> bool:
-    """Mistral states its window in `sliding_window` alone; Llama's layers (which both shipped layouts build
-    on) and vLLM's DeciLM attention only honour windows listed in `layer_types`, as Qwen2 lists them."""
-    return fam.name == "llama" and bool(getattr(config, "sliding_window", None))
-
-
 def layout_of(config, fam: Family, prefer: str = "auto") -> tuple[str, str]:
     """(layout, reason): the stock layout when it can hold the shapes, else DeciLM where vLLM's own class can
     run them, else the heterogeneous per-layer layout. `prefer="per-layer"` skips DeciLM."""
@@ -53,7 +47,7 @@ def layout_of(config, fam: Family, prefer: str = "auto") -> tuple[str, str]:
     why = "layers differ in width" if layers else _stock_refusal(config, fam)
     if not why:
         return "uniform", ""
-    if _window_without_layer_types(config, fam):
+    if window_in_config_only(config, fam):
         raise PrunekitError(f"{why}, but this model uses sliding-window attention (sliding_window="
                             f"{config.sliding_window}) that neither shipped layout can keep; prune it with "
                             "--mode uniform and --structures mlp, which export as the stock class.")

@@ -16,6 +16,7 @@ from prunekit import __version__
 from prunekit.artifact import Manifest, atomic_dir, check_out_dir, read_manifest, sha256_file, write_manifest
 from prunekit.env import package_versions
 from prunekit.errors import PrunekitError
+from prunekit.faults import point
 from prunekit.loading import load_config, load_model, load_tokenizer
 from prunekit.runtimes import torch_greedy
 
@@ -81,6 +82,7 @@ def export(cfg: ExportConfig, prompts=PROMPTS, log=None, inputs_hash: str | None
         if cfg.onnx:
             t = time.time()
             onnx_info = export_onnx(model, tmp / "onnx")
+            point("export:onnx")
             log(f"onnx: {len(onnx_info['op_types'])} standard op types, opset {onnx_info['opset']} "
                 f"({time.time() - t:.0f} s)")
         from safetensors.torch import save_file

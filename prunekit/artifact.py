@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -62,8 +64,10 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def check_out_dir(out: str | Path, force: bool) -> Path:
-    """Refuse to clobber a non-empty output directory unless force is given."""
+    """Refuse to clobber a non-empty output directory unless force is given (after clearing what a killed
+    run left beside it)."""
     out = Path(out)
+    sweep_stale(out)
     if out.exists() and not out.is_dir():
         raise PrunekitError(f"--out {out} exists and is not a directory; choose another path.")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -81,21 +85,86 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     """
     out = check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    held = [_hold(tmp)]  # while held, a sweep by another run leaves the directory alone
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _normal_permissions(tmp)
-    old = None
-    if out.exists():
-        # Move the old one aside first so that the swap is two renames, not a delete-then-write.
-        old = out.parent / f".{out.name}.old-{tmp.name[-8:]}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _normal_permissions(tmp)
+        old = None
+        if out.exists():
+            # Move the old one aside first so that the swap is two renames, not a delete-then-write; it is held
+            # too, so that a sweep during the swap does not take it for a killed run's.
+            held.append(_hold(out))
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{tmp.name[-8:]}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _hold(d: Path) -> int:
+    """An exclusive flock on a directory, held until the returned descriptor is closed (or the process dies:
+    the kernel releases it then, whatever killed the process)."""
+    fd = os.open(d, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _abandoned(d: Path) -> bool:
+    """True when no live process holds the directory: its writer was killed (works across PID namespaces,
+    e.g. a container writing to a mounted volume, where a pid says nothing)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited: it writes nothing more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def sweep_stale(out: Path) -> None:
+    """Clear what a killed run left beside `out`: its temporary directory is removed; the previous `out`
+    that it had set aside for the final swap is put back when no new one took its place. Directories that a
+    live run holds are left alone, and so is anything another run clears at the same moment."""
+    if not out.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-\w+")
+    for p in sorted(out.parent.iterdir()):
+        m = pattern.fullmatch(p.name)
+        # The pid covers the instant between a writer creating its directory and locking it.
+        if not m or pid_alive(int(m.group(2))) or not _abandoned(p):
+            continue
+        try:
+            if m.group(1) == "old" and not out.exists():
+                p.rename(out)  # killed between the two renames: the previous artifact is still whole
+            else:
+                shutil.rmtree(p)
+        except OSError:
+            pass  # gone already (another run swept it), or not ours to remove: the run goes on
 
 
 def _normal_permissions(root: Path) -> None:
@@ -228,10 +297,13 @@ def load_artifact(path: str | Path) -> tuple[Path, Manifest]:
     return art, m
 
 
-def changed_files(art: Path, manifest: Manifest) -> list[str]:
-    """Files that differ from the sha256 export recorded (missing or changed)."""
+def changed_files(art: Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> list[str]:
+    """Files that differ from the sha256 export recorded (missing or changed); names starting with one of
+    `skip` are not read."""
     bad = []
     for name, digest in (manifest.files or {}).items():
+        if name.startswith(skip) if skip else False:
+            continue
         f = art / name
         if not f.is_file():
             bad.append(f"{name} (missing)")

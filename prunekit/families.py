@@ -80,3 +80,10 @@ def get_module(root, path: str):
 
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def window_in_config_only(config, fam: Family) -> bool:
+    """Mistral states its window in `sliding_window` alone; Llama's layers (which both shipped per-layer
+    layouts build on) and vLLM's DeciLM attention only honour windows listed in `layer_types`, as Qwen2
+    lists them. Such a model can only be exported in its stock class, so with uniform shapes."""
+    return fam.name == "llama" and bool(getattr(config, "sliding_window", None))

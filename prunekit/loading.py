@@ -5,6 +5,7 @@ refused unless the user opts in, because unpickling runs arbitrary code.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -34,12 +35,47 @@ def resolve_source(src: str | Path) -> tuple[str, bool]:
     return s, False
 
 
+def check_safetensors(f: Path) -> None:
+    """A safetensors file whose header parses and whose size covers every tensor it lists: a file cut short
+    by an interrupted download or copy is caught here, by its header alone, before any weight is read."""
+    size = f.stat().st_size
+    fix = "the file is cut short or corrupt; re-download or re-save the checkpoint."
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise PrunekitError(f"{f} has no complete safetensors header ({size} bytes); {fix}")
+        try:
+            header = json.loads(fh.read(n))
+            if not isinstance(header, dict):
+                raise TypeError("the header is not a JSON object")
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise PrunekitError(f"{f} has an unreadable safetensors header ({e}); {fix}") from e
+    if 8 + n + end > size:
+        raise PrunekitError(f"{f} holds {size:,} bytes but its header lists {8 + n + end:,}; {fix}")
+
+
 def check_local_dir(path: Path, allow_pickle: bool) -> None:
     if not (path / "config.json").is_file():
         raise PrunekitError(f"{path} has no config.json, so it is not a Hugging Face model directory. "
                             "Pass the directory that save_pretrained wrote.")
     files = [f.name for f in path.iterdir() if f.is_file()]
     if any(f.endswith(".safetensors") for f in files):
+        for f in sorted(files):
+            if f.endswith(".safetensors"):
+                check_safetensors(path / f)
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (ValueError, KeyError, AttributeError, TypeError) as e:
+                raise PrunekitError(f"{index} is not a valid safetensors index ({e}); re-download or re-save "
+                                    "the checkpoint.") from e
+            missing = sorted(shards - set(files))
+            if missing:
+                raise PrunekitError(f"{path} lacks weight shard(s) {', '.join(missing[:3])} that its index lists; "
+                                    "the download or copy is incomplete.")
         return
     pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if pickles and not allow_pickle:

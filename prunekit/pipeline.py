@@ -34,6 +34,7 @@ def mode_settings(mode: str) -> dict:
 @dataclass(frozen=True)
 class ArtifactsConfig(Config):
     model: str = opt("default", "hub id or local HF directory to prune")
+    calib: str = opt("default", "calibration mix YAML (default: the packaged 6-domain mix)")
     ratio: float = opt(0.2, "fraction of parameters to remove")
     mode: str = opt("uniform", "uniform (stock checkpoint) or per-layer (widths searched by measured KL; "
                     "about 6x the prune time; needs shipped code to load)", choices=("uniform", "per-layer"))
@@ -55,7 +56,7 @@ class ArtifactsConfig(Config):
         check_positive("threads", self.threads)
 
     def compress_config(self) -> CompressConfig:
-        kw = {"model": self.model, "ratio": self.ratio, "mode": self.mode, "rounds": self.rounds,
+        kw = {"model": self.model, "calib": self.calib, "ratio": self.ratio, "mode": self.mode, "rounds": self.rounds,
               "recover_tokens": self.recover_tokens, "threads": self.threads}
         return CompressConfig(**{**kw, **mode_settings(self.mode)})
 

@@ -10,9 +10,17 @@ import time
 from pathlib import Path
 
 
+def start_group(cmd: list[str], **kw) -> subprocess.Popen:
+    """Popen of `cmd` in a new process group led by prunekit.guard, which kills the group if this process
+    dies without stopping it (SIGKILL, OOM killer). The group's id is the returned process's pid."""
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "prunekit.guard", str(os.getpid()), *cmd],
+                            start_new_session=True, **kw)
+
+
 def run_group(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     """subprocess.run in a new process group; the whole group is killed when the call returns."""
-    p = subprocess.Popen(cmd, start_new_session=True, **kw)
+    p = start_group(cmd, **kw)
     try:
         out, err = p.communicate(timeout=timeout)
     except BaseException:  # timeout, Ctrl-C: take the whole group down before re-raising

@@ -17,10 +17,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from prunekit.artifact import Manifest, check_shipped_code, load_artifact, needs_remote_code
+from prunekit.artifact import Manifest, changed_files, check_shipped_code, load_artifact, needs_remote_code
 from prunekit.env import child_env, compute_dtype, has_var
 from prunekit.errors import PrunekitError
-from prunekit.proc import stop_group
+from prunekit.proc import start_group, stop_group
 
 from .config import ServeConfig
 
@@ -37,6 +37,11 @@ def check_artifact(path: str | Path, allow_unverified: bool) -> tuple[Path, Mani
             failed = [k for k, ok in v.get("runtimes", {}).items() if not ok]
             raise PrunekitError(f"{art} failed verify ({', '.join(failed) or 'see verify.json'}); fix and "
                                 "re-export it, or pass --allow-unverified to serve it anyway.")
+        # What verify passed is what gets served: a file changed since export (a bad copy, an edit) is refused.
+        changed = changed_files(art, m, skip=("onnx/", "reference/"))  # what vLLM reads, not the ONNX graph
+        if changed:
+            raise PrunekitError(f"{art}: {', '.join(changed[:3])} differ from what export recorded and verify "
+                                "passed; re-export and verify it, or pass --allow-unverified to serve it anyway.")
     # trust_remote_code only for per-layer artifacts, and only for the code that export recorded.
     check_shipped_code(art, m)
     return art, m
@@ -108,8 +113,8 @@ class Server:
     def start(self) -> "Server":
         cmd, env = command(self.art, self.manifest, self.cfg)
         out = open(self.log_path, "w") if self.log_path else None
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                     start_new_session=True)  # own process group: stop() reaches all children
+        # Its own process group (stop() reaches every engine process), which dies with this process.
+        self.proc = start_group(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
         try:
             wait_healthy(self.url, self.proc, self.cfg.startup_timeout, self.log_path)
         except BaseException:
