@@ -48,10 +48,10 @@ def load_teacher(source: str, cfg: CompressConfig):
                       allow_pickle=cfg.allow_pickle)[0]
 
 
-def precheck(cfg: CompressConfig, log) -> str:
+def precheck(cfg: CompressConfig, log):
     """What the config and the weights' headers can tell before anything heavy runs: an unreachable target,
     a tensor-parallel size that does not fit, weights that are missing or cut short, and which artifact
-    layout the plan will need. Returns the resolved model source (a local directory or a hub id)."""
+    layout the plan will need. Returns the config as stored and the resolved source (local directory or hub id)."""
     config, source, is_local = load_config(cfg.model, cfg.trust_remote_code)
     if is_local:
         check_local_dir(Path(source), cfg.allow_pickle)
@@ -62,7 +62,7 @@ def precheck(cfg: CompressConfig, log) -> str:
             "the DeciLM layout (vLLM runs its own DeciLMForCausalLM) when only MLP widths differ, else "
             if fam.decilm else "") + "the per-layer layout; both ship their modeling code (transformers "
             "loads it with trust_remote_code; verify pins its hash).")
-    return source
+    return config, source
 
 
 def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> Manifest:
@@ -78,7 +78,7 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     torch.manual_seed(cfg.seed or 0)
     t0 = time.time()
     mix = D.load_mix(cfg.calib, seed=cfg.seed, seq_len=cfg.seq_len, total_samples=cfg.samples)
-    source = precheck(cfg, log)
+    stored_config, source = precheck(cfg, log)
     # The text is packed before the weights load: a template that does not fit its records, or too little
     # text for the samples asked, is an error before the heavy part, not after it.
     tok = load_tokenizer(source, cfg.trust_remote_code)
@@ -89,8 +89,8 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     rdata = recovery_data(mix, tok, cfg, cfg.domains) if cfg.recover_tokens else None
     model, fam, source = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                     allow_pickle=cfg.allow_pickle)
-    # The loaded config reports the compute dtype; the stored one says how to write the result.
-    stored_dtype = getattr(load_config(source, cfg.trust_remote_code, check_family=False)[0], "dtype", None)
+    # The loaded model's config reports the compute dtype; the stored one says how to write the result.
+    stored_dtype = getattr(stored_config, "dtype", None)
     t_data = time.time()
     dense_ppl = per_domain(model, data.heldout, cfg.batch_size)
     t_eval = time.time()

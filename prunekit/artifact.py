@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import PrunekitError
+from .proc import pid_alive
 
 MANIFEST = "prunekit.json"
 FORMAT = "prunekit/1"
@@ -131,19 +132,6 @@ def _abandoned(d: Path) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited: it writes nothing more
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def sweep_stale(out: Path) -> None:
@@ -302,7 +290,7 @@ def changed_files(art: Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> 
     `skip` are not read."""
     bad = []
     for name, digest in (manifest.files or {}).items():
-        if name.startswith(skip) if skip else False:
+        if skip and name.startswith(skip):
             continue
         f = art / name
         if not f.is_file():

@@ -41,6 +41,19 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
         return False
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited: it writes nothing more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def group_alive(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group. Zombies are skipped: orphans re-parented to a
     container's PID 1 may never be reaped, but they hold no memory, port or thread."""

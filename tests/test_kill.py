@@ -53,7 +53,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def running(pids: set[int]) -> set[int]:
-    from prunekit.artifact import pid_alive
+    from prunekit.proc import pid_alive
     return {p for p in pids if pid_alive(p)}
 
 
