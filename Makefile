@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PRUNEKIT := $(VENV)/bin/prunekit
 RUNS ?= runs
 
-.PHONY: setup demo test test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check
+.PHONY: setup demo test test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check \
+	bench-compress
 
 setup:
 	@scripts/setup.sh
@@ -59,6 +60,16 @@ bench-speed: setup
 	$(PRUNEKIT) bench --shapes smollm2-135m --repeats 5 --profile-cut 40% \
 	  --cuts 'dense,20%,40%,30%,30% per-layer,30% per-layer generic,33%,33% a128'
 	$(PRUNEKIT) bench --shapes qwen2.5-0.5b --repeats 5 --profile-cut 20% --cuts 'dense,20%,40%,30%,30% per-layer'
+
+# compress at real shapes (random weights, stored bf16): time and peak memory per stage, each setting in a fresh
+# process: Qwen2.5-0.5B's shape with the defaults offloaded; then 1 round of 16 samples without offloading,
+# offloaded, and on 2 data-parallel ranks (torchrun, gloo); then Llama-3.2-1B's shape (about 60 min on 2 cores).
+bench-compress: setup
+	$(PY) -m prunekit.bench.compress_scale --shape qwen2.5-0.5b --settings 'offload=on' --threads 2
+	$(PY) -m prunekit.bench.compress_scale --shape qwen2.5-0.5b --threads 2 \
+	  --settings 'offload=off,rounds=1,samples=16;offload=on,rounds=1,samples=16;offload=on,rounds=1,samples=16,nproc=2' \
+	  --tag small
+	$(PY) -m prunekit.bench.compress_scale --shape llama-3.2-1b --settings 'offload=on,rounds=1,samples=16' --threads 2
 
 # Small limits, 2 methods at 20%; what CI runs after the tests (about 15 min on 2 cores from scratch,
 # most of it two ONNX exports and two vLLM starts). Asserts nothing about absolute times.

@@ -26,6 +26,8 @@ class BenchConfig(Config):
     domain_samples: int | None = opt(None, "held-out windows per domain (default: the profile's)", type=int)
     repeats: int | None = opt(None, "speed repeats per model and runtime (default: the profile's)", type=int)
     threads: int | None = opt(None, "threads for every runtime (default: all cores)", type=int)
+    device: str = opt("auto", "where the PyTorch runs (quality and speed) compute: cpu, cuda, or auto (cuda when "
+                      "torch sees one)", choices=("auto", "cpu", "cuda"))
     shapes: tuple[str, ...] = opt((), "instead: speed of cuts of random-weight models in real shapes on every "
                                   "runtime, e.g. smollm2-135m,qwen2.5-0.5b (see prunekit.bench.shapes)",
                                   type=comma_list())

@@ -81,11 +81,12 @@ def machine() -> dict:
             "python": platform.python_version(), "host": platform.node()}
 
 
-def speed_once(runtime: str, art: Path, p: Profile, threads: int, dtype: str, timeout: int = 900) -> dict:
+def speed_once(runtime: str, art: Path, p: Profile, threads: int, dtype: str, timeout: int = 900,
+               device: str = "auto") -> dict:
     art, m = load_artifact(art)
     check_shipped_code(art, m)
     req = {"runtime": runtime, "artifact": str(art.resolve()), "prompt_len": p.prompt_len, "new_tokens": p.new_tokens,
-           "batch": p.batch, "threads": threads, "dtype": dtype, "kv_cache_gib": 1,
+           "batch": p.batch, "threads": threads, "dtype": dtype, "kv_cache_gib": 1, "device": device,
            "trust_remote_code": needs_remote_code(m)}
     return run_worker(["prunekit.bench.speed_worker"], req, threads, timeout)
 
@@ -156,14 +157,16 @@ def run_bench(cfg: BenchConfig, log=None) -> Path:
         raise PrunekitError("no local data folder for the quality benchmarks; set $PRUNEKIT_DATA to the folder "
                             "that holds perplexity/ and eval/ (../shared/data on these machines).")
     threads = set_threads(cfg.threads or os.cpu_count() or 1)
-    dtype = compute_dtype()
+    from prunekit.offload import resolve_device
+    device = resolve_device(cfg.device)  # the PyTorch runs' device, set once here
+    dtype = compute_dtype(device.type)
     t0 = time.time()
     stamp = time.strftime("%Y-%m-%d")
     mach = machine()
     workdir = Path(cfg.workdir)
     arts = prepare(p.variants, workdir / cfg.profile, {**p.compress, "threads": threads}, cfg.given(), log, model)
     results = {"profile": asdict(p), "command": shlex.join(["prunekit", *sys.argv[1:]]), "model": model,
-               "machine": mach, "threads": threads, "dtype": dtype, "date": stamp, "models": {}}
+               "machine": mach, "threads": threads, "dtype": dtype, "device": device.type, "date": stamp, "models": {}}
     partial = workdir / cfg.profile / "results.partial.json"
     partial.parent.mkdir(parents=True, exist_ok=True)
 
@@ -188,7 +191,7 @@ def run_bench(cfg: BenchConfig, log=None) -> Path:
             art, m = load_artifact(art)
             check_shipped_code(art, m)
             lm = AutoModelForCausalLM.from_pretrained(art, dtype=getattr(torch, dtype),
-                                                      trust_remote_code=needs_remote_code(m)).eval()
+                                                      trust_remote_code=needs_remote_code(m)).to(device).eval()
             if results["models"][label]["params"] is None:
                 results["models"][label]["params"] = sum(x.numel() for x in lm.parameters())
             tok = AutoTokenizer.from_pretrained(art)
@@ -216,7 +219,7 @@ def run_bench(cfg: BenchConfig, log=None) -> Path:
             for label, art in arts.items():      # interleaved: every model once per repeat
                 for rt in p.runtimes:
                     t = time.time()
-                    s = speed_once(rt, art, p, threads, dtype)
+                    s = speed_once(rt, art, p, threads, dtype, device=device.type)
                     samples[label][rt].append(s)
                     log(f"speed {rep + 1}/{p.repeats} {label:>14} {rt:<12} " +
                         (s["error"] if "error" in s else f"ttft {s['ttft_s'] * 1e3:.0f} ms, "

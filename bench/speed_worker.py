@@ -48,7 +48,8 @@ def run_torch(req: dict) -> dict:
 
     from prunekit.runtimes import torch_greedy
     torch.set_num_threads(req["threads"])
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = req.get("device", "auto")
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(req["artifact"], dtype=getattr(torch, req["dtype"]),
                                                  trust_remote_code=req["trust_remote_code"]).to(dev).eval()

@@ -114,10 +114,12 @@ def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], batch_size: 
         # Positions len(input) - n .. len(input) - 1 predict a continuation of n tokens.
         first = min(len(k) - max(len(pairs[i][1]) for i in groups[k]) for k in batch)
         keep = torch.arange(max(first, 0), width)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+        dev = next(model.parameters()).device
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False,
+                       logits_to_keep=keep.to(dev)).logits
         # A model whose forward ignored logits_to_keep would misalign every score silently.
         assert logits.shape[1] == len(keep), f"{type(model).__name__} ignored logits_to_keep"
-        logp = F.log_softmax(logits.float(), -1)
+        logp = F.log_softmax(logits.float(), -1).cpu()
         for r, k in enumerate(batch):
             for i in groups[k]:
                 n = min(len(pairs[i][1]), len(k))

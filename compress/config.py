@@ -73,6 +73,11 @@ class CompressConfig(Config):
     quick_eval: int = opt(2, "held-out sequences per domain for the per-round perplexity (0: off)", cli=False)
     dtype: str = opt("auto", "compute dtype (auto: bf16 on CPUs with AMX/AVX512-BF16 or a GPU, else fp32)",
                      choices=DTYPES)
+    device: str = opt("auto", "where the math runs: cpu, cuda, or auto (cuda when torch sees one)",
+                      choices=("auto", "cpu", "cuda"))
+    offload: str = opt("auto", "keep the weights in host memory in their stored dtype and move one decoder layer "
+                       "at a time to the device: on, off, or auto (on when the model in its compute dtype would "
+                       "take more than half the device's free memory)", choices=("auto", "on", "off"))
     threads: int | None = opt(None, "torch threads (default: torch's choice)", type=int)
     force: bool = opt(False, "replace a non-empty --out")
     trust_remote_code: bool = opt(False, "run the model's own code (off by default)")
@@ -134,12 +139,25 @@ class CompressConfig(Config):
         check_positive("batch_size", self.batch_size, allow_none=False)
         check(self.quick_eval >= 0, f"quick_eval must be >= 0, got {self.quick_eval}.")
         check_choice("dtype", self.dtype, DTYPES)
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("offload", self.offload, ("auto", "on", "off"))
         check_positive("threads", self.threads)
+
+    def needs_whole_model(self) -> str | None:
+        """The setting that runs the whole model at once (offloading runs one layer at a time), if any."""
+        for name, on in (("--method taylor (gradients of the whole model)", self.method == "taylor"),
+                         ("--allocation kl (the whole model's output distribution)", self.allocation == "kl"),
+                         ("--refit-target dense (a dense copy beside the pruned model)", self.refit_target == "dense"),
+                         ("--recover-tokens (training the whole model)", self.recover_tokens > 0)):
+            if on:
+                return name
+        return None
 
     def algorithm(self) -> dict:
         """The fields that decide the cut, recorded in the manifest as `settings` in the shape prunekit/1
         has always used: the deployment constraints nested under "constraints"."""
-        d = self.to_dict(exclude=("out", "model", "calib", "force", "threads", "trust_remote_code", "allow_pickle"))
+        d = self.to_dict(exclude=("out", "model", "calib", "force", "threads", "trust_remote_code", "allow_pickle",
+                                  "device", "offload"))
         d["constraints"] = {k: d.pop(k) for k in CONSTRAINTS}
         return d
 

@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
 from prunekit.families import Family, get_module, head_dim
 from prunekit.faults import point
+from prunekit.offload import placement
 from prunekit.perplexity import per_domain
+from prunekit.stages import stage
 
 from . import plan as P
 from .config import CompressConfig
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
 from .recover import fp32_params
 from .search import KLProbe, kl_shape, probe_batches, sig
-from .stats import LayerRunner, consumer_grams, consumer_inputs, make_batches
-from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, layer_shapes, obs_keep,
+from .stats import LayerRunner, consumer_grams, consumer_inputs, consumer_normal, make_batches
+from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, head_rows, layer_shapes, obs_keep,
                       remove_layers, sync_config)
 
 
@@ -48,16 +51,28 @@ def layer_grads(layer, fam: Family, hd: int) -> LayerWeights:
 
 def stat_scores(model, fam: Family, batches, method: str, desc: str, ridge: float) -> list[Scores]:
     """One sequential pass over the current model: statistics and scores of every layer."""
-    runner = LayerRunner(model, fam, batches)
-    hd = head_dim(model.config)
+    place = placement(model)
+    with stage("statistics"):
+        runner = LayerRunner(model, fam, batches)
     layers = get_module(model, fam.layers)
     out = []
     for i in tqdm(range(len(layers)), desc=desc, unit="layer", leave=False):
-        st = runner.collect(i, grams=method == "obs")
-        w = layer_weights(layers[i], fam, hd)
-        # obs scores what the refit recovers: with the refit's own ridge.
-        out.append(SCORERS[method](w, st, ridge) if method == "obs" else SCORERS[method](w, st))
+        with place.layer(layers[i]):
+            out.append(score_layer(runner, i, layers[i], fam, method, ridge))
     return out
+
+
+def score_layer(runner: LayerRunner, i: int, layer, fam: Family, method: str, ridge: float) -> Scores:
+    """Statistics of layer i on the runner's stream (which advances past it) and the layer's scores."""
+    with stage("statistics"):
+        st = runner.collect(i, grams=method == "obs")
+    with stage("scores"):
+        w = layer_weights(layer, fam, head_dim(runner.model.config))
+        # obs scores what the refit recovers: with the refit's own ridge.
+        sc = SCORERS[method](w, st, ridge) if method == "obs" else SCORERS[method](w, st)
+        # The planner compares scores across layers on the CPU, wherever they were computed.
+        return replace(sc, mlp=None if sc.mlp is None else sc.mlp.cpu(),
+                       heads=None if sc.heads is None else sc.heads.cpu())
 
 
 def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
@@ -68,8 +83,10 @@ def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
     with fp32_params(model):
         try:
             model.zero_grad(set_to_none=True)
+            place = placement(model)
             for _, ids in tqdm(batches, desc=desc, unit="batch", leave=False):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                ids = place.put(ids)
+                with torch.autocast(place.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                     loss = model(input_ids=ids, labels=ids, use_cache=False).loss
                 (loss * ids.shape[0] / sum(len(b) for _, b in batches)).backward()
             hd = head_dim(model.config)
@@ -81,17 +98,25 @@ def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
 
 
 def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: CompressConfig, dims: P.Dims,
-             desc: str, dense=None) -> None:
+             desc: str, dense=None, score_next: bool = False) -> list[Scores] | None:
     """Apply a round's plan layer by layer. With compensation each refit sees the inputs that the
     already-cut layers produce (attention first, then the MLP on the cut attention's output); with a
-    dense model given, the refit target is the dense model's output, not the current layer's."""
+    dense model given, the refit target is the dense model's output, not the current layer's.
+
+    With `score_next`, the pass that carries the stream past each cut layer also takes its statistics and
+    scores: the stream at that point is what the next round's statistics pass would see (every layer before
+    it cut, removed layers skipped), so the next round needs no pass of its own. Returns those scores, in
+    the order of the layers that stay."""
     layers = get_module(model, fam.layers)
+    place = placement(model)
     if not s.compensate:
         for pos, idx in enumerate(alive):
             if plan.mlp[idx] is not None:
-                apply_layer(layers[pos], fam, dims, plan.mlp[idx], plan.groups[idx])
-        return
+                with place.layer(layers[pos]):
+                    apply_layer(layers[pos], fam, dims, plan.mlp[idx], plan.groups[idx])
+        return None
     runner = LayerRunner(model, fam, batches)
+    nxt: list[Scores] = []
     ref = LayerRunner(dense, fam, batches) if dense is not None else None
     ref_layers = get_module(dense, fam.layers) if dense is not None else None
     ref_pos = 0  # the next original layer the dense stream has to run
@@ -104,27 +129,44 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
                 ref.forward(ref_pos)
                 ref_pos += 1
         layer = layers[pos]
-        for kind, keep, cuts in (("heads", plan.groups[idx], cuts_heads(layer, fam, dims, plan.groups[idx])),
-                                 ("mlp", plan.mlp[idx], cuts_mlp(layer, fam, plan.mlp[idx]))):
-            if not cuts:
-                continue
-            parent, name = (fam.attn, fam.o) if kind == "heads" else (fam.mlp, fam.down)
-            consumer = getattr(getattr(layer, parent), name)
-            target_w, targets = None, None
-            if ref is not None:
-                ref_consumer = getattr(getattr(ref_layers[idx], parent), name)
-                targets, target_w = consumer_inputs(ref, idx, ref_consumer), ref_consumer.weight.data
-            gram, cross = consumer_grams(runner, pos, consumer, targets, relative=s.weighting == "relative")
-            if kind == "mlp" and s.selection == "obs":
-                # The plan fixed how many channels stay; which ones is decided here, where the refit's
-                # gram on the already-cut model's activations is at hand.
-                keep = plan.mlp[idx] = obs_keep(consumer.weight.data, gram, len(keep), s.ridge)
-            if kind == "heads":
-                cut_heads(getattr(layer, parent), fam, keep, dims.n_rep, dims.head_dim, gram, s.ridge, cross, target_w)
-            else:
-                cut_mlp(getattr(layer, parent), fam, keep, gram, s.ridge, cross, target_w)
+        with place.layer(layer):
+            _cut_layer(layer, fam, runner, pos, idx, plan, s, dims, ref, ref_layers)
         point("compress:cut")
-        runner.forward(pos)
+        with place.layer(layer):
+            if score_next:
+                nxt.append(score_layer(runner, pos, layer, fam, s.method, s.ridge))
+            else:
+                runner.forward(pos)
+    return nxt if score_next else None
+
+
+def _cut_layer(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig, dims: P.Dims,
+               ref, ref_layers) -> None:
+    for kind, keep, cuts in (("heads", plan.groups[idx], cuts_heads(layer, fam, dims, plan.groups[idx])),
+                             ("mlp", plan.mlp[idx], cuts_mlp(layer, fam, plan.mlp[idx]))):
+        if not cuts:
+            continue
+        parent, name = (fam.attn, fam.o) if kind == "heads" else (fam.mlp, fam.down)
+        consumer = getattr(getattr(layer, parent), name)
+        target_w, targets = None, None
+        if ref is not None:
+            ref_consumer = getattr(getattr(ref_layers[idx], parent), name)
+            targets, target_w = consumer_inputs(ref, idx, ref_consumer), ref_consumer.weight.data
+        relative = s.weighting == "relative"
+        gram = cross = normal = None
+        if kind == "mlp" and s.selection == "obs":
+            # The plan fixed how many channels stay; which ones is decided here, where the refit's
+            # gram on the already-cut model's activations is at hand (the full gram: OBS reads all of it).
+            gram, cross = consumer_grams(runner, pos, consumer, targets, relative=relative)
+            keep = plan.mlp[idx] = obs_keep(consumer.weight.data, gram, len(keep), s.ridge)
+        else:  # the kept inputs are known: the refit's system on them alone
+            rows = torch.tensor(keep) if kind == "mlp" else head_rows(keep, dims.n_rep, dims.head_dim)[0]
+            normal = consumer_normal(runner, pos, consumer, rows, targets, target_w, relative=relative)
+        if kind == "heads":
+            cut_heads(getattr(layer, parent), fam, keep, dims.n_rep, dims.head_dim, gram, s.ridge, cross, target_w,
+                      normal=normal)
+        else:
+            cut_mlp(getattr(layer, parent), fam, keep, gram, s.ridge, cross, target_w, normal=normal)
 
 
 def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str, torch.Tensor],
@@ -150,14 +192,19 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
     # The dense model's distributions, the reference of every round's search.
     probe = KLProbe(model, fam, probe_batches(batches, s.search_samples)) if by_kl else None
     rounds = []
+    carried = None  # the scores the last round's cut pass took for this one
     for r, target in enumerate(targets, 1):
         t0 = time.time()
         tag = f"round {r}/{len(targets)}"
+        carried_in = carried
         search = None
         if by_kl:  # the channels are chosen by OBS in the cut; the widths by measured KL below
             live_scores = [Scores(None, None) for _ in alive]
+        elif carried is not None:  # score_s is then ~0: the last round's cut_s holds these statistics
+            live_scores = carried
         elif s.method == "taylor":
-            live_scores = taylor_scores(model, fam, batches, f"{tag} gradients")
+            with stage("statistics"):
+                live_scores = taylor_scores(model, fam, batches, f"{tag} gradients")
         else:
             live_scores = stat_scores(model, fam, batches, s.method, f"{tag} statistics", s.ridge)
         point("compress:statistics")
@@ -170,13 +217,18 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
             shape = P.uniform_shape(cur, dense, dims, c, target, scores, final)
         elif by_kl:
             uniform = P.uniform_shape(cur, dense, dims, c, target, scores, final)
-            shape, search = kl_shape(model, fam, batches, probe, alive, cur, dense, dims, c, target, uniform,
-                                     f"{tag} width search", log)
+            with stage("scores"):
+                shape, search = kl_shape(model, fam, batches, probe, alive, cur, dense, dims, c, target, uniform,
+                                         f"{tag} width search", log)
         else:
             shape = P.global_shape(cur, dense, dims, c, target, scores)
         plan = P.select(scores, shape)
         t1 = time.time()
-        cut_pass(model, fam, batches, plan, alive, s, dims, f"{tag} cut", dense_ref)
+        # The next round's statistics ride on this cut pass when nothing changes the model between the two
+        # (no recovery) and they come from the forward pass (not gradients or the KL search).
+        carry = (not final and s.compensate and after_round is None and not by_kl and s.method != "taylor")
+        with stage("cut and refit"):
+            carried = cut_pass(model, fam, batches, plan, alive, s, dims, f"{tag} cut", dense_ref, score_next=carry)
         removed = [i for i in alive if plan.mlp[i] is None]
         if removed:
             remove_layers(model, fam, [alive.index(i) for i in removed])
@@ -189,7 +241,7 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         alive = [i for i in alive if i not in removed]
         sync_config(model, fam)
         now = current_shape(model, fam, n_orig, alive)
-        rec = {"round": r, "target": target, "removed_total": 1 - now.params(dims) / dense.params(dims),
+        rec = {"round": r, "target": target, "statistics_carried": carried_in is not None, "removed_total": 1 - now.params(dims) / dense.params(dims),
                "removed_decoder": 1 - now.decoder_params(dims) / dense.decoder_params(dims),
                "layers_removed": removed, "score_s": round(t1 - t0, 2), "cut_s": round(time.time() - t1, 2)}
         if search:
@@ -198,9 +250,11 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
             search["kl_after_cut"] = sig(probe.kl_model(model))
             rec["search"] = search
         if quick:
-            rec["quick_ppl"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
+            with stage("round eval"):
+                rec["quick_ppl"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
         if after_round is not None:
-            rec["recovery"] = after_round(model, r)
+            with stage("recovery"):
+                rec["recovery"] = after_round(model, r)
             if quick:
                 rec["quick_ppl_recovered"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
         rounds.append(rec)

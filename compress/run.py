@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -13,11 +12,14 @@ from prunekit import __version__
 from prunekit.artifact import Manifest, atomic_dir, check_out_dir, sha256_dir, write_manifest
 from prunekit.checkpoint import save_model, save_tokenizer
 from prunekit.config import check
+from prunekit.dist import env_rank, finish, from_rank0, init_from_env, local_ranks
 from prunekit.env import set_threads
 from prunekit.families import family_for_config
 from prunekit.faults import point
 from prunekit.loading import check_local_dir, load_config, load_model, load_tokenizer
+from prunekit.offload import decide, place, resolve_device, unplace
 from prunekit.perplexity import per_domain, table
+from prunekit.stages import Stages, stage
 
 from . import data as D
 from . import plan as P
@@ -39,19 +41,40 @@ def source_hash(source: str, model) -> str:
     return f"hub:{source}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def load_teacher(source: str, cfg: CompressConfig):
-    return load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+    # Recovery never offloads (it trains the whole model): the teacher sits where the student computes.
+    from prunekit.env import compute_dtype
+    device = resolve_device(cfg.device)
+    dtype = compute_dtype(device.type) if cfg.dtype == "auto" else cfg.dtype
+    return load_model(source, dtype=dtype, device=str(device), trust_remote_code=cfg.trust_remote_code,
                       allow_pickle=cfg.allow_pickle)[0]
+
+
+def placement_plan(cfg: CompressConfig, config, fam, device: torch.device, log) -> dict:
+    """Where the run computes (device, dtype) and whether it offloads, decided from the config alone,
+    before the weights load (they load straight into the dtype they will be kept in). Under torchrun rank 0
+    decides for all (the ranks must agree; on a CPU they share the host's memory)."""
+    from prunekit.env import compute_dtype
+    compute = getattr(torch, compute_dtype(device.type) if cfg.dtype == "auto" else cfg.dtype)
+    stored = getattr(torch, str(getattr(config, "dtype", None) or "float32").replace("torch.", ""), torch.float32)
+    shape = P.config_shape(config)
+    n = shape.params(P.Dims.of(config, fam)) if shape is not None else None
+    home, why = decide(cfg.offload, n, compute, stored, device, cfg.needs_whole_model(),
+                       sharing=local_ranks() if device.type == "cpu" else 1)
+    rec = from_rank0({"device": device.type, "dtype": str(compute).replace("torch.", ""),
+                      "offload": home is not None, "why": why,
+                      **({"home_dtype": str(home).replace("torch.", "")} if home is not None else {})})
+    log(f"placement: {rec['device']}, {rec['dtype']}, " + (
+        f"one layer at a time (weights kept in host memory in {rec['home_dtype']})" if rec["offload"]
+        else "the whole model at once") + f" ({rec['why']})")
+    return rec
 
 
 def precheck(cfg: CompressConfig, log):
     """What the config and the weights' headers can tell before anything heavy runs: an unreachable target,
     a tensor-parallel size that does not fit, weights that are missing or cut short, and which artifact
-    layout the plan will need. Returns the config as stored and the resolved source (local directory or hub id)."""
+    layout the plan will need. Returns the config as stored, the resolved source (local directory or hub id) and
+    the family."""
     config, source, is_local = load_config(cfg.model, cfg.trust_remote_code)
     if is_local:
         check_local_dir(Path(source), cfg.allow_pickle)
@@ -62,37 +85,41 @@ def precheck(cfg: CompressConfig, log):
             "the DeciLM layout (vLLM runs its own DeciLMForCausalLM) when only MLP widths differ, else "
             if fam.decilm else "") + "the per-layer layout; both ship their modeling code (transformers "
             "loads it with trust_remote_code; verify pins its hash).")
-    return config, source
+    return config, source, fam
 
 
-def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> Manifest:
-    """Prune cfg.model by cfg.ratio on the calibration mix and write the checkpoint to cfg.out.
-
-    Writes safetensors, config, tokenizer and prunekit.json (plan, parameter counts, held-out
-    perplexity of dense and pruned) into a temporary directory that is renamed when complete.
-    `inputs_hash` is recorded for the orchestrator's resume. Returns the manifest."""
-    log = log or (lambda m: print(m, file=sys.stderr))
-    check(bool(cfg.out), "compress needs --out: the directory to write the pruned checkpoint to.")
-    check_out_dir(cfg.out, cfg.force)  # fail before minutes of work, not after
-    set_threads(cfg.threads)
-    torch.manual_seed(cfg.seed or 0)
-    t0 = time.time()
-    mix = D.load_mix(cfg.calib, seed=cfg.seed, seq_len=cfg.seq_len, total_samples=cfg.samples)
-    stored_config, source = precheck(cfg, log)
-    # The text is packed before the weights load: a template that does not fit its records, or too little
-    # text for the samples asked, is an error before the heavy part, not after it.
-    tok = load_tokenizer(source, cfg.trust_remote_code)
-    data = D.build(mix, tok)
-    calib = D.only_domains(mix, data.calib, cfg.domains, tok) if cfg.domains else data.calib
-    log(f"calibration: {sum(len(v) for v in calib.values())} x {mix.seq_len} tokens from "
-        f"{', '.join(calib)}; held-out: {', '.join(data.heldout)}")
-    rdata = recovery_data(mix, tok, cfg, cfg.domains) if cfg.recover_tokens else None
-    model, fam, source = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                    allow_pickle=cfg.allow_pickle)
-    # The loaded model's config reports the compute dtype; the stored one says how to write the result.
-    stored_dtype = getattr(stored_config, "dtype", None)
+def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
+    """Everything but the save, each part in its stage of the profile."""
+    with stage("load"):
+        mix = D.load_mix(cfg.calib, seed=cfg.seed, seq_len=cfg.seq_len, total_samples=cfg.samples)
+        stored_config, source, fam = precheck(cfg, log)
+        device = resolve_device(cfg.device)
+        ranks = init_from_env(device)  # first: the ranks then agree on the placement
+        where = placement_plan(cfg, stored_config, fam, device, log)
+        if ranks > 1:
+            why = cfg.needs_whole_model()
+            check(why is None, f"under torchrun the ranks share the calibration batches, layer by layer; {why} "
+                               "needs the whole model at once: run it in one process.")
+            log(f"data-parallel: {ranks} ranks share the calibration batches; rank 0 writes the checkpoint")
+            where["ranks"] = ranks
+        tok = load_tokenizer(source, cfg.trust_remote_code)
+    with stage("mix"):
+        # The text is packed before the weights load: a template that does not fit its records, or too little
+        # text for the samples asked, is an error before the heavy part, not after it.
+        data = D.build(mix, tok)
+        calib = D.only_domains(mix, data.calib, cfg.domains, tok) if cfg.domains else data.calib
+        log(f"calibration: {sum(len(v) for v in calib.values())} x {mix.seq_len} tokens from "
+            f"{', '.join(calib)}; held-out: {', '.join(data.heldout)}")
+        rdata = recovery_data(mix, tok, cfg, cfg.domains) if cfg.recover_tokens else None
+    with stage("load"):
+        # Weights load on the host in the dtype they will be kept in: the home dtype when offloading.
+        model, fam, source = load_model(source, dtype=where.get("home_dtype", where["dtype"]),
+                                        trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+        home = getattr(torch, where["home_dtype"]) if where["offload"] else None
+        place(model, fam, torch.device(where["device"]), getattr(torch, where["dtype"]), home)
     t_data = time.time()
-    dense_ppl = per_domain(model, data.heldout, cfg.batch_size)
+    with stage("dense eval"):
+        dense_ppl = per_domain(model, data.heldout, cfg.batch_size)
     t_eval = time.time()
     between = None
     if cfg.recover_at == "rounds":  # the teacher is needed from the first round's end
@@ -105,15 +132,17 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
         del between
         t_cut -= recovery["seconds"]  # the timings keep cutting and training apart
     elif cfg.recover_tokens:
-        before = per_domain(model, data.heldout, cfg.batch_size)
-        # The teacher is loaded again rather than kept through the cut: the cut then needs one model's memory.
-        recovery = recover_after_cut(model, load_teacher(source, cfg), fam, rdata, cfg)
-        recovery["heldout_ppl_before"] = before
+        with stage("recovery"):
+            before = per_domain(model, data.heldout, cfg.batch_size)
+            # The teacher is loaded again rather than kept through the cut: the cut then needs one model's memory.
+            recovery = recover_after_cut(model, load_teacher(source, cfg), fam, rdata, cfg)
+            recovery["heldout_ppl_before"] = before
     if recovery:
         log(f"recovery: {recovery['tokens']:,} tokens in {recovery['steps']} steps, {recovery['seconds']:.0f} s "
             f"({recovery['tokens_per_s']:.0f} tokens/s), KL {recovery['kl_first']:.3f} -> {recovery['kl_last']:.3f}")
     t_rec = time.time()
-    pruned_ppl = per_domain(model, data.heldout, cfg.batch_size)
+    with stage("pruned eval"):
+        pruned_ppl = per_domain(model, data.heldout, cfg.batch_size)
     real = sum(p.numel() for p in model.parameters())  # parameters() skips the tied head: unique ones
     if real != record["params"]["pruned_total"]:
         raise AssertionError(f"plan says {record['params']['pruned_total']} parameters, model has {real}")
@@ -129,18 +158,50 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
         timings_s={"data": round(t_data - t0, 1), "dense_eval": round(t_eval - t_data, 1),
                    "compress": round(t_cut - t_eval, 1), "recover": round(t_rec - t_cut, 1),
                    "pruned_eval": round(time.time() - t_rec, 1)},
-        peak_rss_mb=round(peak_rss_mb()), threads=torch.get_num_threads(), versions=versions())
-    # Store in the dtype the source was stored in (bf16 for most checkpoints), whatever we computed in.
-    store = getattr(torch, str(stored_dtype or "float32").replace("torch.", ""), torch.float32)
-    with atomic_dir(cfg.out, force=cfg.force) as tmp:
-        save_model(model.to(store), tmp)
-        point("compress:save")  # weights written, the rest not yet
-        save_tokenizer(tok, tmp)
-        write_manifest(tmp, manifest)
+        placement=where, threads=torch.get_num_threads(), versions=versions())
+    return stored_config, manifest, tok, model, dense_ppl, pruned_ppl, list(data.heldout)
+
+
+def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> Manifest:
+    """Prune cfg.model by cfg.ratio on the calibration mix and write the checkpoint to cfg.out.
+
+    Writes safetensors, config, tokenizer and prunekit.json (plan, parameter counts, held-out
+    perplexity of dense and pruned) into a temporary directory that is renamed when complete.
+    `inputs_hash` is recorded for the orchestrator's resume. Returns the manifest."""
+    log = log or (lambda m: print(m, file=sys.stderr))
+    check(bool(cfg.out), "compress needs --out: the directory to write the pruned checkpoint to.")
+    writer = env_rank() == 0  # under torchrun only rank 0 writes (and speaks)
+    if not writer:
+        log = lambda m: None  # noqa: E731
+    else:
+        check_out_dir(cfg.out, cfg.force)  # fail before minutes of work, not after
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed or 0)
+    t0 = time.time()
+    with Stages() as prof:
+        try:
+            stored_config, manifest, tok, model, dense_ppl, pruned_ppl, heldout_domains = _run(cfg, log, inputs_hash, t0)
+        finally:
+            finish()  # leave the process group (a no-op outside torchrun)
+        if not writer:
+            return manifest
+        with stage("save"):
+            # Store in the dtype the source was stored in (bf16 for most checkpoints), whatever we computed in.
+            store = getattr(torch, str(getattr(stored_config, "dtype", None) or "float32").replace("torch.", ""),
+                            torch.float32)
+            unplace(model)
+            with atomic_dir(cfg.out, force=cfg.force) as tmp:
+                save_model(model.to(store), tmp)
+                point("compress:save")  # weights written, the rest not yet
+                save_tokenizer(tok, tmp)
+                manifest.profile = prof.record()
+                manifest.peak_rss_mb = manifest.profile["peak_rss_mb"]
+                write_manifest(tmp, manifest)
+    log("where the time and memory went:\n" + prof.table())
     p = manifest.params
     log(f"parameters: {p['dense_total']:,} -> {p['pruned_total']:,} "
         f"({1 - p['pruned_total'] / p['dense_total']:.1%} of all removed, "
         f"{1 - p['pruned_decoder'] / p['dense_decoder']:.1%} of the decoder)")
-    log("held-out perplexity per domain:\n" + table({"dense": dense_ppl, "pruned": pruned_ppl}, list(data.heldout)))
+    log("held-out perplexity per domain:\n" + table({"dense": dense_ppl, "pruned": pruned_ppl}, heldout_domains))
     log(f"wrote {cfg.out} in {time.time() - t0:.0f} s (peak RSS {manifest.peak_rss_mb} MB)")
     return manifest

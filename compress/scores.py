@@ -121,7 +121,7 @@ def obs(w: LayerWeights, st: LayerStats, ridge: float = 1e-2) -> Scores:
     gram = sum(d.mlp_gram / max(d.resid_sq, 1e-30) for d in doms) / len(doms)
     n = w.down.shape[1]
     order, costs = obs_order(w.down, gram, int(n * OBS_MAX_REMOVE), ridge)
-    score = torch.full((n,), 1e30, dtype=torch.float64)
+    score = torch.full((n,), 1e30, dtype=torch.float64)  # on the CPU, where the planner reads scores
     # Cumulative maximum: the planner sums scores in ascending order, which then follows greedy's order.
     score[torch.tensor(order)] = torch.tensor(costs, dtype=torch.float64).cummax(0).values
     return Scores(score, None, comparable=True)

@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunekit.dist import all_sum, shard, world
 from prunekit.families import Family, get_module
-
-
-class _Stop(Exception):
-    pass
+from prunekit.offload import first_layer_inputs, placement
 
 
 @dataclass
@@ -76,31 +74,17 @@ class LayerStats:
 
 
 class LayerRunner:
-    """Holds the residual stream of the calibration set and runs it through one layer at a time."""
+    """Holds the residual stream of the calibration set and runs it through one layer at a time. Under
+    torchrun each rank holds its share of the batches (prunekit.dist); statistics and grams are summed
+    over the ranks."""
 
     def __init__(self, model, fam: Family, batches: list[tuple[str, torch.Tensor]]):
         self.model, self.fam = model, fam
+        self.place = placement(model)
+        self.all_domains = list(dict.fromkeys(d for d, _ in batches))
+        batches = shard(batches)
         self.domains = [d for d, _ in batches]
-        self.hidden: list[torch.Tensor] = []
-        self.kwargs: list[dict] = []
-        layers = self.layers
-        first = layers[0]
-
-        def catch(_mod, args, kwargs):
-            self.hidden.append(args[0] if args else kwargs.pop("hidden_states"))
-            self.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
-            raise _Stop
-
-        h = first.register_forward_pre_hook(catch, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                for _, ids in batches:
-                    try:
-                        model(input_ids=ids, use_cache=False)
-                    except _Stop:
-                        pass
-        finally:
-            h.remove()
+        self.hidden, self.kwargs = first_layer_inputs(model, self.layers[0], [ids for _, ids in batches])
 
     @property
     def layers(self):
@@ -110,7 +94,7 @@ class LayerRunner:
         """Run layer i on every batch; with advance, its outputs become the next layer's inputs."""
         layer = self.layers[i]
         outs = []
-        with torch.no_grad():
+        with torch.no_grad(), self.place.layer(layer):
             for h, kw in zip(self.hidden, self.kwargs):
                 o = layer(h, **kw)
                 outs.append(o[0] if isinstance(o, tuple) else o)
@@ -123,7 +107,7 @@ class LayerRunner:
         down_proj input's X^T X per domain)."""
         layer = self.layers[i]
         attn, mlp = getattr(layer, self.fam.attn), getattr(layer, self.fam.mlp)
-        stats = LayerStats({d: DomainStats() for d in dict.fromkeys(self.domains)})
+        stats = LayerStats({d: DomainStats() for d in self.all_domains})
         cur = {"dom": None}
 
         def hook(kind):
@@ -132,7 +116,7 @@ class LayerRunner:
                 getattr(ds, kind).add(args[0])
                 if grams and kind == "mlp":
                     x = args[0].reshape(-1, args[0].shape[-1]).float()
-                    g = (x.T @ x).double()
+                    g = gram(x)
                     ds.mlp_gram = g if ds.mlp_gram is None else ds.mlp_gram + g
             return fn
 
@@ -140,7 +124,7 @@ class LayerRunner:
               getattr(attn, self.fam.o).register_forward_pre_hook(hook("attn"))]
         outs = []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.place.layer(layer):
                 for dom, h, kw in zip(self.domains, self.hidden, self.kwargs):
                     cur["dom"] = dom
                     o = layer(h, **kw)
@@ -155,19 +139,77 @@ class LayerRunner:
         finally:
             for h in hs:
                 h.remove()
+        if world()[1] > 1:
+            _sum_over_ranks(stats, getattr(mlp, self.fam.down).in_features, getattr(attn, self.fam.o).in_features,
+                            grams, self.place.device)
         if advance:
             self.hidden = outs
         return stats
 
 
-def consumer_inputs(runner: "LayerRunner", i: int, consumer) -> list[torch.Tensor]:
-    """The input of `consumer` (a Linear inside layer i) for every batch, flattened to (tokens, in)."""
-    caught = []
-    h = consumer.register_forward_pre_hook(lambda _m, args: caught.append(args[0].reshape(-1, args[0].shape[-1]).float()))
+def _sum_over_ranks(stats: LayerStats, n_mlp: int, n_attn: int, grams: bool, device) -> None:
+    """Every rank's sums added up, in one collective for the moments and counts of all domains (plus one per
+    gram), in the same order on every rank; a rank that holds no batch of a domain adds zeros."""
+    z = lambda n: torch.zeros(n, dtype=torch.float64, device=device)  # noqa: E731
+    parts = []
+    for ds in stats.domains.values():
+        for m, n in ((ds.mlp, n_mlp), (ds.attn, n_attn)):
+            parts += [z(n) if m.sum is None else m.sum, z(n) if m.sumsq is None else m.sumsq]
+        parts.append(torch.tensor([ds.mlp.n, ds.attn.n, ds.tokens, ds.resid_sq, ds.delta_sq, ds.one_minus_cos],
+                                  dtype=torch.float64, device=device))
+    flat = all_sum(torch.cat(parts))
+    at = 0
+
+    def take(n: int) -> torch.Tensor:
+        nonlocal at
+        at += n
+        return flat[at - n:at]
+    for ds in stats.domains.values():
+        for m, n in ((ds.mlp, n_mlp), (ds.attn, n_attn)):
+            m.sum, m.sumsq = take(n), take(n)
+        t = take(6).tolist()
+        ds.mlp.n, ds.attn.n, ds.tokens = int(t[0]), int(t[1]), int(t[2])
+        ds.resid_sq, ds.delta_sq, ds.one_minus_cos = t[3], t[4], t[5]
+        if grams:
+            ds.mlp_gram = all_sum(ds.mlp_gram if ds.mlp_gram is not None else
+                                  torch.zeros(n_mlp, n_mlp, dtype=torch.float64, device=device))
+
+
+GRAM_BLOCK = 512  # channels per block of gram(): small enough that skipping the lower blocks pays
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """X^T X of (tokens, n) in fp64, from fp32 products of the blocks on and above the diagonal only (the
+    rest is their mirror): for a 4864-wide MLP input, 55 of 100 block products. It is the largest cost of a
+    cut pass after the layer's forwards. Each block is an ordinary fp32 matmul, as the full product was."""
+    n = x.shape[1]
+    if n <= GRAM_BLOCK:
+        return (x.T @ x).double()
+    edges = list(range(0, n, GRAM_BLOCK)) + [n]
+    g = torch.empty(n, n, dtype=torch.float64, device=x.device)
+    for i, (a, b) in enumerate(zip(edges, edges[1:])):
+        xa = x[:, a:b]
+        for c, d in zip(edges[i:], edges[i + 1:]):
+            blk = (xa.T @ x[:, c:d]).double()
+            g[a:b, c:d] = blk
+            if c != a:
+                g[c:d, a:b] = blk.T
+    return g
+
+
+def run_hooked(runner: "LayerRunner", i: int, hook) -> None:
+    """Run layer i on every batch without advancing the stream, with a registered hook, removed after."""
     try:
         runner.forward(i, advance=False)
     finally:
-        h.remove()
+        hook.remove()
+
+
+def consumer_inputs(runner: "LayerRunner", i: int, consumer) -> list[torch.Tensor]:
+    """The input of `consumer` (a Linear inside layer i) for every batch, flattened to (tokens, in)."""
+    caught = []
+    run_hooked(runner, i, consumer.register_forward_pre_hook(
+        lambda _m, args: caught.append(args[0].reshape(-1, args[0].shape[-1]).float())))
     return caught
 
 
@@ -191,19 +233,60 @@ def consumer_grams(runner: "LayerRunner", i: int, consumer, targets: list[torch.
         x = args[0].reshape(-1, args[0].shape[-1]).float()
         if relative:
             x = x * token_weights(runner.hidden[acc["b"]]).sqrt()[:, None]
-        g = (x.T @ x).double()
+        g = gram(x)
         acc["g"] = g if acc["g"] is None else acc["g"] + g
         if targets is not None:
             c = (x.T @ targets[acc["b"]]).double()
             acc["c"] = c if acc["c"] is None else acc["c"] + c
         acc["b"] += 1
 
-    h = consumer.register_forward_pre_hook(fn)
-    try:
-        runner.forward(i, advance=False)
-    finally:
-        h.remove()
+    run_hooked(runner, i, consumer.register_forward_pre_hook(fn))
+    if world()[1] > 1:  # summed over ranks (a rank without batches adds zeros)
+        # The dense refit target is refused under torchrun (compress/run.py): only the gram is summed.
+        assert targets is None, "consumer_grams: cross grams are not summed over ranks"
+        n = consumer.weight.shape[1]
+        acc["g"] = all_sum(acc["g"] if acc["g"] is not None else
+                           torch.zeros(n, n, dtype=torch.float64, device=consumer.weight.device))
     return acc["g"], acc["c"]
+
+
+def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
+                    targets: list[torch.Tensor] | None = None, target_w: torch.Tensor | None = None,
+                    relative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refit's normal equations on the kept inputs K of `consumer` only: G_KK = X_K^T X_K and
+    R = X_K^T Y, Y the output to preserve (X W^T; with targets, the dense consumer's T W_dense^T), fp64
+    accumulators. The same system refit() builds from the full gram (R = G[K, :] W^T), at (K/n)^2 of the
+    gram's cost and memory: when the kept inputs are known before the pass (selection by score)."""
+    acc = {"g": None, "r": None, "b": 0}
+    keep = keep.to(consumer.weight.device)
+    w = consumer.weight.float()
+
+    bias = None if consumer.bias is None else consumer.bias.float()
+
+    def fn(_m, args, out):
+        x = args[0].reshape(-1, args[0].shape[-1]).float()
+        s = token_weights(runner.hidden[acc["b"]]).sqrt()[:, None] if relative else None
+        if targets is not None:
+            y = targets[acc["b"]] @ target_w.float().T
+        elif out.dtype == torch.float32:  # the consumer's own output, less its bias: X W^T, computed once
+            y = out.reshape(-1, out.shape[-1]) - (0 if bias is None else bias)
+        else:  # a bf16 output is rounded: the product again in fp32
+            y = x @ w.T
+        if s is not None:  # each token's row weighted (Y too, as G[K, :] W^T weights it)
+            x = x * s
+            y = y * s if targets is None else y
+        xk = x.index_select(1, keep)
+        g, r = gram(xk), (xk.T @ y).double()
+        acc["g"] = g if acc["g"] is None else acc["g"] + g
+        acc["r"] = r if acc["r"] is None else acc["r"] + r
+        acc["b"] += 1
+
+    run_hooked(runner, i, consumer.register_forward_hook(fn))
+    if world()[1] > 1:  # summed over ranks (a rank without batches adds zeros)
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=w.device)  # noqa: E731
+        acc["g"] = all_sum(acc["g"] if acc["g"] is not None else z(len(keep), len(keep)))
+        acc["r"] = all_sum(acc["r"] if acc["r"] is not None else z(len(keep), w.shape[0]))
+    return acc["g"], acc["r"]
 
 
 def make_batches(calib: dict[str, torch.Tensor], batch_size: int) -> list[tuple[str, torch.Tensor]]:

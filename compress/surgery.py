@@ -16,6 +16,7 @@ from .plan import Dims
 
 def slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     """A new Linear keeping rows (dim=0, outputs) or columns (dim=1, inputs) idx of `lin`."""
+    idx = idx.to(lin.weight.device)
     w = lin.weight.data.index_select(dim, idx).clone()
     out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, dtype=w.dtype, device=w.device)
     out.weight.data.copy_(w)
@@ -36,12 +37,18 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: f
     activation channels can be 1e5x the rest and a mean-scaled ridge shrinks the refit badly.
     """
     g = gram.double()
+    keep = keep.to(g.device)
     gkk = g.index_select(0, keep).index_select(1, keep)
-    lam = ridge * gkk.diagonal().median().clamp_min(1e-12)
     c = g if cross is None else cross.double()
     rhs = c.index_select(0, keep) @ weight.double().T                     # (K, out)
-    a_t = torch.linalg.solve(gkk + lam * torch.eye(len(keep), dtype=g.dtype), rhs)
-    return a_t.T.to(weight.dtype).contiguous()
+    return refit_normal(gkk, rhs, ridge).to(weight.dtype)
+
+
+def refit_normal(gkk: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The refit from its normal equations on the kept inputs, G_KK A^T = R (fp64): the weight A (out, K)."""
+    lam = ridge * gkk.diagonal().median().clamp_min(1e-12)
+    a_t = torch.linalg.solve(gkk + lam * torch.eye(gkk.shape[0], dtype=gkk.dtype, device=gkk.device), rhs)
+    return a_t.T.contiguous()
 
 
 def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: float,
@@ -58,9 +65,9 @@ def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: fl
     g = gram.double()
     n = g.shape[0]
     lam = ridge * g.diagonal().median().clamp_min(1e-12)
-    hinv = torch.linalg.inv(g + lam * torch.eye(n, dtype=g.dtype))
-    w = weight.double().clone()                              # (out, in)
-    out = torch.zeros(n, dtype=torch.bool)
+    hinv = torch.linalg.inv(g + lam * torch.eye(n, dtype=g.dtype, device=g.device))
+    w = weight.double().to(g.device).clone()                 # (out, in)
+    out = torch.zeros(n, dtype=torch.bool, device=g.device)
     if protect is not None:
         out[protect] = True
     order, costs = [], []
@@ -98,11 +105,16 @@ def keep_after(order: list[int], n: int, n_keep: int) -> list[int]:
 
 
 def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | None, ridge: float,
-            cross: torch.Tensor | None = None, target_weight: torch.Tensor | None = None) -> None:
+            cross: torch.Tensor | None = None, target_weight: torch.Tensor | None = None,
+            normal: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Keep MLP channels `keep`; down_proj refitted from the full gram (and cross), or from the normal
+    equations on the kept channels (stats.consumer_normal) when given."""
     idx = torch.tensor(keep, dtype=torch.long)
     down = getattr(mlp, fam.down)
     new_down = slice_linear(down, idx, 1)
-    if gram is not None:
+    if normal is not None:
+        new_down.weight.data.copy_(refit_normal(*normal, ridge))
+    elif gram is not None:
         w = down.weight.data if target_weight is None else target_weight
         new_down.weight.data.copy_(refit(w, gram, idx, ridge, cross))
     setattr(mlp, fam.gate, slice_linear(getattr(mlp, fam.gate), idx, 0))
@@ -112,15 +124,23 @@ def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | N
         mlp.intermediate_size = len(keep)
 
 
-def cut_heads(attn: nn.Module, fam: Family, keep_groups: list[int], n_rep: int, hd: int,
-              gram: torch.Tensor | None, ridge: float, cross: torch.Tensor | None = None,
-              target_weight: torch.Tensor | None = None) -> None:
-    """Keep whole KV groups: KV head g and its query heads g*n_rep .. (g+1)*n_rep - 1."""
+def head_rows(keep_groups: list[int], n_rep: int, hd: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query rows, KV rows) of the kept KV groups: KV head g and its query heads g*n_rep .. (g+1)*n_rep - 1."""
     kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in keep_groups])
     q_rows = torch.cat([torch.arange(g * n_rep * hd, (g + 1) * n_rep * hd) for g in keep_groups])
+    return q_rows, kv_rows
+
+
+def cut_heads(attn: nn.Module, fam: Family, keep_groups: list[int], n_rep: int, hd: int,
+              gram: torch.Tensor | None, ridge: float, cross: torch.Tensor | None = None,
+              target_weight: torch.Tensor | None = None, normal: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Keep whole KV groups (head_rows); o_proj refitted as cut_mlp refits down_proj."""
+    q_rows, kv_rows = head_rows(keep_groups, n_rep, hd)
     o = getattr(attn, fam.o)
     new_o = slice_linear(o, q_rows, 1)
-    if gram is not None:
+    if normal is not None:
+        new_o.weight.data.copy_(refit_normal(*normal, ridge))
+    elif gram is not None:
         w = o.weight.data if target_weight is None else target_weight
         new_o.weight.data.copy_(refit(w, gram, q_rows, ridge, cross))
     setattr(attn, fam.q, slice_linear(getattr(attn, fam.q), q_rows, 0))

@@ -48,16 +48,16 @@ def compare(ref: dict, ref_logits: np.ndarray, tokens: list[list[int]], logits: 
     return row
 
 
-def run_transformers(art: Path, manifest: Manifest, ref: dict, threads: int | None):
+def run_transformers(art: Path, manifest: Manifest, ref: dict, threads: int | None, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
     from prunekit.runtimes import torch_greedy
     model = AutoModelForCausalLM.from_pretrained(art, dtype=torch.float32, trust_remote_code=needs_remote_code(manifest),
-                                                 use_safetensors=True).eval()
+                                                 use_safetensors=True).to(device).eval()
     tokens, logits = [], []
     for p in ref["prompt_ids"]:
-        t, first = torch_greedy(model, [p], ref["new_tokens"])
+        t, first = torch_greedy(model, [p], ref["new_tokens"], device=device)
         tokens.append(t[0])
         logits.append(first[0])
     return tokens, np.stack(logits)
@@ -102,6 +102,8 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
     log = log or (lambda m: print(m, file=sys.stderr))
     threads = cfg.threads
     set_threads(threads)
+    from prunekit.offload import resolve_device
+    device = resolve_device(cfg.device).type  # before any work: --device cuda without one is an input error
     art, manifest = load_artifact(cfg.artifact)
     from safetensors.numpy import load_file
     ref = manifest.reference or {}
@@ -123,7 +125,7 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
             try:
                 extra = {}
                 if rt == "transformers":
-                    out = run_transformers(art, manifest, ref, threads)
+                    out = run_transformers(art, manifest, ref, threads, device)
                 elif rt == "onnxruntime":
                     out = run_onnxruntime(art, manifest, ref, threads)
                 else:

@@ -40,6 +40,8 @@ class VerifyConfig(Config):
     atol: float = opt(1e-2, "max |first-step logit difference| allowed (fp32)")
     kv_cache_gib: float = opt(1.0, "vLLM KV cache size in GiB")
     threads: int | None = opt(None, "torch / onnxruntime threads (default: torch's choice)", type=int)
+    device: str = opt("cpu", "where the transformers check runs (fp32 either way): cpu, cuda, or auto",
+                      choices=("auto", "cpu", "cuda"))
 
     def validate(self) -> None:
         check(bool(self.artifact), "verify needs the artifact directory.")

@@ -56,12 +56,16 @@ def inputs_hash(inputs: Any) -> str:
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so that a reader never sees half a file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text through a temporary file and a rename, so that a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def check_out_dir(out: str | Path, force: bool) -> Path:
@@ -190,6 +194,8 @@ class Manifest:
     recovery: dict | None = None              # distillation after the cut (--recover-tokens)
     timings_s: dict | None = None
     peak_rss_mb: int | None = None
+    profile: dict | None = None               # wall time and peak memory per stage (prunekit.stages)
+    placement: dict | None = None             # device, compute dtype, offloading and why
     threads: int | None = None
     # export
     family: str | None = None
@@ -248,6 +254,7 @@ _TYPES: dict[str, Any] = {
     "stage": str, "format": str, "name": str, "layout": str, "inputs_hash": str, "source_model": str,
     "source_hash": str, "family": str, "reason": str, "dtype": str,
     "calibration": dict, "settings": dict, "plan": dict, "params": dict, "quality": dict, "recovery": dict, "timings_s": dict,
+    "profile": dict, "placement": dict,
     "shipped_code": dict, "onnx": dict, "source": dict, "reference": dict, "files": dict, "verify": dict,
     "versions": dict, "rounds": list, "architectures": list,
     "peak_rss_mb": (int, float), "threads": int, "export_s": (int, float),

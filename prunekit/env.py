@@ -69,16 +69,17 @@ def has_var(name: str) -> bool:
     return name in os.environ
 
 
-def compute_dtype() -> str:
+def compute_dtype(device: str = "auto") -> str:
     """The dtype for calibration and evaluation on this machine: $PRUNEKIT_DTYPE, else bf16 where the
-    CPU runs it natively (or on CUDA), else fp32."""
+    CPU runs it natively (or on CUDA, unless device is "cpu"), else fp32."""
     env = os.environ.get("PRUNEKIT_DTYPE")
     if env:
         return env
     try:
         import torch
-        if torch.cuda.is_available():
-            return "bfloat16"
+        if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+            # Pre-Ampere GPUs (V100, T4) have no bf16 units: fp32 there.
+            return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     except ImportError:
         pass
     return "bfloat16" if cpu_has_fast_bf16() else "float32"

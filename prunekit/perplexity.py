@@ -6,18 +6,107 @@ import math
 import torch
 
 
+VOCAB_CHUNK = 16384  # LM-head rows per step: the logits of a batch never exist for the whole vocabulary
+
+
+def head_nll(h: torch.Tensor, targets: torch.Tensor, head: torch.nn.Linear) -> float:
+    """Summed cross-entropy of next tokens `targets` (N,) from final hidden states `h` (N, D), the LM head
+    applied a vocabulary chunk at a time with an online log-sum-exp. The logits are computed in h's dtype and
+    reduced in fp32, as a full-vocabulary cross-entropy would; the head's rows are moved to h's place per
+    chunk, so a head kept in host memory in another dtype (offloading) works too."""
+    return head_nll_many([h], [targets], head)
+
+
+def head_nll_many(hs: list[torch.Tensor], targets: list[torch.Tensor], head: torch.nn.Linear) -> float:
+    """head_nll over several batches, the vocabulary chunks outermost: each chunk of the head is moved (and
+    cast) once for all of them, not once per batch."""
+    w, b = head.weight, head.bias
+    h0 = hs[0]
+    lse = [torch.full((h.shape[0],), float("-inf"), device=h.device) for h in hs]
+    picked = [torch.zeros(h.shape[0], device=h.device) for h in hs]
+    targets = [t.to(h0.device) for t in targets]
+    for v0 in range(0, w.shape[0], VOCAB_CHUNK):
+        wc = w[v0:v0 + VOCAB_CHUNK].to(h0.device, h0.dtype)
+        bc = None if b is None else b[v0:v0 + VOCAB_CHUNK].to(h0.device, h0.dtype)
+        for i, (h, t) in enumerate(zip(hs, targets)):
+            z = h @ wc.T
+            if bc is not None:
+                z = z + bc
+            z = z.float()
+            lse[i] = torch.logaddexp(lse[i], torch.logsumexp(z, dim=-1))
+            inside = (t >= v0) & (t < v0 + wc.shape[0])
+            idx = (t - v0).clamp(0, wc.shape[0] - 1)
+            picked[i] += torch.where(inside, z.gather(1, idx[:, None])[:, 0], 0.0)
+    return float(sum((l_ - p).sum() for l_, p in zip(lse, picked)))
+
+
+def _chunkable(model) -> bool:
+    """Whether the logits are the plain LM head of the base model's last hidden state (no softcapping or
+    scaling that a chunked head would have to repeat)."""
+    cfg = model.config
+    return (getattr(model, "base_model", None) is not None and isinstance(model.get_output_embeddings(), torch.nn.Linear)
+            and getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None)
+
+
 def nll(model, seqs: torch.Tensor, batch_size: int = 4) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood over (N, T) sequences, and the token count."""
+    """Summed next-token negative log-likelihood over (N, T) sequences, and the token count.
+
+    The LM head runs in vocabulary chunks: full-vocabulary logits of a batch (4 x 512 x 152k in fp32 is
+    1.2 GB, and the cross-entropy copied them twice) were the peak of a 0.5B model's compress. A model that
+    is offloaded (see prunekit.offload) is run one layer at a time over all sequences. Under torchrun each
+    rank scores its share of the sequences and the sums are added up (prunekit.dist)."""
+    from .dist import all_sum_floats, world
+
+    rank, n = world()
+    if n > 1:
+        total, count = _nll(model, seqs[rank::n], batch_size)
+        total, count = all_sum_floats(total, count)
+        return total, int(count)
+    return _nll(model, seqs, batch_size)
+
+
+def _nll(model, seqs: torch.Tensor, batch_size: int) -> tuple[float, int]:
+    from .offload import placement
+
+    place = placement(model)
+    if len(seqs) == 0:
+        return 0.0, 0
+    if place.offload:
+        return _layerwise_nll(model, place, seqs, batch_size)
     total, count = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(seqs), batch_size):
-            ids = seqs[s:s + batch_size]
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            ids = place.put(seqs[s:s + batch_size])
             tgt = ids[:, 1:]
-            total += float(torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum"))
+            if _chunkable(model):
+                h = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+                total += head_nll(h.reshape(-1, h.shape[-1]), tgt.reshape(-1), model.get_output_embeddings())
+            else:
+                logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+                total += float(torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum"))
             count += tgt.numel()
     return total, count
+
+
+def _layerwise_nll(model, place, seqs: torch.Tensor, batch_size: int) -> tuple[float, int]:
+    """An offloaded model's NLL: all sequences pass each layer while it is at the compute place."""
+    from .families import get_module
+    from .offload import first_layer_inputs
+
+    layers, norm = get_module(model, place.fam.layers), get_module(model, place.fam.final_norm)
+    batches = list(seqs.split(batch_size))
+    with torch.no_grad():
+        hidden, kwargs = first_layer_inputs(model, layers[0], batches)
+        for layer in layers:
+            with place.layer(layer):
+                outs = (layer(x, **kw) for x, kw in zip(hidden, kwargs))
+                hidden = [o[0] if isinstance(o, tuple) else o for o in outs]
+        hs = [norm(x)[:, :-1].reshape(-1, x.shape[-1]) for x in hidden]
+        tgts = [ids[:, 1:].reshape(-1) for ids in batches]
+        total = head_nll_many(hs, tgts, model.get_output_embeddings())
+        place.release_home(model.get_output_embeddings().weight)
+    return total, sum(t.numel() for t in tgts)
 
 
 def perplexity(model, seqs: torch.Tensor, batch_size: int = 4) -> float:

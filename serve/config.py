@@ -18,6 +18,8 @@ class ServeConfig(Config):
     dtype: str = opt("auto", "auto: bf16 on GPUs and CPUs with native bf16, else float32", choices=DTYPES)
     max_model_len: int = opt(2048, "context length the server accepts")
     kv_cache_gib: float = opt(1.0, "KV cache size in GiB (vLLM on CPU needs it set)")
+    tensor_parallel_size: int = opt(1, "devices vLLM splits the model over; it must divide every layer's query "
+                                    "heads, KV heads and MLP width (compress --tp N makes such shapes)")
     threads_bind: str | None = opt(None, "VLLM_CPU_OMP_THREADS_BIND (default: all cores)")
     enforce_eager: bool = opt(True, "let vLLM torch.compile the model (slower start, sometimes faster decode)",
                               flag="--compile")
@@ -30,6 +32,7 @@ class ServeConfig(Config):
               f"--port must be in 1..65535, got {self.port}.")
         check(self.kv_cache_gib > 0, f"--kv-cache-gib must be positive, got {self.kv_cache_gib}.")
         check_positive("max_model_len", self.max_model_len, allow_none=False)
+        check_positive("tensor_parallel_size", self.tensor_parallel_size, allow_none=False)
 
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -47,6 +47,52 @@ def check_artifact(path: str | Path, allow_unverified: bool) -> tuple[Path, Mani
     return art, m
 
 
+def layer_shapes(config: dict) -> list[tuple[int, int, int]]:
+    """(query heads, KV heads, MLP width) of every decoder layer, from any of the three layouts. A DeciLM
+    block without attention or MLP (no_op, or a linear stand-in) counts 0 for it: nothing to split."""
+    heads = config["num_attention_heads"]
+    if config.get("block_configs"):  # DeciLM: KV heads as query heads per KV head
+        out = []
+        for i, b in enumerate(config["block_configs"]):
+            a, f = b.get("attention", {}), b.get("ffn", {})
+            skip_a = a.get("no_op") or a.get("replace_with_linear")
+            skip_f = f.get("no_op") or f.get("replace_with_linear")
+            if (not skip_a and not a.get("n_heads_in_group")) or (not skip_f and "intermediate_size" not in f):
+                raise PrunekitError(f"block {i} of block_configs states neither n_heads_in_group nor "
+                                    "intermediate_size (ffn_mult only?): prunekit cannot check how it splits; "
+                                    "serve it with --tensor-parallel-size 1.")
+            out.append((0 if skip_a else heads, 0 if skip_a else heads // a["n_heads_in_group"],
+                        0 if skip_f else f["intermediate_size"]))
+        return out
+    if config.get("prunekit_layers"):
+        return [(s["num_attention_heads"], s["num_key_value_heads"], s["intermediate_size"])
+                for s in config["prunekit_layers"]]
+    return [(heads, config.get("num_key_value_heads") or heads, config["intermediate_size"])] * \
+        config["num_hidden_layers"]
+
+
+def check_tensor_parallel(art: Path, n: int) -> None:
+    """Refuse, before anything starts, an artifact that vLLM cannot split over n devices: each shard needs
+    whole query heads, whole KV heads and an equal share of every MLP width."""
+    if n == 1:
+        return
+    try:
+        config = json.loads((art / "config.json").read_text())
+        shapes = layer_shapes(config)
+    except PrunekitError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PrunekitError(f"{art}/config.json does not state the layer shapes ({e}); re-export the artifact.") from e
+    for i, (q, kv, w) in enumerate(shapes):
+        bad = [f"{name} {v}" for name, v in (("query heads", q), ("KV heads", kv), ("MLP width", w)) if v % n]
+        if bad:
+            ok = [d for d in range(1, n) if all(v % d == 0 for s in shapes for v in s)]
+            raise PrunekitError(
+                f"--tensor-parallel-size {n} does not divide layer {i}'s {', '.join(bad)} in {art}; vLLM cannot "
+                f"split it over {n} devices. Use a size that divides every layer ({', '.join(map(str, ok))}), or "
+                f"compress again with --tp {n}.")
+
+
 def port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         # As uvicorn binds: connections of a server that just stopped (TIME_WAIT) do not block the port,
@@ -68,7 +114,8 @@ def command(art: Path, manifest: Manifest, cfg: ServeConfig) -> tuple[list[str],
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(art.resolve()),
            "--served-model-name", name, "--host", cfg.host, "--port", str(cfg.port),
            "--dtype", server_dtype(cfg), "--max-model-len", str(cfg.max_model_len),
-           "--kv-cache-memory-bytes", str(int(cfg.kv_cache_gib * 2**30)), "--disable-uvicorn-access-log"]
+           "--kv-cache-memory-bytes", str(int(cfg.kv_cache_gib * 2**30)), "--disable-uvicorn-access-log",
+           "--tensor-parallel-size", str(cfg.tensor_parallel_size)]
     if needs_remote_code(manifest):
         cmd.append("--trust-remote-code")  # the shipped code matched its sha256 (check_artifact)
     if cfg.enforce_eager:
@@ -104,6 +151,7 @@ class Server:
 
     def __init__(self, cfg: ServeConfig, log_path: Path | None = None):
         self.art, self.manifest = check_artifact(cfg.artifact, cfg.allow_unverified)
+        check_tensor_parallel(self.art, cfg.tensor_parallel_size)
         port_free(cfg.host, cfg.port)
         self.cfg, self.log_path = cfg, log_path
         self.name = self.manifest.name or self.art.name

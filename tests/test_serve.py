@@ -151,3 +151,29 @@ def test_server_command_is_local_and_safe(verified):
     assert "--trust-remote-code" not in cmd and "k" not in cmd and env["VLLM_API_KEY"] == "k"
     assert cmd[cmd.index("--served-model-name") + 1] == "art"
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+
+
+def test_tensor_parallel_size_checked_before_start_and_passed_to_vllm(verified, tmp_path):
+    from prunekit.serve import Server, check_artifact, command
+    from prunekit.serve.server import check_tensor_parallel
+
+    art, m = check_artifact(verified, allow_unverified=False)  # 4 query heads, 2 KV heads, width 192
+    cmd, _ = command(art, m, ServeConfig(artifact=str(art), tensor_parallel_size=2))
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    check_tensor_parallel(art, 2)
+    with pytest.raises(PrunekitError, match="layer 0.s query heads 4, KV heads 2 in .*\\(1, 2\\)"):
+        check_tensor_parallel(art, 3)
+    odd = tmp_path / "odd"
+    shutil.copytree(verified, odd)
+    c = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**c, "num_key_value_heads": 3, "num_attention_heads": 6}))
+    with pytest.raises(PrunekitError, match="layer 0's KV heads 3.*--tp 2"):
+        Server(ServeConfig(artifact=str(odd), tensor_parallel_size=2, allow_unverified=True))
+    # The per-layer layouts are read per layer: a DeciLM artifact with one odd width names that layer.
+    blocks = [{"attention": {"n_heads_in_group": 2}, "ffn": {"intermediate_size": w}} for w in (192, 96, 101)]
+    (odd / "config.json").write_text(json.dumps({**c, "block_configs": blocks}))
+    with pytest.raises(PrunekitError, match="layer 2's MLP width 101"):
+        check_tensor_parallel(odd, 2)
+    blocks[2]["ffn"]["intermediate_size"] = 100
+    (odd / "config.json").write_text(json.dumps({**c, "block_configs": blocks}))
+    check_tensor_parallel(odd, 2)

@@ -45,5 +45,8 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
     from prunekit.bench.profile import CATEGORIES
     for label in ("dense", "40%"):  # the profiler's parts add up to its wall time per token
         row = res["profile"]["rows"]["torch"][label]
-        assert row["wall_ms"] > 0 and row["decoder matmuls"] > 0, row
+        # Per-token parts are differences of a long and a short profiled run: at this tiny shape the decoder's
+        # own matmuls (~0.05 ms a token) are within that noise (seen: -0.013 ms of 3.0), the matmuls as a whole
+        # are not.
+        assert row["wall_ms"] > 0 and row["decoder matmuls"] + row["LM head"] > 0, row
         assert abs(sum(row[c] for c in CATEGORIES) - row["wall_ms"]) < 1e-6 * row["wall_ms"] + 1e-9, row

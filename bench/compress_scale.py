@@ -1,0 +1,161 @@
+"""Compress at real shapes: wall time and peak memory per stage, each setting in a fresh process.
+
+The source is a random-weight model in a published shape (bench/shapes.py's SHAPES), stored in bf16 as the
+published checkpoints are; memory and time depend on the shapes, not on the values. Each setting (e.g.
+--offload off and on) runs `prunekit compress` in its own process, so one run's peak cannot hide in
+another's, and the table is read from each manifest's profile.
+
+    python -m prunekit.bench.compress_scale --shape qwen2.5-0.5b --settings 'offload=off;offload=on' --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prunekit.artifact import read_manifest, write_json_atomic, write_text_atomic
+from prunekit.env import cpu_name
+from prunekit.errors import PrunekitError
+
+from .shapes import SHAPES
+
+DONE = ".complete"  # written last into a source directory: a killed build is rebuilt, not reused
+
+
+def source(shape: str, work: Path, tokenizer: str = "default", log=print) -> Path:
+    """The random-weight bf16 checkpoint of `shape` (built once, reused)."""
+    import torch
+    import transformers
+
+    from prunekit.checkpoint import save_model, save_tokenizer
+    from prunekit.loading import load_tokenizer
+
+    if shape not in SHAPES:
+        raise PrunekitError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}.")
+    out = work / f"{shape}-bf16-src"
+    if (out / DONE).is_file():
+        return out
+    cls, base = SHAPES[shape]
+    tok = load_tokenizer(tokenizer)
+    if len(tok) > base["vocab_size"]:
+        raise PrunekitError(f"the tokenizer of {tokenizer!r} has {len(tok)} tokens, more than shape {shape}'s "
+                            f"vocabulary of {base['vocab_size']}; pass a smaller one with --tokenizer.")
+    config = getattr(transformers, cls)(**base)
+    config.architectures = [cls.replace("Config", "ForCausalLM")]
+    log(f"compress_scale: building a random {shape} in bf16 at {out}")
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, out)
+    save_tokenizer(tok, out)
+    (out / DONE).write_text("")
+    return out
+
+
+def parse_settings(text: str) -> list[dict[str, str]]:
+    """'offload=off;offload=on,rounds=1' -> [{'offload': 'off'}, {'offload': 'on', 'rounds': '1'}]."""
+    out = []
+    for part in text.split(";"):
+        kv = {}
+        for item in filter(None, part.split(",")):
+            if "=" not in item:
+                raise PrunekitError(f"setting {item!r} is not KEY=VALUE (e.g. offload=on).")
+            k, v = item.split("=", 1)
+            kv[k.strip().replace("_", "-")] = v.strip()
+        out.append(kv)
+    return out
+
+
+def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, work: Path, log=print,
+        on_row=None, tokenizer: str = "default") -> list[dict]:
+    """Each setting's run; `on_row(rows)` after each (a report that grows as the runs finish)."""
+    src = source(shape, work / "shapes", tokenizer, log=log)
+    rows = []
+    for s in settings:
+        label = ",".join(f"{k}={v}" for k, v in s.items()) or "defaults"
+        # The checkpoints go to the work folder (weights are never committed); the report elsewhere.
+        dest = work / "compress-scale" / (shape + "-" + re.sub(r"[^A-Za-z0-9.]+", "-", label))
+        s = dict(s)
+        nproc = int(s.pop("nproc", "1"))  # data-parallel ranks under torchrun, the threads split between them
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] \
+            if nproc > 1 else [sys.executable]
+        cmd = launch + ["-m", "prunekit", "compress", "--model", str(src), "--out", str(dest), "--ratio", str(ratio),
+                        "--threads", str(max(1, threads // nproc)), "--force"]
+        for k, v in s.items():
+            cmd += [f"--{k}", v]
+        log(f"compress_scale: {label}: {' '.join(cmd[1:])}")
+        t0 = time.time()
+        if subprocess.run(cmd).returncode != 0:
+            raise PrunekitError(f"compress failed for setting {label!r} (its output is above); the rows "
+                                "finished before it are in the report.")
+        m = read_manifest(dest)
+        rows.append({"setting": label, "wall_s": round(time.time() - t0, 1), "placement": m.placement,
+                     "profile": m.profile, "heldout_ppl": m.quality["heldout_ppl"], "params": m.params,
+                     "command": " ".join((["torchrun"] + launch[3:] + ["-m", "prunekit"] if nproc > 1 else ["prunekit"])
+                                         + cmd[cmd.index("compress"):])})
+        if on_row:
+            on_row(rows)
+    return rows
+
+
+def markdown(shape: str, rows: list[dict], threads: int) -> str:
+    stages = list(dict.fromkeys(st["stage"] for r in rows for st in r["profile"]["stages"]))
+    lines = [f"# compress at the {shape} shape (random weights, stored bf16)", "",
+             f"Machine: {cpu_name()}, {threads} threads. Seconds / peak RSS MB per stage; each setting in a "
+             "fresh process.", "",
+             "| stage | " + " | ".join(r["setting"] for r in rows) + " |",
+             "|---|" + "---:|" * len(rows)]
+    for name in stages:
+        cells = []
+        for r in rows:
+            st = next((x for x in r["profile"]["stages"] if x["stage"] == name), None)
+            cells.append(f"{st['seconds']:.0f} s / {st['peak_rss_mb']}" if st else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **whole run** | " + " | ".join(f"**{r['wall_s']:.0f} s / {r['profile']['peak_rss_mb']}**"
+                                                  for r in rows) + " |")
+    lines.append("| placement | " + " | ".join(
+        f"{r['placement']['device']} {r['placement']['dtype']}" + (
+            f", offload (home {r['placement']['home_dtype']})" if r["placement"]["offload"] else "")
+        for r in rows) + " |")
+    lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m prunekit.bench.compress_scale", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="qwen2.5-0.5b", help="a shape of bench/shapes.py")
+    ap.add_argument("--settings", default="offload=off;offload=on",
+                    help="';'-separated runs, each ','-separated compress options KEY=VALUE")
+    ap.add_argument("--ratio", type=float, default=0.2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="report folder (default: bench/results/<date>-<machine>-compress-"
+                                                "<shape>[-<tag>])")
+    ap.add_argument("--tag", default="", help="appended to the default report folder's name")
+    ap.add_argument("--tokenizer", default="default", help="the tokenizer the source carries (calibration text "
+                    "is tokenized with it)")
+    ap.add_argument("--workdir", default="bench/work", help="sources and checkpoints are built and kept here")
+    a = ap.parse_args(argv)
+    from .run import machine, machine_slug
+    out = Path(a.out or f"bench/results/{time.strftime('%Y-%m-%d')}-{machine_slug(machine())}-compress-{a.shape}"
+               + (f"-{a.tag}" if a.tag else ""))
+
+    def write(rows: list[dict]) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "compress-scale.json", rows)
+        write_text_atomic(out / "compress-scale.md", markdown(a.shape, rows, a.threads))
+    try:
+        rows = run(a.shape, parse_settings(a.settings), a.threads, a.ratio, Path(a.workdir), on_row=write,
+                   tokenizer=a.tokenizer)
+    except PrunekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(a.shape, rows, a.threads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

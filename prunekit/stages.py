@@ -1,0 +1,144 @@
+"""Wall time and peak memory per stage of a run, printed at its end and recorded in the manifest.
+
+A stage may be entered many times (statistics once per layer and round): its seconds add up and its peak
+is the highest seen. The peak of each stage is its own, not the process's so far: on Linux the kernel's
+high-water mark (VmHWM) is reset at each stage's entry (`/proc/self/clear_refs`, value 5); where that is
+not possible the figures are the process's peak up to the stage's end, and the record says so.
+
+Code deep inside a run marks its stages with `stage("name")`, which does nothing unless a profile is active
+(`with Stages() as prof:` at a command's entry), so library calls from tests and bench cost nothing. The mark
+is the process's: while a profile is active, nothing else in the process can read its own peak from it.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+_active: list["Stages"] = []
+
+
+def _read_hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    hwm = _read_hwm_mb()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cuda():
+    import torch
+    return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+        self.per_stage = True   # False once a reset of the high-water mark failed
+        self.peak_mb = 0.0      # the whole run's peak (the kernel's mark is reset, so it is kept here)
+        self._open: list[str] = []
+        self._t0 = 0.0
+
+    def __enter__(self) -> "Stages":
+        _active.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _active.remove(self)
+
+    @contextmanager
+    def stage(self, name: str):
+        # A stage inside a stage (statistics inside a cut pass) is counted in the inner one only: the outer
+        # one's clock pauses, so that the seconds of all stages add up to the run's. Inside itself, a stage
+        # just goes on.
+        if self._open and self._open[-1] == name:
+            yield
+            return
+        outer = self._open[-1] if self._open else None
+        if outer is not None:
+            self._close(outer, pause=True)
+        self._open.append(name)
+        self._start(name)
+        try:
+            yield
+        finally:
+            self._close(name)
+            self._open.pop()
+            if outer is not None:
+                self._start(outer)
+
+    def _start(self, name: str) -> None:
+        self.peak_mb = max(self.peak_mb, _peak_mb())
+        self.per_stage = self.per_stage and _reset_hwm()
+        cuda = _cuda()
+        if cuda:
+            cuda.reset_peak_memory_stats()
+        self._t0 = time.perf_counter()
+
+    def _close(self, name: str, pause: bool = False) -> None:
+        dt = time.perf_counter() - self._t0
+        peak = _peak_mb()
+        self.peak_mb = max(self.peak_mb, peak)
+        row = self.rows.setdefault(name, {"stage": name, "seconds": 0.0, "peak_rss_mb": 0.0, "calls": 0})
+        row["seconds"] += dt
+        row["calls"] += 0 if pause else 1
+        row["peak_rss_mb"] = max(row["peak_rss_mb"], peak)
+        cuda = _cuda()
+        if cuda:
+            row["peak_device_mb"] = max(row.get("peak_device_mb", 0.0), cuda.max_memory_allocated() / 2**20)
+
+    def record(self) -> dict:
+        """For the manifest: stages in the order first entered, seconds and peaks rounded. A stage still open
+        (the save, when the manifest is written inside it) counts up to now."""
+        live = {k: dict(v) for k, v in self.rows.items()}
+        if self._open:
+            name = self._open[-1]
+            row = live.setdefault(name, {"stage": name, "seconds": 0.0, "peak_rss_mb": 0.0, "calls": 0})
+            row["seconds"] += time.perf_counter() - self._t0
+            row["peak_rss_mb"] = max(row["peak_rss_mb"], _peak_mb())
+            row["calls"] += 1
+        rows = [{**r, "seconds": round(r["seconds"], 1), "peak_rss_mb": round(r["peak_rss_mb"]),
+                 **({"peak_device_mb": round(r["peak_device_mb"])} if "peak_device_mb" in r else {})}
+                for r in live.values()]
+        return {"stages": rows, "peak_rss_mb": round(max([self.peak_mb, _peak_mb()])),
+                "peak_is_per_stage": self.per_stage}
+
+    def table(self) -> str:
+        rec = self.record()
+        dev = any("peak_device_mb" in r for r in rec["stages"])
+        head = "| stage | seconds | peak RSS MB |" + (" peak device MB |" if dev else "")
+        lines = [head, "|---|---:|---:|" + ("---:|" if dev else "")]
+        for r in rec["stages"]:
+            lines.append(f"| {r['stage']} | {r['seconds']:.1f} | {r['peak_rss_mb']} |"
+                         + (f" {r.get('peak_device_mb', '-')} |" if dev else ""))
+        total = sum(r["seconds"] for r in rec["stages"])
+        lines.append(f"| total | {total:.1f} | {rec['peak_rss_mb']} |" + (" |" if dev else ""))
+        if not rec["peak_is_per_stage"]:
+            lines.append("(peaks are the process's up to each stage's end: this system cannot reset the mark)")
+        return "\n".join(lines)
+
+
+@contextmanager
+def stage(name: str):
+    """Mark a stage of the active profile; nothing when none is active."""
+    if not _active:
+        yield
+        return
+    with _active[-1].stage(name):
+        yield

@@ -1,0 +1,255 @@
+"""Scale: the per-stage profile, the chunked LM head, weights offloaded layer by layer, --device."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_mix, tiny_model, tiny_tokenizer
+from prunekit.compress import CompressConfig, compress
+from prunekit.errors import PrunekitError
+
+
+
+
+@pytest.fixture(scope="module")
+def bf16_src(tmp_path_factory):
+    """A tiny Qwen2 (q/k/v biases, untied head) stored in bf16 as published checkpoints are, and the tiny mix."""
+    from prunekit.checkpoint import save_tokenizer
+
+    d = tmp_path_factory.mktemp("bf16-src")
+    m = tiny_model("qwen2", vocab_size=320, intermediate_size=256, num_hidden_layers=4).to(torch.bfloat16)
+    m.config.dtype = torch.bfloat16
+    m.save_pretrained(d / "model")
+    save_tokenizer(tiny_tokenizer(), d / "model")
+    return d / "model", tiny_mix(d / "mix")
+
+
+def cfg(src, out, **kw) -> CompressConfig:
+    model, mix = src
+    base = dict(model=str(model), calib=str(mix), out=str(out), ratio=0.2, ratio_of="decoder", align=32,
+                structures=("mlp", "heads"), tolerance=0.06, rounds=2, quick_eval=2, seed=0, dtype="float32")
+    return CompressConfig(**{**base, **kw})
+
+
+@pytest.mark.unit
+def test_head_nll_is_the_full_vocabulary_cross_entropy():
+    from prunekit.perplexity import VOCAB_CHUNK, head_nll
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, VOCAB_CHUNK * 2 + 5, bias=True)  # three chunks, the last one short
+    h, tgt = torch.randn(40, 16), torch.randint(0, head.out_features, (40,))
+    tgt[:3] = torch.tensor([0, VOCAB_CHUNK, head.out_features - 1])  # chunk edges
+    with torch.no_grad():
+        ref = float(torch.nn.functional.cross_entropy(head(h), tgt, reduction="sum"))
+        assert head_nll(h, tgt, head) == pytest.approx(ref, rel=1e-5)
+        # A head kept in another dtype (offloaded, bf16 at home) is cast per chunk to the hidden states' dtype.
+        home = torch.nn.Linear(16, head.out_features).to(torch.bfloat16)
+        home.load_state_dict(head.state_dict())
+        ref16 = float(torch.nn.functional.cross_entropy(h @ home.weight.float().T + home.bias.float(), tgt,
+                                                        reduction="sum"))
+        assert head_nll(h, tgt, home) == pytest.approx(ref16, rel=1e-5)
+
+
+@pytest.mark.unit
+def test_offloaded_compress_matches_the_whole_model_one(bf16_src, tmp_path):
+    off = compress(cfg(bf16_src, tmp_path / "off", offload="off"), log=lambda m: None)
+    on = compress(cfg(bf16_src, tmp_path / "on", offload="on"), log=lambda m: None)
+    assert on.placement == {"device": "cpu", "dtype": "float32", "offload": True, "why": "--offload on",
+                            "home_dtype": "bfloat16"}
+    assert off.placement["offload"] is False
+    assert on.plan == off.plan
+    # Dense: the same bf16 weights upcast, layer by layer or all at once.
+    assert on.quality["heldout_ppl"]["dense"] == pytest.approx(off.quality["heldout_ppl"]["dense"], rel=1e-6)
+    # Pruned: offloading rounds each finished layer to bf16 (what is written) before the next is calibrated.
+    for d, v in off.quality["heldout_ppl"]["pruned"].items():
+        assert on.quality["heldout_ppl"]["pruned"][d] == pytest.approx(v, rel=1e-2)
+    from safetensors.torch import load_file
+    a, b = load_file(tmp_path / "off" / "model.safetensors"), load_file(tmp_path / "on" / "model.safetensors")
+    assert a.keys() == b.keys() and all(t.dtype == torch.bfloat16 for t in b.values())
+    for k in a:  # within a few bf16 steps of each other
+        assert (a[k].float() - b[k].float()).abs().max() <= 0.02 * a[k].float().abs().max() + 1e-6, k
+    # The profile: every stage once at least; statistics and scores once per layer and round (round 2's taken
+    # in round 1's cut pass), plus the statistics runner's start in round 1.
+    on_disk = json.loads((tmp_path / "on" / "prunekit.json").read_text())
+    stages = {s["stage"]: s for s in on_disk["profile"]["stages"]}
+    assert list(stages) == ["load", "mix", "dense eval", "statistics", "scores", "cut and refit", "round eval",
+                            "pruned eval", "save"]
+    assert stages["scores"]["calls"] == 2 * 4 and stages["statistics"]["calls"] == 2 * 4 + 1
+    assert [r["statistics_carried"] for r in on.rounds] == [False, True]
+    assert on_disk["peak_rss_mb"] == on_disk["profile"]["peak_rss_mb"] >= max(
+        s["peak_rss_mb"] for s in stages.values())
+
+
+@pytest.mark.unit
+def test_offload_with_fp32_weights_changes_nothing(tmp_path):
+    from conftest import tiny_src
+    from safetensors.torch import load_file
+
+    src = tiny_src(tmp_path / "m", intermediate_size=256, num_hidden_layers=3), tiny_mix(tmp_path / "mix")
+    off = compress(cfg(src, tmp_path / "off", offload="off"), log=lambda m: None)
+    on = compress(cfg(src, tmp_path / "on", offload="on"), log=lambda m: None)
+    assert on.plan == off.plan and on.quality == off.quality
+    a, b = load_file(tmp_path / "off" / "model.safetensors"), load_file(tmp_path / "on" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("setting", [dict(method="taylor"), dict(recover_tokens=256),
+                                     dict(refit_target="dense")])
+def test_offload_refuses_what_needs_the_whole_model(bf16_src, tmp_path, setting):
+    with pytest.raises(PrunekitError, match="--offload on runs one decoder layer at a time"):
+        compress(cfg(bf16_src, tmp_path / "x", offload="on", **setting), log=lambda m: None)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.unit
+def test_auto_offloads_when_the_model_would_not_fit(monkeypatch):
+    from prunekit import offload as O
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(O, "free_bytes", lambda device: 10 * 2**30)
+    home, why = O.decide("auto", 1_000_000_000, torch.float32, torch.bfloat16, cpu, None)  # 3.7 GiB of 10
+    assert home is None and "fits" in why
+    home, why = O.decide("auto", 2_000_000_000, torch.float32, torch.bfloat16, cpu, None)  # 7.5 GiB of 10
+    assert home == torch.bfloat16 and "one layer at a time" in why
+    # Weights stored wider than they compute are kept in the compute dtype (never widened at home).
+    assert O.decide("on", 10, torch.bfloat16, torch.float32, cpu, None)[0] == torch.bfloat16
+    with pytest.raises(PrunekitError, match="needs it whole"):
+        O.decide("auto", 2_000_000_000, torch.float32, torch.bfloat16, cpu, "--method taylor (gradients)")
+    assert O.decide("off", 2_000_000_000, torch.float32, torch.bfloat16, cpu, "x")[0] is None
+
+
+@pytest.mark.unit
+def test_device_cuda_without_one_is_a_clear_error(bf16_src, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PrunekitError, match="--device cuda: this machine has no CUDA device"):
+        compress(cfg(bf16_src, tmp_path / "x", device="cuda"), log=lambda m: None)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.unit
+def test_stage_peaks_are_each_stages_own():
+    from prunekit.stages import Stages, stage
+
+    with Stages() as prof:
+        with stage("big"):
+            x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+            del x
+        with stage("small"):
+            with stage("inner"):
+                pass
+    rec = prof.record()
+    rows = {r["stage"]: r for r in rec["stages"]}
+    assert list(rows) == ["big", "small", "inner"] and rows["small"]["calls"] == 1
+    if rec["peak_is_per_stage"]:  # Linux: the high-water mark is reset at each stage
+        assert rows["big"]["peak_rss_mb"] >= rows["small"]["peak_rss_mb"] + 40
+    assert rec["peak_rss_mb"] >= rows["big"]["peak_rss_mb"]
+    assert "| big |" in prof.table()
+    with stage("nothing active"):  # outside a profile: a no-op
+        pass
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path):
+    """torchrun with 2 CPU ranks (gloo): each holds half the calibration batches; the summed statistics give
+    the same plan and weights as one process, and rank 0 alone writes."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import tiny_src
+    from safetensors.torch import load_file
+
+    src = tiny_src(tmp_path / "m", intermediate_size=256, num_hidden_layers=4), tiny_mix(tmp_path / "mix")
+    one = compress(cfg(src, tmp_path / "one", quick_eval=0), log=lambda m: None)
+    args = ["--model", str(src[0]), "--calib", str(src[1]), "--out", str(tmp_path / "two"), "--ratio", "0.2",
+            "--ratio-of", "decoder", "--align", "32", "--structures", "mlp,heads", "--tolerance", "0.06",
+            "--rounds", "2", "--seed", "0", "--dtype", "float32", "--threads", "1"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "prunekit", "compress", *args], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("wrote ") == 1  # rank 0 only
+    two = json.loads((tmp_path / "two" / "prunekit.json").read_text())
+    assert two["placement"]["ranks"] == 2 and two["plan"] == one.plan
+    for d, v in one.quality["heldout_ppl"]["pruned"].items():
+        assert two["quality"]["heldout_ppl"]["pruned"][d] == pytest.approx(v, rel=1e-5)
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for k in a:
+        assert (a[k] - b[k]).abs().max() <= 1e-5 * a[k].abs().max(), k
+    # What needs the whole model is refused before any work, on every rank.
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "prunekit", "compress", *args[:5], str(tmp_path / "three"), *args[6:],
+                        "--method", "taylor"], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "needs the whole model at once: run it in one process" in r.stderr
+    assert not (tmp_path / "three").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kw", [dict(structures=("mlp", "heads"), selection="obs", structures_note="heads"),
+                                dict(structures=("layers",), ratio=0.5, tolerance=0.3, rounds=3,
+                                     method="block-influence", structures_note="a layer removed in round 1")])
+def test_next_rounds_statistics_from_the_cut_pass_equal_a_fresh_pass(tmp_path, monkeypatch, kw):
+    """The cut pass scores each cut layer for the next round (saving one pass over the calibration set per
+    round); the result is the same, bit for bit, as the statistics pass it replaces."""
+    import prunekit.compress.iterate as I
+    from conftest import tiny_src
+    from safetensors.torch import load_file
+
+    kw = {k: v for k, v in kw.items() if k != "structures_note"}
+    src = tiny_src(tmp_path / "m", intermediate_size=256, num_hidden_layers=4), tiny_mix(tmp_path / "mix")
+    a = compress(cfg(src, tmp_path / "a", **kw), log=lambda m: None)
+    orig = I.cut_pass
+    monkeypatch.setattr(I, "cut_pass", lambda *args, score_next=False, **k: orig(*args, score_next=False, **k))
+    b = compress(cfg(src, tmp_path / "b", **kw), log=lambda m: None)
+    assert a.plan == b.plan and a.quality == b.quality
+    x, y = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(x[k], y[k]) for k in x)
+    calls = {s["stage"]: s["calls"] for s in a.profile["stages"]}
+    fresh = {s["stage"]: s["calls"] for s in b.profile["stages"]}
+    assert calls["statistics"] < fresh["statistics"]  # one runner start fewer per carried round
+    if kw.get("rounds") == 3:
+        assert a.rounds[0]["layers_removed"]  # the carried scores crossed a layer removal
+
+
+@pytest.mark.unit
+def test_release_drops_only_pages_of_mapped_weight_files(bf16_src):
+    """Weights memory-mapped from safetensors leave the process's memory and read back unchanged; a tensor
+    in ordinary memory is never touched (there MADV_DONTNEED would zero it)."""
+    from prunekit.loading import load_model
+    from prunekit.offload import _weight_file_maps, release
+
+    model, _, _ = load_model(bf16_src[0], dtype="bfloat16")
+    w = model.get_input_embeddings().weight
+    before = w.detach().clone()
+    plain = torch.randn(64, 1024)
+    plain_before = plain.clone()
+    assert release([plain]) == 0 and torch.equal(plain, plain_before)
+    if not any(a <= w.data_ptr() < b for a, b in _weight_file_maps()):
+        pytest.skip("this transformers copies bf16 weights on load: nothing is mapped")
+    assert release([w.detach()]) > 0
+    assert torch.equal(w.detach(), before)  # read again from the file
+
+
+@pytest.mark.integration
+def test_compress_scale_reports_each_setting_from_a_fresh_process(tmp_path):
+    """The bench that measures compress at real shapes, on the tiny shape: one row per setting with its
+    profile and placement, the report written as the rows finish."""
+    from conftest import tiny_tokenizer
+    from prunekit.bench.compress_scale import main
+
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    out = tmp_path / "out"
+    assert main(["--shape", "tiny", "--settings", "offload=on,rounds=1,samples=8;offload=off,rounds=1,samples=8",
+                 "--ratio", "0.22", "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(out),
+                 "--tokenizer", str(tmp_path / "tok")]) == 0
+    rows = json.loads((out / "compress-scale.json").read_text())
+    assert [r["setting"] for r in rows] == ["offload=on,rounds=1,samples=8", "offload=off,rounds=1,samples=8"]
+    assert [r["placement"]["offload"] for r in rows] == [True, False]
+    assert rows[0]["placement"]["home_dtype"] == "bfloat16" and rows[0]["profile"]["peak_rss_mb"] > 0
+    md = (out / "compress-scale.md").read_text()
+    assert "| cut and refit |" in md and "prunekit compress --model" in md
+    assert main(["--shape", "tiny", "--settings", "offload"]) == 2  # not KEY=VALUE: a clear error
