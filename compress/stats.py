@@ -259,8 +259,7 @@ def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
     gram's cost and memory: when the kept inputs are known before the pass (selection by score)."""
     acc = {"g": None, "r": None, "b": 0}
     keep = keep.to(consumer.weight.device)
-    w = consumer.weight.float()
-
+    w = consumer.weight  # read in fp32 only where the output is bf16 (below)
     bias = None if consumer.bias is None else consumer.bias.float()
 
     def fn(_m, args, out):
@@ -271,7 +270,7 @@ def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
         elif out.dtype == torch.float32:  # the consumer's own output, less its bias: X W^T, computed once
             y = out.reshape(-1, out.shape[-1]) - (0 if bias is None else bias)
         else:  # a bf16 output is rounded: the product again in fp32
-            y = x @ w.T
+            y = x @ w.float().T
         if s is not None:  # each token's row weighted (Y too, as G[K, :] W^T weights it)
             x = x * s
             y = y * s if targets is None else y
