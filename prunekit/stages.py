@@ -19,22 +19,30 @@ from pathlib import Path
 _active: list["Stages"] = []
 
 
-def _read_hwm_mb() -> float | None:
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
 
 
+def _read_hwm_mb() -> float | None:
+    return _status_mb("VmHWM")
+
+
 def _reset_hwm() -> bool:
+    """Reset the kernel's high-water mark; True only if it took. Some kernels (sandboxed ones, as on a CI
+    runner) accept the write and do nothing, so the mark is read back: after a reset it sits at the
+    resident size, not above it."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        return True
     except OSError:
         return False
+    hwm, rss = _read_hwm_mb(), _status_mb("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + 8  # 8 MB: RSS may grow between the reads
 
 
 def _peak_mb() -> float:
