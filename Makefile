@@ -6,7 +6,7 @@ PRUNEKIT := $(VENV)/bin/prunekit
 RUNS ?= runs
 
 .PHONY: setup demo test test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check \
-	bench-compress
+	bench-compress optimum-check
 
 setup:
 	@scripts/setup.sh
@@ -78,6 +78,14 @@ bench-quick: setup
 
 # Our zero-shot scorer against lm-eval 0.4.13 itself, choice by choice, on the first 200 ARC-Easy docs
 # of the dense default model (lm-eval lives in its own venv: its dependencies are not ours).
+# optimum's ORTModelForCausalLM loads the 20% artifact's ONNX and generates the same greedy tokens as PyTorch
+# (bench/optimum_check.py), in its own venv: optimum-onnx 0.1.0 pins transformers < 4.58.
+OPTIMUM_VENV ?= .venv-optimum
+optimum-check: artifacts
+	@[ -x $(OPTIMUM_VENV)/bin/python ] && $(OPTIMUM_VENV)/bin/python -c "import optimum.onnxruntime" 2>/dev/null || \
+	  { python3 -m venv $(OPTIMUM_VENV) && $(OPTIMUM_VENV)/bin/pip install -q "optimum-onnx[onnxruntime]==0.1.0" torch==2.13.0; }
+	$(OPTIMUM_VENV)/bin/python bench/optimum_check.py artifacts/SmolLM2-135M-Instruct-pruned-20
+
 LMEVAL_VENV ?= .venv-lmeval
 lmeval-check: setup
 	@[ -x $(LMEVAL_VENV)/bin/lm_eval ] || { python3 -m venv $(LMEVAL_VENV) && \

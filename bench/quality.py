@@ -49,14 +49,22 @@ def heldout_domains(root: Path, tok, seq_len: int, n: int) -> dict[str, torch.Te
 
 def evaluate_model(model, tok, root: Path, seq_len: int = 512, wikitext_limit: int | None = None,
                    domain_samples: int = 8, tasks=tuple(TASKS), limit: int | None = None, batch_size: int = 8,
-                   log=print, domains: dict[str, torch.Tensor] | None = None) -> dict:
-    """`domains`: held-out windows already built (the method grid builds them once for every model)."""
+                   log=print, domains: dict[str, torch.Tensor] | None = None, wikitext_long: int | None = None) -> dict:
+    """`domains`: held-out windows already built (the method grid builds them once for every model).
+    `wikitext_long`: WikiText-2 also in windows of this length (the papers' 2048), over the same token budget
+    (`wikitext_limit` windows of seq_len; all of the test set when None), as "wikitext2_long"."""
     t0 = time.time()
     res: dict = {}
-    win = wikitext_windows(root, tok, seq_len, wikitext_limit)
-    total, count = nll(model, win, batch_size=4)
-    res["wikitext2"] = {"ppl": math.exp(total / count), "tokens": count, "seq_len": seq_len, "stride": seq_len}
-    log(f"  wikitext2 ppl {res['wikitext2']['ppl']:.2f} over {count} tokens ({time.time() - t0:.0f} s)")
+    lengths = [("wikitext2", seq_len, wikitext_limit)]
+    if wikitext_long:
+        long_limit = None if wikitext_limit is None else max(1, wikitext_limit * seq_len // wikitext_long)
+        lengths.append(("wikitext2_long", wikitext_long, long_limit))
+    for key, length, n_win in lengths:
+        win = wikitext_windows(root, tok, length, n_win)
+        total, count = nll(model, win, batch_size=max(1, 2048 // length))
+        res[key] = {"ppl": math.exp(total / count), "tokens": count, "seq_len": length, "stride": length}
+        log(f"  wikitext2 ppl {res[key]['ppl']:.2f} over {count} tokens in windows of {length} "
+            f"({time.time() - t0:.0f} s)")
     if domains is None:
         domains = heldout_domains(root, tok, seq_len, domain_samples)
     res["domains"] = per_domain(model, domains, batch_size=4)

@@ -21,31 +21,70 @@ def _mm(s: dict, k: str, fmt: str, scale: float = 1.0) -> str:
     return f"{v['median'] * scale:{fmt}} ({v['min'] * scale:{fmt}}-{v['max'] * scale:{fmt}})"
 
 
+def _se(v: float) -> str:
+    return "" if v != v else f" ±{v:.3f}"
+
+
+def _wt(q: dict, key: str) -> str:
+    return f"{q[key]['ppl']:.2f}" if key in q else "-"
+
+
 def quality_tables(res: dict) -> list[str]:
     models = {k: v for k, v in res["models"].items() if "quality" in v}
     if not models:
         return []
     first = next(iter(models.values()))["quality"]
     doms, tasks = list(first["domains"]), list(first["zeroshot"])
-    wt = first["wikitext2"]
+    wt, wl = first["wikitext2"], first.get("wikitext2_long")
+    long = (f"; and, as the pruning papers report it, in windows of {wl['seq_len']}, stride {wl['stride']} "
+            f"({wl['tokens']:,} tokens)" if wl else "")
+    limit = res["profile"].get("task_limit")
     out = [f"## Quality\n\nPerplexity: WikiText-2 raw test ({wt['tokens']:,} tokens in windows of {wt['seq_len']}, "
-           f"stride {wt['stride']}) and held-out text per domain (disjoint from calibration). Zero-shot: "
-           "log-likelihood scoring as lm-eval defines acc / acc_norm"
-           + (f", first {res['profile']['task_limit']} examples per task" if res["profile"].get("task_limit") else
-              ", full sets") + ".\n",
-           "| model | params | removed | WikiText-2 | " + " | ".join(doms) + " |",
-           "|---|---|---|---|" + "---|" * len(doms)]
+           f"stride {wt['stride']}{long}) and held-out text per domain (disjoint from calibration). Zero-shot: "
+           "log-likelihood scoring as lm-eval defines acc / acc_norm, with lm-eval's standard error"
+           + (f", first {limit} examples per task" if limit else ", full sets") + ".\n",
+           f"| model | params | removed | WikiText-2 ({wt['seq_len']}) | "
+           + (f"WikiText-2 ({wl['seq_len']}) | " if wl else "") + " | ".join(doms) + " |",
+           "|---|---|---|---|" + ("---|" if wl else "") + "---|" * len(doms)]
     for label, m in models.items():
         q = m["quality"]
-        out.append(f"| {label} | {m['params'] / 1e6:.1f}M | {_ratio(m):.1%} | {q['wikitext2']['ppl']:.2f} | "
+        out.append(f"| {label} | {m['params'] / 1e6:.1f}M | {_ratio(m):.1%} | {_wt(q, 'wikitext2')} | "
+                   + (f"{_wt(q, 'wikitext2_long')} | " if wl else "")
                    + " | ".join(f"{q['domains'][d]:.2f}" for d in doms) + " |")
     out += ["", "| model | " + " | ".join(tasks) + " | mean acc |", "|---|" + "---|" * (len(tasks) + 1)]
     for label, m in models.items():
         z = m["quality"]["zeroshot"]
-        cells = [f"{z[t]['acc']:.3f}" + (f" / {z[t]['acc_norm']:.3f}" if "acc_norm" in z[t] else "") for t in tasks]
+        cells = [f"{z[t]['acc']:.3f}{_se(z[t].get('acc_stderr', float('nan')))}"
+                 + (f" / {z[t]['acc_norm']:.3f}" if "acc_norm" in z[t] else "") for t in tasks]
         out.append(f"| {label} | " + " | ".join(cells) + f" | {m['quality']['mean_acc']:.3f} |")
-    out.append("\nCells are acc / acc_norm (WinoGrande: acc only); mean acc is over acc.")
-    return out
+    out.append("\nCells are acc ± its standard error / acc_norm (WinoGrande: acc only); mean acc is over acc.")
+    return out + paired_tables(models, tasks)
+
+
+def paired_tables(models: dict, tasks: list[str]) -> list[str]:
+    """Each pruned model's accuracy minus dense's on the same documents (paired), per task and averaged over
+    tasks, with standard errors; a difference within two of them is a tie, not a ranking."""
+    from .zeroshot import mean_diff, paired_diff, verdict
+
+    dense = models.get("dense")
+    if dense is None:
+        return []
+    rows = []
+    for label, m in models.items():
+        if label == "dense":
+            continue
+        diffs = {t: paired_diff(dense["quality"]["zeroshot"].get(t, {}), m["quality"]["zeroshot"].get(t, {}))
+                 for t in tasks}
+        if any(d is None for d in diffs.values()):
+            continue
+        mean = mean_diff(list(diffs.values()))
+        cell = lambda d: f"{d['diff']:+.3f} ±{d['stderr']:.3f} {verdict(d)}"  # noqa: E731
+        rows.append(f"| {label} | " + " | ".join(cell(diffs[t]) for t in tasks) + f" | **{cell(mean)}** |")
+    if not rows:
+        return []
+    return ["", "Paired differences to dense (acc of the model minus dense's, document by document; ± one standard "
+            "error). *tie*: within two standard errors, so the data do not rank the two.", "",
+            "| model | " + " | ".join(tasks) + " | mean over tasks |", "|---|" + "---|" * (len(tasks) + 1), *rows]
 
 
 def method_tables(res: dict) -> list[str]:

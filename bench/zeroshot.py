@@ -134,19 +134,58 @@ def evaluate(model, tok, docs: list[Doc], batch_size: int = 8, norm: bool = True
     return metrics(docs, loglikelihoods(model, pairs, batch_size), norm)
 
 
+def stderr(xs: list[float]) -> float:
+    """Standard error of a mean as lm-eval computes it (mean_stderr: sample stddev, ddof 1, over sqrt n)."""
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    m = sum(xs) / n
+    return (sum((x - m) ** 2 for x in xs) / (n - 1)) ** 0.5 / n ** 0.5
+
+
 def metrics(docs: list[Doc], ll: list[float], norm: bool = True) -> dict:
-    """acc / acc_norm from the flat per-choice log-likelihoods of `docs`, in order."""
-    acc = acc_norm = 0
+    """acc / acc_norm from the flat per-choice log-likelihoods of `docs`, in order, each with its standard
+    error, and per document whether it was right ("correct", "correct_norm": 0/1 in doc order) so that two
+    models scored on the same documents can be compared pair by pair (paired_diff)."""
+    right, right_norm = [], []
     k = 0
     for d in docs:
         scores = ll[k:k + len(d.continuations)]
         k += len(d.continuations)
-        acc += int(max(range(len(scores)), key=scores.__getitem__) == d.gold)
+        right.append(int(max(range(len(scores)), key=scores.__getitem__) == d.gold))
         # lm-eval divides by the length of the choice string, without the " " delimiter we prepend.
         normed = [s / max(len(x.lstrip(" ")), 1) for s, x in zip(scores, d.continuations)]
-        acc_norm += int(max(range(len(normed)), key=normed.__getitem__) == d.gold)
+        right_norm.append(int(max(range(len(normed)), key=normed.__getitem__) == d.gold))
     n = max(len(docs), 1)
-    res = {"n": len(docs), "acc": acc / n}
+    res = {"n": len(docs), "acc": sum(right) / n, "acc_stderr": stderr(right), "correct": right}
     if norm:
-        res["acc_norm"] = acc_norm / n
+        res.update(acc_norm=sum(right_norm) / n, acc_norm_stderr=stderr(right_norm), correct_norm=right_norm)
     return res
+
+
+def paired_diff(a: dict, b: dict, key: str = "correct") -> dict | None:
+    """Accuracy of b minus a on the same documents: the mean of the per-document differences and its standard
+    error (the paired test: far tighter than the two accuracies' own errors when the models agree on most
+    documents). None when either lacks per-document results or they scored different documents."""
+    x, y = a.get(key), b.get(key)
+    if not x or not y or len(x) != len(y):
+        return None
+    d = [float(j - i) for i, j in zip(x, y)]
+    return {"n": len(d), "diff": sum(d) / len(d), "stderr": stderr(d)}
+
+
+def mean_diff(diffs: list[dict]) -> dict:
+    """The mean over tasks of paired differences, with its standard error (tasks are independent samples:
+    the variances add)."""
+    t = len(diffs)
+    if not t:
+        return {"diff": float("nan"), "stderr": float("nan"), "tasks": 0}
+    return {"diff": sum(d["diff"] for d in diffs) / t, "stderr": sum(d["stderr"] ** 2 for d in diffs) ** 0.5 / t,
+            "tasks": t}
+
+
+def verdict(d: dict) -> str:
+    """A difference within two standard errors is a tie: it does not rank the two models."""
+    if d["stderr"] != d["stderr"] or abs(d["diff"]) <= 2 * d["stderr"]:
+        return "tie"
+    return "worse" if d["diff"] < 0 else "better"

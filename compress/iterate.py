@@ -19,7 +19,8 @@ from .config import CompressConfig
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
 from .recover import fp32_params
 from .search import KLProbe, kl_shape, probe_batches, sig
-from .stats import LayerRunner, consumer_grams, consumer_inputs, consumer_normal, make_batches
+from .stats import (LayerRunner, advance_cut, consumer_grams, consumer_inputs, consumer_normal, make_batches,
+                    mlp_normal_cached)
 from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, head_rows, layer_shapes, obs_keep,
                       remove_layers, sync_config)
 
@@ -129,6 +130,11 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
                 ref.forward(ref_pos)
                 ref_pos += 1
         layer = layers[pos]
+        if _cached_cut(layer, fam, plan, idx, s, dims, ref):
+            nxt_sc = _cut_layer_cached(layer, fam, runner, pos, plan.mlp[idx], s, score_next)
+            if score_next:
+                nxt.append(nxt_sc)
+            continue
         with place.layer(layer):
             _cut_layer(layer, fam, runner, pos, idx, plan, s, dims, ref, ref_layers)
         point("compress:cut")
@@ -138,6 +144,47 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
             else:
                 runner.forward(pos)
     return nxt if score_next else None
+
+
+CACHED_CUT = True  # tests switch it off to compare with the two-forward path
+
+
+def _cached_cut(layer, fam: Family, plan: P.Plan, idx: int, s: CompressConfig, dims: P.Dims, ref) -> bool:
+    """Whether layer idx's cut can run on one forward (stats.mlp_normal_cached): only its MLP is cut (its
+    attention output, so the MLP's input, stays), the kept channels are known before the pass (selection by
+    score), the refit target is the layer's own output (not the dense model's), and the next round's scores
+    need no gram (obs scores do)."""
+    return (CACHED_CUT and s.selection != "obs" and s.method != "obs" and ref is None and cuts_mlp(layer, fam, plan.mlp[idx])
+            and not cuts_heads(layer, fam, dims, plan.groups[idx]))
+
+
+def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int], s: CompressConfig,
+                      score_next: bool) -> Scores | None:
+    """Cut layer pos's MLP from one forward: the normal equations, the kept inputs and residuals, and with
+    score_next the cut layer's statistics; the stream then advances from the cache, not a second forward.
+    The output uses the weights as stored (offloaded layers go home, and are rounded to its dtype, first)."""
+    place = placement(runner.model)
+    cache = None
+    try:
+        with place.layer(layer):
+            with stage("cut and refit"):
+                normal, cache = mlp_normal_cached(runner, pos, torch.tensor(keep),
+                                                  relative=s.weighting == "relative", with_stats=score_next)
+                cut_mlp(getattr(layer, fam.mlp), fam, keep, None, s.ridge, normal=normal)
+                del normal  # G_KK and R: not held while the stream advances
+        point("compress:cut")
+        with stage("statistics" if score_next else "cut and refit"):
+            stats = advance_cut(runner, pos, cache)
+    finally:
+        if cache is not None:
+            cache.close()  # a spill file is closed (so deleted) on errors too
+    if not score_next:
+        return None
+    with place.layer(layer), stage("scores"):
+        w = layer_weights(layer, fam, head_dim(runner.model.config))
+        sc = SCORERS[s.method](w, stats)
+        return replace(sc, mlp=None if sc.mlp is None else sc.mlp.cpu(),
+                       heads=None if sc.heads is None else sc.heads.cpu())
 
 
 def _cut_layer(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig, dims: P.Dims,
@@ -249,7 +296,9 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
             # on the cut model's own activations, so this differs a little from kl_searched).
             search["kl_after_cut"] = sig(probe.kl_model(model))
             rec["search"] = search
-        if quick:
+        # The last round's quick evaluation would repeat, on fewer windows, the held-out evaluation that
+        # follows (of the pruned model, or before a recovery at the end): it is left to that one.
+        if quick and (not final or after_round is not None):
             with stage("round eval"):
                 rec["quick_ppl"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
         if after_round is not None:
@@ -260,7 +309,7 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         rounds.append(rec)
         log(f"{tag}: removed {rec['removed_total']:.1%} of all parameters "
             f"({rec['removed_decoder']:.1%} of the decoder) in {rec['score_s'] + rec['cut_s']:.1f} s"
-            + (f"; quick held-out ppl {rec['quick_ppl']}" if quick else "")
+            + (f"; quick held-out ppl {rec['quick_ppl']}" if "quick_ppl" in rec else "")
             + (f", after recovery {rec['quick_ppl_recovered']}" if "quick_ppl_recovered" in rec else ""))
     return {"settings": s.algorithm(), "rounds": rounds,
             "plan": {"kept_layers": alive, "mlp": kept_mlp, "kv_groups": kept_groups},

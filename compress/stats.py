@@ -13,7 +13,7 @@ import torch
 
 from prunekit.dist import all_sum, shard, world
 from prunekit.families import Family, get_module
-from prunekit.offload import first_layer_inputs, placement
+from prunekit.offload import Spill, first_layer_inputs, placement
 
 
 @dataclass
@@ -286,6 +286,98 @@ def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
         acc["g"] = all_sum(acc["g"] if acc["g"] is not None else z(len(keep), len(keep)))
         acc["r"] = all_sum(acc["r"] if acc["r"] is not None else z(len(keep), w.shape[0]))
     return acc["g"], acc["r"]
+
+
+@dataclass
+class CutCache:
+    """What a cut layer's output needs, from the forward before the cut (mlp_normal_cached): per batch the
+    kept down_proj inputs X_K and the residual the MLP adds to. Only the MLP is cut, so both are what the
+    cut layer itself computes: its output is residual + down(X_K), with no second forward."""
+    xk: list[torch.Tensor] | Spill  # a Spill (on disk) when offloading
+    resid: list[torch.Tensor] | Spill
+    stats: LayerStats | None  # the cut layer's statistics (the next round's), all but its output terms
+
+    def close(self) -> None:
+        for part in (self.xk, self.resid):
+            if isinstance(part, Spill):
+                part.close()
+        self.xk, self.resid = [], []
+
+
+def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relative: bool = False,
+                      with_stats: bool = False) -> tuple[tuple[torch.Tensor, torch.Tensor], CutCache]:
+    """consumer_normal for layer i's down_proj, plus a CutCache from the same forward. With `with_stats`, the
+    cut layer's statistics too: its kept channels' moments are X_K's, its attention's are this forward's (the
+    heads are not cut). Costs X_K's memory (tokens x kept channels in the compute dtype; on disk when
+    offloading) for one forward fewer per cut layer, the largest cost of a cut pass after the gram."""
+    fam = runner.fam
+    layer = runner.layers[i]
+    attn, mlp = getattr(layer, fam.attn), getattr(layer, fam.mlp)
+    down = getattr(mlp, fam.down)
+    stats = LayerStats({d: DomainStats() for d in runner.all_domains}) if with_stats else None
+    # Offloading (the model does not fit at the compute place): X_K and the residuals wait on disk.
+    off = runner.place.offload
+    cache = CutCache(Spill() if off else [], Spill() if off else [], stats)
+    n_resid = [0]  # residuals cached so far: which batch (so which domain) is running
+    keep = keep.to(down.weight.device)
+    # A batch's forward runs o_proj, then the post-attention norm, then down_proj: the count of residuals
+    # cached so far says which batch (so which domain) is running.
+    dom = lambda: runner.domains[n_resid[0] - 1]  # noqa: E731
+
+    def on_resid(_m, args):  # the post-attention norm's input: the residual the MLP output is added to
+        cache.resid.append(args[0])
+        n_resid[0] += 1
+
+    def on_down(_m, args):
+        xk = args[0].index_select(-1, keep)
+        cache.xk.append(xk)
+        if stats is not None:
+            stats.domains[dom()].mlp.add(xk)
+
+    def on_attn(_m, args):
+        stats.domains[runner.domains[n_resid[0]]].attn.add(args[0])  # before this batch's residual
+
+    hooks = [getattr(layer, fam.post_attn_norm).register_forward_pre_hook(on_resid),
+             down.register_forward_pre_hook(on_down)]
+    if stats is not None:
+        hooks.append(getattr(attn, fam.o).register_forward_pre_hook(on_attn))
+        for d, h in zip(runner.domains, runner.hidden):
+            hin = h.float()
+            stats.domains[d].tokens += hin.shape[0] * hin.shape[1]
+            stats.domains[d].resid_sq += float((hin * hin).sum())
+    try:
+        normal = consumer_normal(runner, i, down, keep, relative=relative)
+    finally:
+        for h in hooks:
+            h.remove()
+    return normal, cache
+
+
+def advance_cut(runner: "LayerRunner", i: int, cache: CutCache) -> LayerStats | None:
+    """Advance the stream past cut layer i from its cache (residual + down(X_K), as the layer computes it),
+    freeing the cache batch by batch; with the cache's statistics, their output terms are added and they
+    are summed over ranks. Returns them."""
+    fam = runner.fam
+    layer = runner.layers[i]
+    stats = cache.stats
+    outs = []
+    with torch.no_grad(), runner.place.layer(layer):
+        down = getattr(getattr(layer, fam.mlp), fam.down)
+        for b, (dom, h) in enumerate(zip(runner.domains, runner.hidden)):
+            o = cache.resid[b] + down(cache.xk[b])
+            cache.resid[b] = cache.xk[b] = None
+            if stats is not None:
+                hin, hout = h.float(), o.float()
+                ds = stats.domains[dom]
+                ds.delta_sq += float(((hout - hin) ** 2).sum())
+                ds.one_minus_cos += float((1 - torch.nn.functional.cosine_similarity(hin, hout, dim=-1)).sum())
+            outs.append(o)
+        if stats is not None and world()[1] > 1:
+            _sum_over_ranks(stats, down.in_features, getattr(getattr(layer, fam.attn), fam.o).in_features, False,
+                            runner.place.device)
+    cache.close()
+    runner.hidden = outs
+    return stats
 
 
 def make_batches(calib: dict[str, torch.Tensor], batch_size: int) -> list[tuple[str, torch.Tensor]]:

@@ -45,9 +45,15 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: f
 
 
 def refit_normal(gkk: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
-    """The refit from its normal equations on the kept inputs, G_KK A^T = R (fp64): the weight A (out, K)."""
+    """The refit from its normal equations on the kept inputs, G_KK A^T = R (fp64): the weight A (out, K).
+    G_KK is overwritten (the ridge is added to its diagonal in place: at a 6000-channel MLP a copy is 0.3 GB)."""
     lam = ridge * gkk.diagonal().median().clamp_min(1e-12)
-    a_t = torch.linalg.solve(gkk + lam * torch.eye(gkk.shape[0], dtype=gkk.dtype, device=gkk.device), rhs)
+    h = gkk
+    h.diagonal().add_(lam)
+    # H is a gram plus a ridge: symmetric positive definite, so Cholesky (half LU's work: at a 4000-channel
+    # MLP, about a second per layer on 2 cores in fp64); LU only if rounding made it indefinite.
+    chol, info = torch.linalg.cholesky_ex(h)
+    a_t = torch.cholesky_solve(rhs, chol) if int(info) == 0 else torch.linalg.solve(h, rhs)
     return a_t.T.contiguous()
 
 

@@ -137,6 +137,47 @@ def release(tensors: list[torch.Tensor]) -> int:
     return done
 
 
+class Spill:
+    """A list of tensors kept in an unlinked temporary file, not in the process's memory: what a pass caches
+    for later (a cut layer's kept MLP inputs) when offloading. Each is written once and read back once; the
+    kernel's page cache holds the file while memory allows and writes it to disk under pressure, so the
+    process holds one tensor at a time (at the 0.5B shape: 34 MB instead of 0.55 GB). Reads return exactly
+    what was written, on the device it came from. The file goes where Python puts temporary files ($TMPDIR,
+    else /tmp): where /tmp is a RAM disk, point $TMPDIR at a real disk."""
+
+    def __init__(self) -> None:
+        import tempfile
+        self._f = tempfile.TemporaryFile(prefix="prunekit-spill-")
+        self._at: list[tuple[int, int, torch.Size, torch.dtype, torch.device] | None] = []
+
+    def append(self, t: torch.Tensor) -> None:
+        raw = t.detach().to("cpu").contiguous()
+        self._f.seek(0, os.SEEK_END)
+        offset = self._f.tell()
+        self._f.write(memoryview(raw.view(-1).view(torch.uint8).numpy()))
+        self._at.append((offset, raw.numel() * raw.element_size(), t.shape, t.dtype, t.device))
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        offset, n, shape, dtype, device = self._at[i]
+        if n == 0:
+            return torch.empty(shape, dtype=dtype, device=device)
+        buf = bytearray(n)
+        self._f.seek(offset)
+        if self._f.readinto(buf) != n:
+            raise OSError(f"spill file cut short at tensor {i}")
+        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape).to(device)
+
+    def __setitem__(self, i: int, value: None) -> None:
+        assert value is None, "a Spill entry can only be dropped"
+        self._at[i] = None  # read once: its bytes stay in the file until close, outside the process's memory
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class _Stop(Exception):
     pass
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from prunekit.compress import CompressConfig, compress, load_mix
 from prunekit.export import RUNTIMES, ExportConfig, VerifyConfig, export, format_table, verify
 
-from .artifact import Manifest, inputs_hash, read_manifest, sha256_file, write_json_atomic
+from .artifact import Manifest, inputs_hash, read_manifest, sha256_file, write_json_atomic, write_text_atomic
 from .config import Config, check, check_positive, opt
 from .env import set_threads
 from .errors import PrunekitError
@@ -142,7 +142,7 @@ def run_artifacts(cfg: ArtifactsConfig, compress_cfg: CompressConfig | None = No
     c, a, report, timings = build_artifact(art, ExportConfig(model=str(pruned), out=str(art)), ccfg, cfg.runtimes,
                                            cfg.kv_cache_gib, cfg.threads, cfg.rebuild, log)
     log(format_table(report))
-    (art / "README.md").write_text(readme(art, a, c, report))
+    write_text_atomic(art / "README.md", readme(art, a, c, report))
     summary = {"artifact": str(art), "passed": report["passed"], "timings_s": timings}
     write_json_atomic(art.parent / f"{name}.summary.json", summary)
     if not report["passed"]:

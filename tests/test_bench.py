@@ -60,4 +60,39 @@ def test_acc_and_acc_norm_follow_lm_eval():
     acc = sum(int(max(range(2), key=lambda j: ll[2 * i + j]) == d.gold) for i, d in enumerate(docs)) / 2
     norm = sum(int(max(range(2), key=lambda j: ll[2 * i + j] / len(d.continuations[j].strip())) == d.gold)
                for i, d in enumerate(docs)) / 2
-    assert res == {"n": 2, "acc": acc, "acc_norm": norm}
+    assert {k: res[k] for k in ("n", "acc", "acc_norm")} == {"n": 2, "acc": acc, "acc_norm": norm}
+    assert sum(res["correct"]) / 2 == acc and sum(res["correct_norm"]) / 2 == norm
+
+
+@pytest.mark.unit
+def test_standard_errors_and_paired_differences():
+    """lm-eval's standard error of a mean (sample stddev over sqrt n); the paired difference is far tighter
+    than the accuracies' own errors when two models agree on most documents, and the report calls a
+    difference within two standard errors a tie."""
+    import math
+
+    from prunekit.bench.report import quality_tables
+    from prunekit.bench.zeroshot import mean_diff, paired_diff, stderr, verdict
+
+    assert stderr([1, 0, 1, 1]) == pytest.approx(0.25) and math.isnan(stderr([1]))
+    dense = [1] * 300 + [0] * 200
+    pruned = [0] * 30 + [1] * 270 + [0] * 200      # 30 of dense's right answers lost, nothing else changes
+    d = paired_diff({"correct": dense}, {"correct": pruned})
+    assert d["diff"] == pytest.approx(-0.06) and d["stderr"] < stderr(dense) / 2
+    assert verdict(d) == "worse" and verdict({"diff": -0.01, "stderr": 0.02}) == "tie"
+    assert paired_diff({"correct": dense}, {"correct": pruned[:10]}) is None  # not the same documents
+    m = mean_diff([d, {"diff": 0.0, "stderr": d["stderr"]}])
+    assert m["diff"] == pytest.approx(-0.03) and m["stderr"] == pytest.approx(d["stderr"] / 2 ** 0.5)
+
+    def q(correct):
+        return {"wikitext2": {"ppl": 10.0, "tokens": 100, "seq_len": 512, "stride": 512}, "domains": {"web": 9.0},
+                "zeroshot": {"piqa": {"n": len(correct), "acc": sum(correct) / len(correct),
+                                      "acc_stderr": stderr(correct), "correct": correct}},
+                "mean_acc": sum(correct) / len(correct)}
+    res = {"profile": {"task_limit": None},
+           "models": {"dense": {"params": 10, "quality": q(dense)}, "20%": {"params": 8, "quality": q(pruned)},
+                      "same": {"params": 9, "quality": q(dense[:-1] + [1])}}}
+    text = "\n".join(quality_tables(res))
+    assert "| 20% | -0.060 ±0.011 worse | **-0.060 ±0.011 worse** |" in text
+    assert "| same | +0.002 ±0.002 tie |" in text and "0.600 ±0.022" in text
+

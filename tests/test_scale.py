@@ -159,7 +159,7 @@ def test_a_reset_that_does_not_take_is_not_called_per_stage(monkeypatch):
 
     if not stages._reset_hwm():
         pytest.skip("this kernel does not reset the high-water mark")
-    monkeypatch.setattr(stages, "_status_mb", lambda field: {"VmHWM": 1500.0, "VmRSS": 900.0}[field])
+    monkeypatch.setattr(stages, "_status_mb", lambda *f: [{"VmHWM": 1500.0, "VmRSS": 900.0}[k] for k in f])
     assert stages._reset_hwm() is False
     with stages.Stages() as prof:
         with stages.stage("a"):
@@ -229,6 +229,57 @@ def test_next_rounds_statistics_from_the_cut_pass_equal_a_fresh_pass(tmp_path, m
     assert calls["statistics"] < fresh["statistics"]  # one runner start fewer per carried round
     if kw.get("rounds") == 3:
         assert a.rounds[0]["layers_removed"]  # the carried scores crossed a layer removal
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kw", [dict(structures=("mlp",)), dict(structures=("mlp",), offload="on", dtype="auto"),
+                                dict(structures=("mlp", "heads"), rounds=3, weighting="relative")])
+def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypatch, kw):
+    """A layer whose MLP alone is cut advances the stream from what its one forward cached (residual +
+    down(X_K)) instead of a second forward: the same plan, quality and weights as with the second forward
+    (to rounding: the output is the same sum, its terms from different matmul calls)."""
+    import prunekit.compress.iterate as I
+    from safetensors.torch import load_file
+
+    a = compress(cfg(bf16_src, tmp_path / "a", **kw), log=lambda m: None)
+    calls = {"n": 0}
+    orig = I._cut_layer_cached
+
+    def counted(*args, **k):
+        calls["n"] += 1
+        return orig(*args, **k)
+    monkeypatch.setattr(I, "_cut_layer_cached", counted)
+    monkeypatch.setattr(I, "CACHED_CUT", False)
+    b = compress(cfg(bf16_src, tmp_path / "b", **kw), log=lambda m: None)
+    assert calls["n"] == 0
+    assert a.plan == b.plan
+    for d, v in b.quality["heldout_ppl"]["pruned"].items():
+        assert a.quality["heldout_ppl"]["pruned"][d] == pytest.approx(v, rel=1e-4)
+    x, y = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for k in x:
+        assert (x[k].float() - y[k].float()).abs().max() <= 1e-3 * y[k].float().abs().max(), k
+    # And with the switch on, the one-forward path is the one that runs.
+    monkeypatch.setattr(I, "CACHED_CUT", True)
+    compress(cfg(bf16_src, tmp_path / "c", **kw), log=lambda m: None)
+    assert calls["n"] > 0
+
+
+@pytest.mark.unit
+def test_spill_gives_back_exactly_what_it_took():
+    from prunekit.offload import Spill
+
+    sp = Spill()
+    ts = [torch.randn(3, 5), torch.randn(2, 7).to(torch.bfloat16), torch.arange(6).view(2, 3), torch.randn(0, 4)]
+    for t in ts:
+        sp.append(t)
+    assert len(sp) == 4
+    for i in (2, 0, 3, 1):  # any order
+        got = sp[i]
+        assert got.dtype == ts[i].dtype and got.shape == ts[i].shape and torch.equal(got, ts[i])
+    sp[0] = None
+    with pytest.raises(TypeError):
+        sp[0]
+    sp.close()
 
 
 @pytest.mark.unit

@@ -88,3 +88,17 @@ def test_bench_heldout_has_french_out_of_the_mix_and_chinese_once(data_root):
     doms = heldout_domains(data_root, tiny_tokenizer(), 64, 2)
     assert set(doms) == {"web", "code", "math", "instructions", "german", "chinese", "french"}
     assert all(t.shape == (2, 64) for t in doms.values())
+
+
+def test_wikitext_at_two_window_lengths_leaves_the_task_limit_alone(data_root):
+    """WikiText-2 in windows of seq_len and of the papers' longer window over the same token budget, and the
+    zero-shot limit still applies (a loop variable once shadowed it)."""
+    from conftest import tiny_model, tiny_tokenizer
+    from prunekit.bench.quality import evaluate_model
+
+    model, tok = tiny_model("llama", vocab_size=320).eval(), tiny_tokenizer()
+    q = evaluate_model(model, tok, data_root, seq_len=64, wikitext_limit=8, domain_samples=1, tasks=("piqa",),
+                       limit=5, log=lambda m: None, wikitext_long=128)
+    assert q["zeroshot"]["piqa"]["n"] == 5 and len(q["zeroshot"]["piqa"]["correct"]) == 5
+    assert (q["wikitext2"]["seq_len"], q["wikitext2"]["tokens"]) == (64, 8 * 63)
+    assert (q["wikitext2_long"]["seq_len"], q["wikitext2_long"]["tokens"]) == (128, 4 * 127)
