@@ -67,8 +67,13 @@ def score_layer(runner: LayerRunner, i: int, layer, fam: Family, method: str, ri
     """Statistics of layer i on the runner's stream (which advances past it) and the layer's scores."""
     with stage("statistics"):
         st = runner.collect(i, grams=method == "obs")
+    return layer_scores(layer, fam, runner.model.config, st, method, ridge)
+
+
+def layer_scores(layer, fam: Family, config, st, method: str, ridge: float) -> Scores:
+    """A layer's scores from its statistics, on the CPU."""
     with stage("scores"):
-        w = layer_weights(layer, fam, head_dim(runner.model.config))
+        w = layer_weights(layer, fam, head_dim(config))
         # obs scores what the refit recovers: with the refit's own ridge.
         sc = SCORERS[method](w, st, ridge) if method == "obs" else SCORERS[method](w, st)
         # The planner compares scores across layers on the CPU, wherever they were computed.
@@ -154,8 +159,8 @@ def _cached_cut(layer, fam: Family, plan: P.Plan, idx: int, s: CompressConfig, d
     attention output, so the MLP's input, stays), the kept channels are known before the pass (selection by
     score), the refit target is the layer's own output (not the dense model's), and the next round's scores
     need no gram (obs scores do)."""
-    return (CACHED_CUT and s.selection != "obs" and s.method != "obs" and ref is None and cuts_mlp(layer, fam, plan.mlp[idx])
-            and not cuts_heads(layer, fam, dims, plan.groups[idx]))
+    return (CACHED_CUT and s.selection != "obs" and s.method != "obs" and ref is None
+            and cuts_mlp(layer, fam, plan.mlp[idx]) and not cuts_heads(layer, fam, dims, plan.groups[idx]))
 
 
 def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int], s: CompressConfig,
@@ -180,11 +185,8 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int], s: 
             cache.close()  # a spill file is closed (so deleted) on errors too
     if not score_next:
         return None
-    with place.layer(layer), stage("scores"):
-        w = layer_weights(layer, fam, head_dim(runner.model.config))
-        sc = SCORERS[s.method](w, stats)
-        return replace(sc, mlp=None if sc.mlp is None else sc.mlp.cpu(),
-                       heads=None if sc.heads is None else sc.heads.cpu())
+    with place.layer(layer):
+        return layer_scores(layer, fam, runner.model.config, stats, s.method, s.ridge)
 
 
 def _cut_layer(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig, dims: P.Dims,

@@ -73,6 +73,18 @@ class LayerStats:
         return out
 
 
+def add_input_terms(ds: "DomainStats", h: torch.Tensor) -> None:
+    hin = h.float()
+    ds.tokens += hin.shape[0] * hin.shape[1]
+    ds.resid_sq += float((hin * hin).sum())
+
+
+def add_output_terms(ds: "DomainStats", h: torch.Tensor, o: torch.Tensor) -> None:
+    hin, hout = h.float(), o.float()
+    ds.delta_sq += float(((hout - hin) ** 2).sum())
+    ds.one_minus_cos += float((1 - torch.nn.functional.cosine_similarity(hin, hout, dim=-1)).sum())
+
+
 class LayerRunner:
     """Holds the residual stream of the calibration set and runs it through one layer at a time. Under
     torchrun each rank holds its share of the batches (prunekit.dist); statistics and grams are summed
@@ -129,12 +141,8 @@ class LayerRunner:
                     cur["dom"] = dom
                     o = layer(h, **kw)
                     o = o[0] if isinstance(o, tuple) else o
-                    hin, hout = h.float(), o.float()
-                    ds = stats.domains[dom]
-                    ds.tokens += hin.shape[0] * hin.shape[1]
-                    ds.resid_sq += float((hin * hin).sum())
-                    ds.delta_sq += float(((hout - hin) ** 2).sum())
-                    ds.one_minus_cos += float((1 - torch.nn.functional.cosine_similarity(hin, hout, dim=-1)).sum())
+                    add_input_terms(stats.domains[dom], h)
+                    add_output_terms(stats.domains[dom], h, o)
                     outs.append(o)
         finally:
             for h in hs:
@@ -252,29 +260,33 @@ def consumer_grams(runner: "LayerRunner", i: int, consumer, targets: list[torch.
 
 def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
                     targets: list[torch.Tensor] | None = None, target_w: torch.Tensor | None = None,
-                    relative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    relative: bool = False, on_kept=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The refit's normal equations on the kept inputs K of `consumer` only: G_KK = X_K^T X_K and
     R = X_K^T Y, Y the output to preserve (X W^T; with targets, the dense consumer's T W_dense^T), fp64
     accumulators. The same system refit() builds from the full gram (R = G[K, :] W^T), at (K/n)^2 of the
-    gram's cost and memory: when the kept inputs are known before the pass (selection by score)."""
+    gram's cost and memory: when the kept inputs are known before the pass (selection by score).
+    `on_kept(xk)`, when given, sees each batch's kept inputs (tokens, K) in the compute dtype, unweighted."""
     acc = {"g": None, "r": None, "b": 0}
     keep = keep.to(consumer.weight.device)
     w = consumer.weight  # read in fp32 only where the output is bf16 (below)
     bias = None if consumer.bias is None else consumer.bias.float()
 
     def fn(_m, args, out):
-        x = args[0].reshape(-1, args[0].shape[-1]).float()
-        s = token_weights(runner.hidden[acc["b"]]).sqrt()[:, None] if relative else None
+        x = args[0].reshape(-1, args[0].shape[-1])
+        xk = x.index_select(1, keep)
+        if on_kept is not None:
+            on_kept(xk)
+        xk = xk.float()
         if targets is not None:
             y = targets[acc["b"]] @ target_w.float().T
         elif out.dtype == torch.float32:  # the consumer's own output, less its bias: X W^T, computed once
             y = out.reshape(-1, out.shape[-1]) - (0 if bias is None else bias)
         else:  # a bf16 output is rounded: the product again in fp32
-            y = x @ w.float().T
-        if s is not None:  # each token's row weighted (Y too, as G[K, :] W^T weights it)
-            x = x * s
+            y = x.float() @ w.float().T
+        if relative:  # each token's row weighted (Y too, as G[K, :] W^T weights it)
+            s = token_weights(runner.hidden[acc["b"]]).sqrt()[:, None]
+            xk = xk * s
             y = y * s if targets is None else y
-        xk = x.index_select(1, keep)
         g, r = gram(xk), (xk.T @ y).double()
         acc["g"] = g if acc["g"] is None else acc["g"] + g
         acc["r"] = r if acc["r"] is None else acc["r"] + r
@@ -318,35 +330,29 @@ def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relativ
     # Offloading (the model does not fit at the compute place): X_K and the residuals wait on disk.
     off = runner.place.offload
     cache = CutCache(Spill() if off else [], Spill() if off else [], stats)
-    n_resid = [0]  # residuals cached so far: which batch (so which domain) is running
-    keep = keep.to(down.weight.device)
     # A batch's forward runs o_proj, then the post-attention norm, then down_proj: the count of residuals
     # cached so far says which batch (so which domain) is running.
-    dom = lambda: runner.domains[n_resid[0] - 1]  # noqa: E731
+    n_resid = [0]
 
     def on_resid(_m, args):  # the post-attention norm's input: the residual the MLP output is added to
         cache.resid.append(args[0])
         n_resid[0] += 1
 
-    def on_down(_m, args):
-        xk = args[0].index_select(-1, keep)
+    def on_kept(xk):
         cache.xk.append(xk)
         if stats is not None:
-            stats.domains[dom()].mlp.add(xk)
+            stats.domains[runner.domains[n_resid[0] - 1]].mlp.add(xk)
 
     def on_attn(_m, args):
         stats.domains[runner.domains[n_resid[0]]].attn.add(args[0])  # before this batch's residual
 
-    hooks = [getattr(layer, fam.post_attn_norm).register_forward_pre_hook(on_resid),
-             down.register_forward_pre_hook(on_down)]
+    hooks = [getattr(layer, fam.post_attn_norm).register_forward_pre_hook(on_resid)]
     if stats is not None:
         hooks.append(getattr(attn, fam.o).register_forward_pre_hook(on_attn))
         for d, h in zip(runner.domains, runner.hidden):
-            hin = h.float()
-            stats.domains[d].tokens += hin.shape[0] * hin.shape[1]
-            stats.domains[d].resid_sq += float((hin * hin).sum())
+            add_input_terms(stats.domains[d], h)
     try:
-        normal = consumer_normal(runner, i, down, keep, relative=relative)
+        normal = consumer_normal(runner, i, down, keep, relative=relative, on_kept=on_kept)
     finally:
         for h in hooks:
             h.remove()
@@ -364,13 +370,11 @@ def advance_cut(runner: "LayerRunner", i: int, cache: CutCache) -> LayerStats | 
     with torch.no_grad(), runner.place.layer(layer):
         down = getattr(getattr(layer, fam.mlp), fam.down)
         for b, (dom, h) in enumerate(zip(runner.domains, runner.hidden)):
-            o = cache.resid[b] + down(cache.xk[b])
+            resid = cache.resid[b]
+            o = resid + down(cache.xk[b]).view_as(resid)
             cache.resid[b] = cache.xk[b] = None
             if stats is not None:
-                hin, hout = h.float(), o.float()
-                ds = stats.domains[dom]
-                ds.delta_sq += float(((hout - hin) ** 2).sum())
-                ds.one_minus_cos += float((1 - torch.nn.functional.cosine_similarity(hin, hout, dim=-1)).sum())
+                add_output_terms(stats.domains[dom], h, o)
             outs.append(o)
         if stats is not None and world()[1] > 1:
             _sum_over_ranks(stats, down.in_features, getattr(getattr(layer, fam.attn), fam.o).in_features, False,
