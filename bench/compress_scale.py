@@ -47,11 +47,16 @@ def source(shape: str, work: Path, tokenizer: str = "default", log=print) -> Pat
     config.architectures = [cls.replace("Config", "ForCausalLM")]
     log(f"compress_scale: building a random {shape} in bf16 at {out}")
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    # Random init of an 8B model takes a minute on a CPU and seconds on a GPU; the values do not matter.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out)
     save_tokenizer(tok, out)
     (out / DONE).write_text("")
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the compress runs are child processes: give them the device's memory
     return out
 
 
@@ -101,21 +106,29 @@ def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, 
     return rows
 
 
+def gpu_mb(stages: list[dict]) -> str:
+    """' / N GPU': the largest peak device memory of these stages, where a GPU computed them ('' elsewhere)."""
+    peaks = [st["peak_device_mb"] for st in stages if "peak_device_mb" in st]
+    return f" / {max(peaks)} GPU" if peaks else ""
+
+
 def markdown(shape: str, rows: list[dict], threads: int) -> str:
+    import torch
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     stages = list(dict.fromkeys(st["stage"] for r in rows for st in r["profile"]["stages"]))
     lines = [f"# compress at the {shape} shape (random weights, stored bf16)", "",
-             f"Machine: {cpu_name()}, {threads} threads. Seconds / peak RSS MB per stage; each setting in a "
-             "fresh process.", "",
+             f"Machine: {cpu_name()}{gpu}, {threads} threads. Seconds / peak RSS MB (/ peak GPU MB where one "
+             "computes) per stage; each setting in a fresh process.", "",
              "| stage | " + " | ".join(r["setting"] for r in rows) + " |",
              "|---|" + "---:|" * len(rows)]
     for name in stages:
         cells = []
         for r in rows:
             st = next((x for x in r["profile"]["stages"] if x["stage"] == name), None)
-            cells.append(f"{st['seconds']:.0f} s / {st['peak_rss_mb']}" if st else "-")
+            cells.append(f"{st['seconds']:.0f} s / {st['peak_rss_mb']}{gpu_mb([st])}" if st else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("| **whole run** | " + " | ".join(f"**{r['wall_s']:.0f} s / {r['profile']['peak_rss_mb']}**"
-                                                  for r in rows) + " |")
+    lines.append("| **whole run** | " + " | ".join(f"**{r['wall_s']:.0f} s / {r['profile']['peak_rss_mb']}"
+                                                  f"{gpu_mb(r['profile']['stages'])}**" for r in rows) + " |")
     lines.append("| placement | " + " | ".join(
         f"{r['placement']['device']} {r['placement']['dtype']}" + (
             f", offload (home {r['placement']['home_dtype']})" if r["placement"]["offload"] else "")

@@ -180,9 +180,6 @@ def _local_path(mix: Mix, src: Source) -> Path | None:
 
 def _open(mix: Mix, dom: Domain, src: Source) -> tuple[Iterable[dict], str, str]:
     """Records of a source, the template that fits them, and a fingerprint of where they came from."""
-    import datasets
-
-    datasets.disable_progress_bars()
     if src.path:
         path = _local_path(mix, src)
         if path is not None:
@@ -192,6 +189,10 @@ def _open(mix: Mix, dom: Domain, src: Source) -> tuple[Iterable[dict], str, str]
                            f"{', '.join(sorted(LOCAL_KINDS))}.")
             if path.stat().st_size == 0:
                 raise _bad(f"domain {dom.name!r}", f"the source {path} has no records (empty file).")
+            if path.suffix.lower() == ".jsonl":  # the common case needs no pyarrow (nor `datasets` installed)
+                return _jsonl(path, dom), dom.template, f"{path.name}:{sha256_file(path)}"
+            import datasets
+            datasets.disable_progress_bars()
             try:
                 ds = datasets.load_dataset(kind, data_files=str(path), split="train")
             except Exception as e:  # pyarrow and datasets raise many types for malformed files
@@ -202,6 +203,8 @@ def _open(mix: Mix, dom: Domain, src: Source) -> tuple[Iterable[dict], str, str]
             where = [mix.base_dir or "."] + ([str(env.data_root())] if env.data_root() else [])
             raise _bad(f"domain {dom.name!r}", f"file {src.path} not found (looked in {', '.join(where)}); "
                        "fix the path, set PRUNEKIT_DATA, or add a `hub:` fallback.")
+    import datasets
+    datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(src.hub, src.config, split=src.split, streaming=True)
     except Exception as e:  # datasets raises many types for a missing hub id or no network
@@ -209,6 +212,31 @@ def _open(mix: Mix, dom: Domain, src: Source) -> tuple[Iterable[dict], str, str]
                    f"({type(e).__name__}: {e}); use a local file instead.") from e
     template = src.hub_template or dom.template
     return _window(ds, src), template, f"hub:{src.hub}:{src.config}:{src.split}:{src.skip}:{src.max_records}"
+
+
+def _jsonl(path: Path, dom: Domain) -> list[dict]:
+    """A JSON-lines file's records, one object per line (blank lines skipped). The text fields come out as
+    datasets' json loader gives them; a record missing a template's field is an error here, not "None"."""
+    where = f"domain {dom.name!r}"
+    out = []
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first record
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    hint = (" It looks like one JSON array: name the file .json, or write one object per line."
+                            if n == 1 and line.lstrip().startswith("[") else "")
+                    raise _bad(where, f"{path} line {n} is not JSON ({e}); fix the file.{hint}") from e
+                if not isinstance(rec, dict):
+                    raise _bad(where, f"{path} line {n} is a JSON {type(rec).__name__}, not an object with the "
+                               "template's fields; write one object per line.")
+                out.append(rec)
+    except UnicodeDecodeError as e:
+        raise _bad(where, f"{path} is not UTF-8 text ({e}); convert it to UTF-8.") from e
+    return out
 
 
 def _window(ds, src: Source) -> Iterator[dict]:

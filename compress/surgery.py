@@ -17,11 +17,14 @@ from .plan import Dims
 def slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     """A new Linear keeping rows (dim=0, outputs) or columns (dim=1, inputs) idx of `lin`."""
     idx = idx.to(lin.weight.device)
-    w = lin.weight.data.index_select(dim, idx).clone()
-    out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, dtype=w.dtype, device=w.device)
-    out.weight.data.copy_(w)
+    w = lin.weight.data.index_select(dim, idx)
+    # Built on the meta device: a random init of the new weights would only be overwritten (seconds per model).
+    out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, dtype=w.dtype, device="meta")
+    out.weight = nn.Parameter(w, requires_grad=lin.weight.requires_grad)
     if lin.bias is not None:
-        out.bias.data.copy_(lin.bias.data.index_select(0, idx) if dim == 0 else lin.bias.data)
+        # clone: an uncut bias shared with the old layer may live in memory-mapped pages that offloading releases
+        b = lin.bias.data.index_select(0, idx) if dim == 0 else lin.bias.data.clone()
+        out.bias = nn.Parameter(b, requires_grad=lin.bias.requires_grad)
     return out
 
 

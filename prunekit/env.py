@@ -1,6 +1,7 @@
 """The one module that reads the environment (paths, caches, offline data)."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -29,7 +30,8 @@ def data_root() -> Path | None:
     return None
 
 
-def _cpuinfo() -> str:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:  # read once: the compress hooks ask per batch
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -91,10 +91,18 @@ def test_weights_split_total(tmp_path, qa_file):
     ({"source": "qa.jsonl", "template": "{question}", "samples": 500}, "tokens but"),
     ({"source": "qa.jsonl", "samples": 1}, "missing `template`"),
     ({"source": "qa.xml", "template": "{question}", "samples": 1}, "unsupported type"),
+    ({"source": "broken.jsonl", "template": "{question}", "samples": 1}, "line 2 is not JSON"),
+    ({"source": "list.jsonl", "template": "{question}", "samples": 1}, "line 1 is a JSON list"),
+    ({"source": "array.jsonl", "template": "{question}", "samples": 1}, "one JSON array"),
+    ({"source": "latin1.jsonl", "template": "{question}", "samples": 1}, "not UTF-8"),
 ])
 def test_bad_specs_name_the_domain(tmp_path, qa_file, domain, match):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "qa.xml").write_text("<x/>")
+    (tmp_path / "broken.jsonl").write_text('{"question": "a"}\n{"question": \n')
+    (tmp_path / "list.jsonl").write_text('["a", "b"]\n')
+    (tmp_path / "array.jsonl").write_text('[\n  {"question": "a"}\n]\n')
+    (tmp_path / "latin1.jsonl").write_bytes('{"question": "caf\u00e9"}\n'.encode("latin-1"))
     p = mix_file(tmp_path, {"mathy": domain})
     with pytest.raises(PrunekitError, match=match) as e:
         D.build(D.load_mix(p), WordTok())
@@ -108,3 +116,15 @@ def test_bad_top_level(tmp_path):
         D.parse_mix({"domains": {"a": {"source": "x", "template": "{t}", "samples": 1}}, "sed": 1})
     with pytest.raises(PrunekitError, match="does not exist"):
         D.load_mix(tmp_path / "nope.yaml")
+
+
+def test_jsonl_records_are_what_datasets_reads(tmp_path):
+    """JSON lines are read without `datasets` (and pyarrow): the same records, blank lines skipped, so the
+    same calibration text."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"text": "caf\u00e9 \u4e2d\u6587", "n": 1}, {"text": "two\nlines", "n": 2}, {"text": "x", "n": 3}]
+    f = tmp_path / "d.jsonl"
+    f.write_text("\ufeff" + json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\r\n" + json.dumps(rows[2]),
+                 encoding="utf-8")  # a byte-order mark, a blank line, CRLF, no final newline
+    ours = D._jsonl(f, D.Domain("web", D.Source(path=str(f)), "{text}", samples=1, eval_samples=0))
+    assert ours == rows == list(datasets.load_dataset("json", data_files=str(f), split="train"))

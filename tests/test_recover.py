@@ -123,8 +123,9 @@ def test_recovery_between_rounds_trains_after_every_cut(tmp_path):
         assert rd["recovery"]["steps"] == 2 and rd["quick_ppl_recovered"] != rd["quick_ppl"]
     # round 2 cut further the model round 1's share had trained
     assert m.rounds[1]["quick_ppl"] != m.rounds[0]["quick_ppl_recovered"]
-    # The cut's own time excludes the training (a tiny cut can round to 0.0 s); the profile counts both shares.
-    assert m.timings_s["recover"] >= r["seconds"] > 0 and m.timings_s["compress"] >= 0
+    # The cut's own time excludes the training (a tiny cut can round to 0.0 s, and on a fast CPU so can these
+    # four steps); the profile counts both shares.
+    assert m.timings_s["recover"] >= r["seconds"] >= 0 and m.timings_s["compress"] >= 0
     assert {s["stage"]: s["calls"] for s in m.profile["stages"]}["recovery"] == 2
     with pytest.raises(PrunekitError, match="only 1 sequence"):  # before the cut, not after
         compress(c.replace(out=str(tmp_path / "o2"), recover_tokens=32), log=lambda _: None)

@@ -180,7 +180,13 @@ def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path):
     from safetensors.torch import load_file
 
     src = tiny_src(tmp_path / "m", intermediate_size=256, num_hidden_layers=4), tiny_mix(tmp_path / "mix")
-    one = compress(cfg(src, tmp_path / "one", quick_eval=0), log=lambda m: None)
+    # One thread, as each rank below: with more, oneDNN may block a product differently (seen on an AMX Xeon:
+    # 4e-5 apart), which the refit's solve amplifies; the test is about the summed statistics, not threading.
+    threads = torch.get_num_threads()
+    try:
+        one = compress(cfg(src, tmp_path / "one", quick_eval=0, threads=1), log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)  # compress sets it for the process: give later tests theirs back
     args = ["--model", str(src[0]), "--calib", str(src[1]), "--out", str(tmp_path / "two"), "--ratio", "0.2",
             "--ratio-of", "decoder", "--align", "32", "--structures", "mlp,heads", "--tolerance", "0.06",
             "--rounds", "2", "--seed", "0", "--dtype", "float32", "--threads", "1"]
@@ -320,3 +326,30 @@ def test_compress_scale_reports_each_setting_from_a_fresh_process(tmp_path):
     md = (out / "compress-scale.md").read_text()
     assert "| cut and refit |" in md and "prunekit compress --model" in md
     assert main(["--shape", "tiny", "--settings", "offload"]) == 2  # not KEY=VALUE: a clear error
+
+
+@pytest.mark.unit
+def test_bf16_products_give_the_fp32_gram_of_bf16_activations():
+    """The cut's gram on a bf16 model is built by oneDNN's bf16 math (fast on AMX): with inputs that hold bf16
+    values it equals fp32's, to fp32 rounding. Where the CPU has native bf16 the mode must really be on: a
+    product of inputs that are not bf16-exact is then visibly rounded."""
+    from prunekit.compress.stats import Gram, bf16_products
+    from prunekit.env import cpu_has_fast_bf16
+
+    torch.manual_seed(0)
+    xs = [torch.randn(300, 700).bfloat16().float() for _ in range(3)]  # bf16-exact, as bf16 activations are
+    g64 = sum(x.double().T @ x.double() for x in xs)
+    with bf16_products():
+        g = Gram()
+        for x in xs:
+            g.add(x)
+        g = g.result()
+    assert torch.equal(g, g.T)
+    assert (g - g64).abs().max() <= 1e-6 * g64.abs().max()
+    y = torch.randn(300, 90)
+    with bf16_products():
+        rough = xs[0].T @ y
+    assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"  # the mode ends with the block
+    if cpu_has_fast_bf16():
+        exact = xs[0].double().T @ y.double()
+        assert (rough.double() - exact).abs().max() > 1e-4 * exact.abs().max()

@@ -50,3 +50,31 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
         # are not.
         assert row["wall_ms"] > 0 and row["decoder matmuls"] + row["LM head"] > 0, row
         assert abs(sum(row[c] for c in CATEGORIES) - row["wall_ms"]) < 1e-6 * row["wall_ms"] + 1e-9, row
+
+
+@pytest.mark.unit
+def test_gpu_decode_rehearses_on_the_cpu(tmp_path):
+    """The prepared GPU decode bench (bench/gpu_decode.py) runs end to end on the CPU, so a lent GPU's few
+    minutes are not spent on its bugs: each path's rate, its bandwidth limit and the table."""
+    import json
+
+    from prunekit.bench.gpu_decode import bytes_per_step, markdown, run
+
+    res = run(["tiny"], [0.0, 0.2], prompt_len=8, n=4, batch=2, repeats=1, compiled_batches=[], out=tmp_path,
+              dev="cpu", log=lambda m: None)
+    dense, cut = res["rows"]
+    assert cut["width"] < dense["width"] and cut["params"] < dense["params"]
+    for r in res["rows"]:
+        for path in ("eager b1", "eager b2"):
+            p = r["paths"][path]
+            assert p["tok_s"] > 0 and 0 < p["of_limit"] and p["limit_tok_s"] > 0
+    assert cut["paths"]["eager b1"]["limit_tok_s"] > dense["paths"]["eager b1"]["limit_tok_s"]
+    assert json.loads((tmp_path / "gpu-decode.json").read_text())["rows"][1]["ratio"] == 0.2
+    assert "| tiny | 20% |" in markdown(res)
+
+    from prunekit.bench.gpu_decode import build
+    model, width, _ = build("tiny", 0.0, "cpu")
+    c = model.config  # untied: the LM head is read, the input embedding only gathered
+    w = sum(p.numel() * 2 for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n)
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2
+    assert bytes_per_step(model, 3, 10) == w + 3 * kv * 10
