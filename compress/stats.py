@@ -205,9 +205,8 @@ class Sum:
 
 class Gram(Sum):
     """X^T X over batches of (tokens, n). A batch adds only the row panels on and above the diagonal,
-    X[:, a:b]^T X[:, a:] (55% of the full product for a 4864-wide MLP input, in a few large products: on AMX
-    2.4x faster than 55 block products mirrored batch by batch); the lower triangle is mirrored once, at
-    the end. The largest cost of a cut pass after the layer's forwards."""
+    X[:, a:b]^T X[:, a:] (55% of the full product for a 4864-wide MLP input, in a few large products rather
+    than many block products mirrored batch by batch); the lower triangle is mirrored once, at the end. The largest cost of a cut pass after the layer's forwards."""
 
     def add(self, x: torch.Tensor) -> "Gram":
         n = x.shape[1]
@@ -229,17 +228,12 @@ class Gram(Sum):
         return g
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """X^T X of one (tokens, n) matrix, fp64."""
-    return Gram().add(x).result()
-
-
 @contextmanager
 def bf16_products(on: bool = True):
     """fp32 matmuls computed by oneDNN's bf16 kernels with fp32 accumulation and fp32 results. Exact where both
     inputs hold bf16 values (activations and weights of a model that computes in bf16 do): then the same
-    products as fp32, faster on AMX (a 2048 x 3904 gram: 0.15 s against 0.26 s on 2 cores). Callers turn it
-    on only for such inputs and CPUs with native bf16; with `on` false nothing changes."""
+    products as fp32, faster on AMX. Callers turn it on only for such inputs and CPUs with native bf16;
+    with `on` false nothing changes."""
     mm = getattr(torch.backends.mkldnn, "matmul", None)
     if not on or mm is None or not hasattr(mm, "fp32_precision"):
         yield
@@ -316,6 +310,7 @@ def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
     keep = keep.to(consumer.weight.device)
     w = consumer.weight  # read in fp32 only where the output is bf16 (below)
     bias = None if consumer.bias is None else consumer.bias.float()
+    native_bf16 = cpu_has_fast_bf16()  # once, not per batch
 
     def fn(_m, args, out):
         x = args[0].reshape(-1, args[0].shape[-1])
@@ -324,7 +319,7 @@ def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
             on_kept(xk)
         # bf16 activations on a CPU with native bf16: X W^T and the gram have bf16-exact inputs, so oneDNN's
         # bf16 math gives fp32's results, faster. Token weights and Y are not bf16-exact: X_K^T Y stays fp32.
-        fast = x.dtype == torch.bfloat16 and x.device.type == "cpu" and not relative and cpu_has_fast_bf16()
+        fast = x.dtype == torch.bfloat16 and x.device.type == "cpu" and not relative and native_bf16
         xk = xk.float()
         if targets is not None:
             y = targets[b[0]] @ target_w.float().T
