@@ -41,6 +41,19 @@ def weight_bytes_per_token(artifact: Path) -> int:
     return total
 
 
+def stored_params(artifact: Path) -> int:
+    """Parameters in an artifact's safetensors, from their headers (no weights read): what a model that was
+    not pruned by prunekit (dense) has, when no quality run loads it."""
+    import math
+
+    from safetensors import safe_open
+    total = 0
+    for f in sorted(artifact.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+    return total
+
+
 def disk_mb(artifact: Path) -> dict:
     hf = sum(p.stat().st_size for p in artifact.glob("*.safetensors"))
     onnx = sum(p.stat().st_size for p in (artifact / "onnx").glob("*")) if (artifact / "onnx").is_dir() else 0

@@ -24,7 +24,7 @@ from prunekit.errors import PrunekitError
 from prunekit.proc import run_group
 
 from .config import RUNTIMES, BenchConfig
-from .models import FULL, QUICK, Variant, disk_mb, prepare, weight_bytes_per_token
+from .models import FULL, QUICK, Variant, disk_mb, prepare, stored_params, weight_bytes_per_token
 
 
 @dataclass
@@ -115,6 +115,15 @@ def run_worker(module: list[str], req: dict, threads: int, timeout: int = 900) -
         return json.loads(rs.read_text())
 
 
+def run_order(items: list, rep: int) -> list:
+    """The order of repeat `rep` of interleaved timings: each repeat starts one item later and every other one
+    runs backwards, so drift of the machine spreads over every item and none always runs in the same place or
+    after the same one. On these VMs a run's speed depended on its position: in vLLM at batch 8 whichever
+    artifact ran second was slow (bench/results/2026-11-30-epyc-2c-shapes-qwen2.5-0.5b)."""
+    turn = items[rep % len(items):] + items[:rep % len(items)] if items else []
+    return turn[::-1] if rep % 2 else turn
+
+
 def summarize(samples: list[dict]) -> dict:
     ok = [s for s in samples if "error" not in s]
     out = {"runs": len(ok), "errors": [s["error"] for s in samples if "error" in s]}
@@ -191,7 +200,9 @@ def run_bench(cfg: BenchConfig, log=None) -> Path:
         _, m = load_artifact(art)
         params = (m.source or {}).get("manifest", {}).get("params", {})
         results["models"][label] = {"artifact": str(art), "layout": m.layout,
-                                    "params": params.get("pruned_total"), "dense_params": params.get("dense_total"),
+                                    # a dense artifact has no pruning record: its stored tensors are its size
+                                    "params": params.get("pruned_total") or stored_params(art),
+                                    "dense_params": params.get("dense_total"),
                                     "weight_bytes_per_token": weight_bytes_per_token(art), **disk_mb(art)}
     if not skip_quality:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -228,7 +239,7 @@ def run_bench(cfg: BenchConfig, log=None) -> Path:
         for label in arts:
             results["models"][label]["speed_raw"] = samples[label]  # filled in place, checkpointed as it goes
         for rep in range(p.repeats):
-            for label, art in arts.items():      # interleaved: every model once per repeat
+            for label, art in run_order(list(arts.items()), rep):  # interleaved: every model once per repeat
                 for rt in p.runtimes:
                     t = time.time()
                     s = speed_once(rt, art, p, threads, dtype, device=device.type)

@@ -146,7 +146,7 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
     from prunekit.env import compute_dtype
 
     from .models import weight_bytes_per_token
-    from .run import PROFILES, machine, speed_once, summarize
+    from .run import PROFILES, machine, run_order, speed_once, summarize
     bad = [s for s in shapes if s not in SHAPES]
     if bad:
         raise PrunekitError(f"unknown shape {bad}; choose from {', '.join(SHAPES)}.")
@@ -176,11 +176,7 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
     partial = out / "shapes.partial.json"  # each repeat as it completes: a long run survives a kill
     order = list(arts.items())
     for rep in range(repeats):
-        # Interleaved; each repeat starts one cut later and every other one runs backwards: drift of the machine
-        # spreads over every cut, and no cut always runs in the same place or after the same one (on this VM a
-        # run's speed depended on its position).
-        turn = order[rep % len(order):] + order[:rep % len(order)]
-        for key, art in (turn[::-1] if rep % 2 else turn):
+        for key, art in run_order(order, rep):  # interleaved, rotated (see run_order)
             for rt in runtimes:
                 s = speed_once(rt, art, p, threads, dtype)
                 rows[key]["samples"].setdefault(rt, []).append(s)

@@ -22,7 +22,7 @@ from .search import KLProbe, kl_shape, probe_batches, sig
 from .stats import (LayerRunner, advance_cut, consumer_grams, consumer_inputs, consumer_normal, make_batches,
                     mlp_normal_cached)
 from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, head_rows, layer_shapes, obs_keep,
-                      remove_layers, sync_config)
+                      permute_mlp, remove_layers, sync_config)
 
 
 def current_shape(model, fam: Family, n_layers_orig: int, alive: list[int]) -> P.Shape:
@@ -122,6 +122,16 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
                     apply_layer(layers[pos], fam, dims, plan.mlp[idx], plan.groups[idx])
         return None
     runner = LayerRunner(model, fam, batches)
+    try:
+        return _cut_layers(model, fam, runner, batches, plan, alive, s, dims, desc, dense, score_next)
+    finally:
+        runner.close()
+
+
+def _cut_layers(model, fam: Family, runner: LayerRunner, batches, plan: P.Plan, alive: list[int],
+                s: CompressConfig, dims: P.Dims, desc: str, dense, score_next: bool) -> list[Scores] | None:
+    layers = get_module(model, fam.layers)
+    place = placement(model)
     nxt: list[Scores] = []
     ref = LayerRunner(dense, fam, batches) if dense is not None else None
     ref_layers = get_module(dense, fam.layers) if dense is not None else None
@@ -173,9 +183,14 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int], s: 
     try:
         with place.layer(layer):
             with stage("cut and refit"):
-                normal, cache = mlp_normal_cached(runner, pos, torch.tensor(keep),
+                # The kept channels first: the forward is the same, and the kept inputs X_K are then the first K
+                # columns of down_proj's input (a slice, not a gather of scattered columns: 4% of a compress).
+                mlp = getattr(layer, fam.mlp)
+                permute_mlp(mlp, fam, keep)
+                first = list(range(len(keep)))
+                normal, cache = mlp_normal_cached(runner, pos, torch.tensor(first),
                                                   relative=s.weighting == "relative", with_stats=score_next)
-                cut_mlp(getattr(layer, fam.mlp), fam, keep, None, s.ridge, normal=normal)
+                cut_mlp(mlp, fam, first, None, s.ridge, normal=normal)
                 del normal  # G_KK and R: not held while the stream advances
         point("compress:cut")
         with stage("statistics" if score_next else "cut and refit"):
@@ -209,6 +224,10 @@ def _cut_layer(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: 
             gram, cross = consumer_grams(runner, pos, consumer, targets, relative=relative)
             keep = plan.mlp[idx] = obs_keep(consumer.weight.data, gram, len(keep), s.ridge)
         else:  # the kept inputs are known: the refit's system on them alone
+            if kind == "mlp":  # kept channels first, as in _cut_layer_cached: the same products in both paths
+                permute_mlp(getattr(layer, parent), fam, keep)
+                keep = list(range(len(keep)))
+                consumer = getattr(getattr(layer, parent), name)
             rows = torch.tensor(keep) if kind == "mlp" else head_rows(keep, dims.n_rep, dims.head_dim)[0]
             normal = consumer_normal(runner, pos, consumer, rows, targets, target_w, relative=relative)
         if kind == "heads":

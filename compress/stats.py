@@ -26,8 +26,11 @@ class Moments:
     sumsq: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()
-        s, q = x.sum(0).double(), (x * x).sum(0).double()
+        # One fp32 copy, squared in place after its sum: the same sums as x.sum(0), (x * x).sum(0), with one
+        # full-size temporary instead of two (at a 4864-wide MLP input this was 5% of a compress).
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32, copy=True)
+        s = x.sum(0).double()
+        q = x.square_().sum(0).double()
         self.sum = s if self.sum is None else self.sum + s
         self.sumsq = q if self.sumsq is None else self.sumsq + q
         self.n += x.shape[0]
@@ -99,6 +102,21 @@ class LayerRunner:
         batches = shard(batches)
         self.domains = [d for d, _ in batches]
         self.hidden, self.kwargs = first_layer_inputs(model, self.layers[0], [ids for _, ids in batches])
+        self._spills: tuple[Spill, Spill] | None = None
+
+    def spills(self) -> tuple[Spill, Spill]:
+        """Two empty spill files (a cut layer's kept inputs and residuals), the same two for every layer."""
+        if self._spills is None:
+            self._spills = (Spill(), Spill())
+        for sp in self._spills:
+            sp.clear()
+        return self._spills
+
+    def close(self) -> None:
+        """Close the spill files (unlinked temporary files: closing frees their disk space)."""
+        for sp in self._spills or ():
+            sp.close()
+        self._spills = None
 
     @property
     def layers(self):
@@ -302,47 +320,55 @@ def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
                     targets: list[torch.Tensor] | None = None, target_w: torch.Tensor | None = None,
                     relative: bool = False, on_kept=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The refit's normal equations on the kept inputs K of `consumer` only: G_KK = X_K^T X_K and
-    R = X_K^T Y, Y the output to preserve (X W^T; with targets, the dense consumer's T W_dense^T), fp64
-    accumulators. The same system refit() builds from the full gram (R = G[K, :] W^T), at (K/n)^2 of the
-    gram's cost and memory: when the kept inputs are known before the pass (selection by score).
-    `on_kept(xk)`, when given, sees each batch's kept inputs (tokens, K) in the compute dtype, unweighted."""
+    R = X_K^T Y, Y the output to preserve (the consumer's own output X W^T as the model computed it; with
+    targets, the dense consumer's T W_dense^T), fp64 accumulators. The same system refit() builds from the
+    full gram (R = G[K, :] W^T), at (K/n)^2 of the gram's cost and memory: when the kept inputs are known
+    before the pass (selection by score). `on_kept(xk)`, when given, sees each batch's kept inputs
+    (tokens, K) in the compute dtype, unweighted."""
     g_sum, r_sum, b = Gram(), Sum(), [0]
     keep = keep.to(consumer.weight.device)
-    w = consumer.weight  # read in fp32 only where the output is bf16 (below)
+    k = keep.numel()
+    # Kept inputs that are the first K (iterate permutes a layer's channels so): a slice, not a gather.
+    prefix = bool(k) and torch.equal(keep.cpu(), torch.arange(k))
     bias = None if consumer.bias is None else consumer.bias.float()
-    native_bf16 = cpu_has_fast_bf16()  # once, not per batch
+    # bf16 activations on a CPU with native bf16: products of bf16-exact inputs run on oneDNN's bf16 kernels with
+    # fp32's results, faster. Token weights and a bias make them inexact: those products stay fp32.
+    fast = (runner.place.dtype == torch.bfloat16 and runner.place.device.type == "cpu" and not relative
+            and cpu_has_fast_bf16())
 
     def fn(_m, args, out):
         x = args[0].reshape(-1, args[0].shape[-1])
-        xk = x.index_select(1, keep)
+        xk = x[:, :k].contiguous() if prefix else x.index_select(1, keep)
         if on_kept is not None:
             on_kept(xk)
-        # bf16 activations on a CPU with native bf16: X W^T and the gram have bf16-exact inputs, so oneDNN's
-        # bf16 math gives fp32's results, faster. Token weights and Y are not bf16-exact: X_K^T Y stays fp32.
-        fast = x.dtype == torch.bfloat16 and x.device.type == "cpu" and not relative and native_bf16
         xk = xk.float()
         if targets is not None:
             y = targets[b[0]] @ target_w.float().T
-        elif out.dtype == torch.float32:  # the consumer's own output, less its bias: X W^T, computed once
-            y = out.reshape(-1, out.shape[-1]) - (0 if bias is None else bias)
-        else:  # a bf16 output is rounded: the product again, with fp32 accumulation
-            with bf16_products(fast and w.dtype == torch.bfloat16):
-                y = x.float() @ w.float().T
+        else:
+            # The consumer's own output, less its bias. A bf16 model's output is rounded to bf16: a target off by
+            # at most 2^-9 of each value, far inside the cut's error, with no second product per batch. Both
+            # that and its fp32 X_K^T Y (14% of a 0.5B compress together) are gone; what it costs is that the
+            # rounding follows the thread count's summation order, so plans may differ in a few near-tied
+            # channels between thread counts (measured: held-out perplexity equal to 0.05%).
+            y = out.reshape(-1, out.shape[-1]).float()
+            if bias is not None:
+                y = y - bias
         if relative:  # each token's row weighted (Y too, as G[K, :] W^T weights it)
             s = token_weights(runner.hidden[b[0]]).sqrt()[:, None]
             xk = xk * s
             y = y * s if targets is None else y
         with bf16_products(fast):
             g_sum.add(xk)
-        r_sum.add(xk.T @ y)
+        with bf16_products(fast and targets is None and bias is None and out.dtype == torch.bfloat16):
+            r_sum.add(xk.T @ y)
         b[0] += 1
 
     run_hooked(runner, i, consumer.register_forward_hook(fn))
     acc = {"g": g_sum.result(), "r": r_sum.result()}
     if world()[1] > 1:  # summed over ranks (a rank without batches adds zeros)
-        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=w.device)  # noqa: E731
-        acc["g"] = all_sum(acc["g"] if acc["g"] is not None else z(len(keep), len(keep)))
-        acc["r"] = all_sum(acc["r"] if acc["r"] is not None else z(len(keep), w.shape[0]))
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=consumer.weight.device)  # noqa: E731
+        acc["g"] = all_sum(acc["g"] if acc["g"] is not None else z(k, k))
+        acc["r"] = all_sum(acc["r"] if acc["r"] is not None else z(k, consumer.weight.shape[0]))
     return acc["g"], acc["r"]
 
 
@@ -356,9 +382,10 @@ class CutCache:
     stats: LayerStats | None  # the cut layer's statistics (the next round's), all but its output terms
 
     def close(self) -> None:
+        """Release the cached tensors. Spills belong to the runner, which reuses them for the next layer."""
         for part in (self.xk, self.resid):
             if isinstance(part, Spill):
-                part.close()
+                part.clear()
         self.xk, self.resid = [], []
 
 
@@ -375,7 +402,7 @@ def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relativ
     stats = LayerStats({d: DomainStats() for d in runner.all_domains}) if with_stats else None
     # Offloading (the model does not fit at the compute place): X_K and the residuals wait on disk.
     off = runner.place.offload
-    cache = CutCache(Spill() if off else [], Spill() if off else [], stats)
+    cache = CutCache(*(runner.spills() if off else ([], [])), stats)
     # A batch's forward runs o_proj, then the post-attention norm, then down_proj: the count of residuals
     # cached so far says which batch (so which domain) is running.
     n_resid = [0]

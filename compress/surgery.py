@@ -133,6 +133,16 @@ def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | N
         mlp.intermediate_size = len(keep)
 
 
+def permute_mlp(mlp: nn.Module, fam: Family, first: list[int]) -> None:
+    """Reorder MLP channels so that `first` come first, in that order, then the rest: the MLP computes the
+    same function (up to the order of down_proj's sum)."""
+    n = getattr(mlp, fam.down).in_features
+    rest = sorted(set(range(n)) - set(first))
+    order = torch.tensor(list(first) + rest, dtype=torch.long)
+    for name, dim in ((fam.gate, 0), (fam.up, 0), (fam.down, 1)):
+        setattr(mlp, name, slice_linear(getattr(mlp, name), order, dim))
+
+
 def head_rows(keep_groups: list[int], n_rep: int, hd: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(query rows, KV rows) of the kept KV groups: KV head g and its query heads g*n_rep .. (g+1)*n_rep - 1."""
     kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in keep_groups])

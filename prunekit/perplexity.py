@@ -6,7 +6,12 @@ import math
 import torch
 
 
-VOCAB_CHUNK = 16384  # LM-head rows per step: the logits of a batch never exist for the whole vocabulary
+# The LM head runs on tiles of TOKEN_BLOCK tokens x VOCAB_CHUNK rows: the logits of a batch never exist for the
+# whole vocabulary, and a tile's fp32 logits (8 MB) stay in cache through the cast, the log-sum-exp and the
+# gather. Whole batches x 16384 rows (268 MB a tile at 4088 tokens) went through memory for each of those, and
+# took 2.2x as long (AMX, bf16, 0.5B shape's 152k vocabulary).
+VOCAB_CHUNK = 4096
+TOKEN_BLOCK = 512
 
 
 def head_nll(h: torch.Tensor, targets: torch.Tensor, head: torch.nn.Linear) -> float:
@@ -29,14 +34,16 @@ def head_nll_many(hs: list[torch.Tensor], targets: list[torch.Tensor], head: tor
         wc = w[v0:v0 + VOCAB_CHUNK].to(h0.device, h0.dtype)
         bc = None if b is None else b[v0:v0 + VOCAB_CHUNK].to(h0.device, h0.dtype)
         for i, (h, t) in enumerate(zip(hs, targets)):
-            z = h @ wc.T
-            if bc is not None:
-                z = z + bc
-            z = z.float()
-            lse[i] = torch.logaddexp(lse[i], torch.logsumexp(z, dim=-1))
-            inside = (t >= v0) & (t < v0 + wc.shape[0])
-            idx = (t - v0).clamp(0, wc.shape[0] - 1)
-            picked[i] += torch.where(inside, z.gather(1, idx[:, None])[:, 0], 0.0)
+            for a in range(0, h.shape[0], TOKEN_BLOCK):
+                z = h[a:a + TOKEN_BLOCK] @ wc.T
+                if bc is not None:
+                    z = z + bc
+                z = z.float()
+                lse[i][a:a + TOKEN_BLOCK] = torch.logaddexp(lse[i][a:a + TOKEN_BLOCK], torch.logsumexp(z, dim=-1))
+                tb = t[a:a + TOKEN_BLOCK]
+                inside = (tb >= v0) & (tb < v0 + wc.shape[0])
+                idx = (tb - v0).clamp(0, wc.shape[0] - 1)
+                picked[i][a:a + TOKEN_BLOCK] += torch.where(inside, z.gather(1, idx[:, None])[:, 0], 0.0)
     return float(sum((l_ - p).sum() for l_, p in zip(lse, picked)))
 
 

@@ -35,11 +35,12 @@ def cfg(src, out, **kw) -> CompressConfig:
 
 @pytest.mark.unit
 def test_head_nll_is_the_full_vocabulary_cross_entropy():
-    from prunekit.perplexity import VOCAB_CHUNK, head_nll
+    from prunekit.perplexity import TOKEN_BLOCK, VOCAB_CHUNK, head_nll
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, VOCAB_CHUNK * 2 + 5, bias=True)  # three chunks, the last one short
-    h, tgt = torch.randn(40, 16), torch.randint(0, head.out_features, (40,))
+    n = TOKEN_BLOCK + 40  # two token blocks, the last one short
+    h, tgt = torch.randn(n, 16), torch.randint(0, head.out_features, (n,))
     tgt[:3] = torch.tensor([0, VOCAB_CHUNK, head.out_features - 1])  # chunk edges
     with torch.no_grad():
         ref = float(torch.nn.functional.cross_entropy(head(h), tgt, reduction="sum"))
@@ -285,6 +286,13 @@ def test_spill_gives_back_exactly_what_it_took():
     sp[0] = None
     with pytest.raises(TypeError):
         sp[0]
+    # Cleared, the same file takes the next layer's tensors over the old bytes, shorter or longer.
+    sp.clear()
+    assert len(sp) == 0
+    again = [torch.randn(2, 2), torch.randn(40, 9).to(torch.bfloat16)]
+    for t in again:
+        sp.append(t)
+    assert all(torch.equal(sp[i], t) for i, t in enumerate(again))
     sp.close()
 
 
@@ -353,3 +361,35 @@ def test_bf16_products_give_the_fp32_gram_of_bf16_activations():
     if cpu_has_fast_bf16():
         exact = xs[0].double().T @ y.double()
         assert (rough.double() - exact).abs().max() > 1e-4 * exact.abs().max()
+
+
+@pytest.mark.unit
+def test_normal_equations_of_a_bf16_layer():
+    """consumer_normal on a bf16 layer with its kept channels first: G_KK is the fp64 product of the layer's
+    own down_proj inputs, and R = X_K^T Y with Y the layer's own bf16 output (within 1e-5), which is the
+    exact X W^T to bf16 rounding (within 1e-2)."""
+    from prunekit.compress.stats import LayerRunner, consumer_normal
+    from prunekit.families import family_for_config, get_module
+
+    model = tiny_model("qwen2", vocab_size=320, intermediate_size=256, num_hidden_layers=2).to(torch.bfloat16)
+    fam = family_for_config(model.config)
+    ids = torch.randint(0, 320, (2, 3, 24), generator=torch.Generator().manual_seed(1))
+    runner = LayerRunner(model, fam, [("a", ids[0]), ("b", ids[1])])
+    down = getattr(getattr(get_module(model, fam.layers)[0], fam.mlp), fam.down)
+    xs, ys = [], []
+
+    def seen(_m, a, o) -> None:  # returns None: a forward hook's value would replace the output
+        xs.append(a[0].reshape(-1, a[0].shape[-1]).double())
+        ys.append(o.reshape(-1, o.shape[-1]).double())
+    hook = down.register_forward_hook(seen)
+    try:
+        gkk, r = consumer_normal(runner, 0, down, torch.arange(200))
+    finally:
+        hook.remove()
+    x, y = torch.cat(xs)[:, :200], torch.cat(ys)
+    g64, r64 = x.T @ x, x.T @ y
+    exact = x.T @ (torch.cat(xs) @ down.weight.double().T)
+    assert gkk.shape == (200, 200) and r.shape == (200, down.out_features)
+    assert (gkk - g64).abs().max() <= 1e-5 * g64.abs().max()
+    assert (r - r64).abs().max() <= 1e-5 * r64.abs().max()
+    assert (r - exact).abs().max() <= 1e-2 * exact.abs().max()

@@ -51,6 +51,24 @@ def test_cut_equals_masking(family_name):
     torch.testing.assert_close(logits(model), logits(ref), rtol=1e-4, atol=1e-5)
 
 
+def test_permuted_mlp_computes_the_same_and_cuts_to_the_same_layer(family_name):
+    """permute_mlp puts the kept channels first (so the kept inputs are a slice); the model computes the
+    same, and cutting to the first K channels then gives the layer that cutting to `keep` gives."""
+    model = tiny_model(family_name)
+    fam = family_for_config(model.config)
+    keep = [100, 3, 64, 7, 0]  # any order: they come first in this order
+    before = logits(model)
+    cut = copy.deepcopy(model)
+    mlp = getattr(get_module(model, fam.layers)[0], fam.mlp)
+    S.permute_mlp(mlp, fam, keep)
+    assert torch.equal(getattr(mlp, fam.gate).weight[:5],
+                       getattr(getattr(get_module(cut, fam.layers)[0], fam.mlp), fam.gate).weight[keep])
+    torch.testing.assert_close(logits(model), before, rtol=1e-5, atol=1e-6)
+    S.cut_mlp(mlp, fam, list(range(len(keep))), None, 0.0)
+    S.cut_mlp(getattr(get_module(cut, fam.layers)[0], fam.mlp), fam, keep, None, 0.0)
+    torch.testing.assert_close(logits(model), logits(cut), rtol=1e-5, atol=1e-6)
+
+
 def test_uniform_cut_is_stock_checkpoint(tmp_path, family_name):
     from transformers import AutoModelForCausalLM
 
