@@ -224,7 +224,8 @@ class Sum:
 class Gram(Sum):
     """X^T X over batches of (tokens, n). A batch adds only the row panels on and above the diagonal,
     X[:, a:b]^T X[:, a:] (55% of the full product for a 4864-wide MLP input, in a few large products rather
-    than many block products mirrored batch by batch); the lower triangle is mirrored once, at the end. The largest cost of a cut pass after the layer's forwards."""
+    than many block products mirrored batch by batch); the lower triangle is mirrored once, at the end. The
+    largest cost of a cut pass after the layer's forwards."""
 
     def add(self, x: torch.Tensor) -> "Gram":
         n = x.shape[1]
