@@ -121,6 +121,34 @@ def test_refit_beats_plain_slicing():
     torch.testing.assert_close(S.refit(w, gram, torch.arange(32), 0.0), w, rtol=1e-3, atol=1e-3)
 
 
+def test_refit_solves_in_fp32_only_where_the_gram_is_well_conditioned():
+    """fp32 where ||H||_F / lam is under the bound (the solution then matches fp64's), fp64 where a few massive
+    channels make it ill-conditioned (then as accurate as before)."""
+    torch.manual_seed(0)
+    x = (torch.randn(4000, 64) @ torch.randn(64, 64)).double()
+    rhs = x.T @ (x @ torch.randn(64, 16).double())
+
+    def solve(g, ridge=1e-2):
+        return S.refit_normal(g.clone(), rhs, ridge)
+
+    def exact(g, ridge=1e-2):  # the same system in fp64 throughout
+        h = g.clone()
+        h.diagonal().add_(ridge * h.diagonal().median())
+        return torch.linalg.solve(h, rhs).T
+
+    gram = x.T @ x
+    a = solve(gram)
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a.double(), exact(gram), rtol=1e-4, atol=1e-4 * exact(gram).abs().max().item())
+    x[:, :2] *= 1e4  # two massive-activation channels: the bound is exceeded
+    rhs = x.T @ (x @ torch.randn(64, 16).double())
+    gram = x.T @ x
+    assert float(torch.linalg.matrix_norm(gram)) > S.FP32_SOLVE_BOUND * 1e-2 * float(gram.diagonal().median())
+    a = solve(gram)
+    assert a.dtype == torch.float64
+    torch.testing.assert_close(a, exact(gram), rtol=1e-8, atol=1e-8 * exact(gram).abs().max().item())
+
+
 def test_per_layer_checkpoint_roundtrip(tmp_path):
     from prunekit.checkpoint import save_model
     from prunekit.loading import load_model
