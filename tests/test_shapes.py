@@ -50,6 +50,8 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
         # are not.
         assert row["wall_ms"] > 0 and row["decoder matmuls"] + row["LM head"] > 0, row
         assert abs(sum(row[c] for c in CATEGORIES) - row["wall_ms"]) < 1e-6 * row["wall_ms"] + 1e-9, row
+        # Three (1-token, N-token) pairs; the reported one is the median of their wall times.
+        assert len(row["pairs_wall_ms"]) == 3 and sorted(row["pairs_wall_ms"])[1] == round(row["wall_ms"], 2), row
 
 
 @pytest.mark.unit
