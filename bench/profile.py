@@ -27,6 +27,8 @@ from pathlib import Path
 CATEGORIES = ("decoder matmuls", "LM head", "attention", "sampling", "other ops", "framework")
 MATMUL = ("mm", "addmm", "matmul", "linear", "bmm", "gemm", "onednn", "MatMul", "Gemm", "FusedMatMul")
 ATTENTION = ("attention", "attn", "scaled_dot_product", "sdpa", "paged", "flash", "Softmax")
+# (1-token, N-token) pairs per profiled run: the median one is reported (median_pair).
+PAIRS = 3
 SAMPLING = ("argmax", "topk", "sample", "sort", "multinomial", "ArgMax")
 
 
@@ -217,7 +219,7 @@ def worker(req_path: str, res_path: str) -> None:
 
 
 def profile_once(runtime: str, art: Path, threads: int, dtype: str, prompt_len: int, new_tokens: int,
-                 batch: int, timeout: int = 900, pairs: int = 1) -> dict:
+                 batch: int, timeout: int = 900, pairs: int = PAIRS) -> dict:
     from prunekit.artifact import check_shipped_code, load_artifact, needs_remote_code
 
     from .run import run_worker
@@ -266,8 +268,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=33)
-    ap.add_argument("--pairs", type=int, default=3, help="(1-token, N-token) pairs per run; the median pair is "
-                    "reported (one pair on a noisy machine can give a negative part)")
+    ap.add_argument("--pairs", type=int, default=PAIRS,
+                    help="(1-token, N-token) pairs per run; the median pair is reported (one pair on a noisy "
+                    "machine can give a negative part)")
     ap.add_argument("--out", default=None, help="write profile.json and profile.md here")
     a = ap.parse_args(argv)
     arts = dict(x.split("=", 1) for x in a.artifact)

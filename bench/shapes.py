@@ -194,7 +194,7 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
                           "rows": {}}
         for rt in runtimes:
             for label in ("dense", profile):
-                r = profile_once(rt, arts[(shapes[0], label)], threads, dtype, prompt_len, new_tokens + 1, 1, pairs=3)
+                r = profile_once(rt, arts[(shapes[0], label)], threads, dtype, prompt_len, new_tokens + 1, 1)
                 res["profile"]["rows"].setdefault(rt, {})[label] = r
                 log(f"profile {shapes[0]} {label} {rt}: " + (r["error"] if "error" in r else
                                                             f"{r['wall_ms']:.2f} ms/token"))
