@@ -5,6 +5,11 @@ published checkpoints are; memory and time depend on the shapes, not on the valu
 --offload off and on) runs `prunekit compress` in its own process, so one run's peak cannot hide in
 another's, and the table is read from each manifest's profile.
 
+Every run evaluates the dense model itself (`--no-eval-cache`) unless its setting says `eval-cache=on`: a
+figure of a cold run, not one that found an earlier run's evaluation. Before and after each run a fixed
+matmul (2048^3 in the compute dtype, on the same threads) measures the machine's speed, since a shared
+VM's varies by 2-3x within minutes: the report then tells a slower run from a slower machine.
+
     python -m prunekit.bench.compress_scale --shape qwen2.5-0.5b --settings 'offload=off;offload=on' --threads 2
 """
 from __future__ import annotations
@@ -74,6 +79,31 @@ def parse_settings(text: str) -> list[dict[str, str]]:
     return out
 
 
+def machine_tflops(threads: int) -> float:
+    """The median speed of a 2048^3 matmul in the dtype compress computes in on this machine (TFLOP/s)."""
+    import torch
+
+    from prunekit.env import compute_dtype
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        a = torch.randn(2048, 2048, device=dev).to(getattr(torch, compute_dtype(dev)))
+        times = []
+        for _ in range(6):
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            a @ a
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return round(2 * 2048 ** 3 / sorted(times[1:])[2] / 1e12, 2)
+    finally:
+        torch.set_num_threads(old)
+
+
 def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, work: Path, log=print,
         on_row=None, tokenizer: str = "default") -> list[dict]:
     """Each setting's run; `on_row(rows)` after each (a report that grows as the runs finish)."""
@@ -85,19 +115,28 @@ def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, 
         dest = work / "compress-scale" / (shape + "-" + re.sub(r"[^A-Za-z0-9.]+", "-", label))
         s = dict(s)
         nproc = int(s.pop("nproc", "1"))  # data-parallel ranks under torchrun, the threads split between them
+        cached = s.pop("eval-cache", "off")
+        if cached not in ("on", "off"):
+            raise PrunekitError(f"setting eval-cache={cached!r}: use on or off.")
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] \
             if nproc > 1 else [sys.executable]
         cmd = launch + ["-m", "prunekit", "compress", "--model", str(src), "--out", str(dest), "--ratio", str(ratio),
                         "--threads", str(max(1, threads // nproc)), "--force"]
         for k, v in s.items():
             cmd += [f"--{k}", v]
+        if cached == "off":
+            cmd.append("--no-eval-cache")
         log(f"compress_scale: {label}: {' '.join(cmd[1:])}")
+        before = machine_tflops(threads)
         t0 = time.time()
         if subprocess.run(cmd).returncode != 0:
             raise PrunekitError(f"compress failed for setting {label!r} (its output is above); the rows "
                                 "finished before it are in the report.")
+        wall = round(time.time() - t0, 1)
         m = read_manifest(dest)
-        rows.append({"setting": label, "wall_s": round(time.time() - t0, 1), "placement": m.placement,
+        rows.append({"setting": label, "wall_s": wall, "placement": m.placement,
+                     "machine_tflops": [before, machine_tflops(threads)],
+                     "dense_from_cache": bool(m.quality.get("dense_from_cache")),
                      "profile": m.profile, "heldout_ppl": m.quality["heldout_ppl"], "params": m.params,
                      "command": " ".join((["torchrun"] + launch[3:] + ["-m", "prunekit"] if nproc > 1 else ["prunekit"])
                                          + cmd[cmd.index("compress"):])})
@@ -133,6 +172,10 @@ def markdown(shape: str, rows: list[dict], threads: int) -> str:
         f"{r['placement']['device']} {r['placement']['dtype']}" + (
             f", offload (home {r['placement']['home_dtype']})" if r["placement"]["offload"] else "")
         for r in rows) + " |")
+    lines.append("| dense eval | " + " | ".join("from an earlier run's cache" if r.get("dense_from_cache") else "measured"
+                                               for r in rows) + " |")
+    lines.append("| machine speed before / after (2048^3 matmul, TFLOP/s) | " + " | ".join(
+        " / ".join(map(str, r["machine_tflops"])) if "machine_tflops" in r else "-" for r in rows) + " |")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,9 @@ class CompressConfig(Config):
                        "at a time to the device: on, off, or auto (on when the model in its compute dtype would "
                        "take more than half the device's free memory)", choices=("auto", "on", "off"))
     threads: int | None = opt(None, "torch threads (default: torch's choice)", type=int)
+    eval_cache: bool = opt(True, "measure the dense model's held-out perplexity again rather than take it from an "
+                           "earlier run on the same source, held-out text, placement and versions (kept under "
+                           "$PRUNEKIT_EVAL_CACHE, default $PRUNEKIT_HOME/dense-eval; the new figure replaces it)", flag="--no-eval-cache")
     force: bool = opt(False, "replace a non-empty --out")
     trust_remote_code: bool = opt(False, "run the model's own code (off by default)")
     allow_pickle: bool = opt(False, "accept *.bin/*.pt weights (unsafe: unpickling runs code)")
@@ -157,7 +160,7 @@ class CompressConfig(Config):
         """The fields that decide the cut, recorded in the manifest as `settings` in the shape prunekit/1
         has always used: the deployment constraints nested under "constraints"."""
         d = self.to_dict(exclude=("out", "model", "calib", "force", "threads", "trust_remote_code", "allow_pickle",
-                                  "device", "offload"))
+                                  "device", "offload", "eval_cache"))
         d["constraints"] = {k: d.pop(k) for k in CONSTRAINTS}
         return d
 

@@ -22,6 +22,7 @@ from prunekit.perplexity import per_domain, table
 from prunekit.stages import Stages, stage
 
 from . import data as D
+from . import dense_eval as DE
 from . import plan as P
 from .config import CompressConfig
 from .iterate import prune
@@ -88,6 +89,25 @@ def precheck(cfg: CompressConfig, log):
     return config, source, fam
 
 
+def dense_heldout(model, heldout: dict, cfg: CompressConfig, source: str, src_hash: str, where: dict, ranks: int,
+                  log) -> tuple[dict[str, float], bool]:
+    """The dense model's held-out perplexity per domain, from the cache of earlier runs where one matches
+    (compress.dense_eval), and whether it came from there. Rank 0's cache decides for every rank (they
+    evaluate together)."""
+    key = DE.cache_key(src_hash, source, heldout, where, cfg.batch_size, ranks)
+    # --no-eval-cache measures again, and the figure it measures replaces the kept one.
+    rec = from_rank0(DE.load(key, list(heldout)) if cfg.eval_cache else None)
+    if rec is not None:
+        log(f"dense held-out perplexity: from the cache of an earlier run ({DE.cache_dir()}), which measured it in "
+            f"{rec.get('seconds', '?')} s (--no-eval-cache measures it again)")
+        return rec["ppl"], True
+    t = time.time()
+    ppl = per_domain(model, heldout, cfg.batch_size)
+    if env_rank() == 0:
+        DE.store(key, ppl, time.time() - t)
+    return ppl, False
+
+
 def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
     """Everything but the save, each part in its stage of the profile."""
     with stage("load"):
@@ -118,8 +138,9 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
         home = getattr(torch, where["home_dtype"]) if where["offload"] else None
         place(model, fam, torch.device(where["device"]), getattr(torch, where["dtype"]), home)
     t_data = time.time()
+    src_hash = source_hash(source, model)
     with stage("dense eval"):
-        dense_ppl = per_domain(model, data.heldout, cfg.batch_size)
+        dense_ppl, dense_cached = dense_heldout(model, data.heldout, cfg, source, src_hash, where, ranks, log)
     t_eval = time.time()
     between = None
     if cfg.recover_at == "rounds":  # the teacher is needed from the first round's end
@@ -147,13 +168,13 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
     if real != record["params"]["pruned_total"]:
         raise AssertionError(f"plan says {record['params']['pruned_total']} parameters, model has {real}")
     manifest = Manifest(
-        stage="compress", source_model=source, source_hash=source_hash(source, model), inputs_hash=inputs_hash,
+        stage="compress", source_model=source, source_hash=src_hash, inputs_hash=inputs_hash,
         layout="uniform" if not getattr(model.config, "prunekit_layers", None) else "per-layer",
         calibration={"mix": mix.spec(), "fingerprint": data.fingerprint, "domains_used": list(calib),
                      "tokens": sum(v.numel() for v in calib.values())},
         settings=record["settings"], rounds=record["rounds"], plan=record["plan"], params=record["params"],
         recovery=recovery,
-        quality={"heldout_ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
+        quality={"heldout_ppl": {"dense": dense_ppl, "pruned": pruned_ppl}, "dense_from_cache": dense_cached,
                  "heldout_tokens_per_domain": {d: int(v.numel()) for d, v in data.heldout.items()}},
         timings_s={"data": round(t_data - t0, 1), "dense_eval": round(t_eval - t_data, 1),
                    "compress": round(t_cut - t_eval, 1), "recover": round(t_rec - t_cut, 1),

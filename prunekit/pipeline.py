@@ -74,7 +74,8 @@ def compress_hash(cfg: CompressConfig) -> str:
     # before they existed stay valid.
     off = ("recover_tokens", "recover_lr", "recover_batch", "recover_at") if not cfg.recover_tokens else \
         ("recover_at",) if cfg.recover_at == "end" else ()
-    return inputs_hash({"step": "compress", **cfg.to_dict(exclude=("out", "force", "threads", *off)),
+    # Where the dense evaluation came from (--no-eval-cache) does not change the output.
+    return inputs_hash({"step": "compress", **cfg.to_dict(exclude=("out", "force", "threads", "eval_cache", *off)),
                         "mix": load_mix(cfg.calib).spec()})
 
 

@@ -95,6 +95,20 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def eval_cache(tmp_path_factory) -> Path:
+    """Tests never read or fill the user's cache of dense evaluations (compress.dense_eval): a folder of the
+    session's own, which the CLI processes that tests start inherit."""
+    path = tmp_path_factory.mktemp("dense-eval")
+    old = os.environ.get("PRUNEKIT_EVAL_CACHE")
+    os.environ["PRUNEKIT_EVAL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("PRUNEKIT_EVAL_CACHE", None)
+    else:
+        os.environ["PRUNEKIT_EVAL_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def no_stray_files():
     """Tests write under tmp_path only: fail a test that leaves files in the working tree."""

@@ -52,6 +52,47 @@ def test_tiny_compress_deterministic_and_loadable(src, tmp_path):
 
 
 @pytest.mark.unit
+def test_dense_evaluation_is_kept_across_runs_of_the_same_source(src, tmp_path, monkeypatch):
+    """A second run on the same source, text and placement takes the dense model's held-out perplexity from
+    the first (bit for bit, and says so in the manifest); other weights, --no-eval-cache or a cache file
+    that cannot be read make it measure again."""
+    import shutil
+
+    from prunekit.compress import run as R
+
+    monkeypatch.setenv("PRUNEKIT_EVAL_CACHE", str(tmp_path / "cache"))
+    measured = []
+    real = R.per_domain
+    monkeypatch.setattr(R, "per_domain", lambda *a, **k: measured.append(1) or real(*a, **k))
+
+    def dense_evals(out, **kw):
+        before = len(measured)
+        m = compress(cfg(src, tmp_path / out, rounds=1, **kw), log=quiet)
+        return m, len(measured) - before - 1  # the pruned model's evaluation is always measured
+
+    first, n1 = dense_evals("a")
+    second, n2 = dense_evals("b")
+    assert (n1, n2) == (1, 0) and second.quality["dense_from_cache"] and not first.quality["dense_from_cache"]
+    assert second.quality["heldout_ppl"]["dense"] == first.quality["heldout_ppl"]["dense"]
+    assert second.plan == first.plan  # the cut never reads it
+    assert dense_evals("c", eval_cache=False)[1] == 1  # and it keeps what it measured
+    assert dense_evals("c2")[1] == 0
+    for f in (tmp_path / "cache").glob("*.json"):
+        f.write_text("{not json")
+    assert dense_evals("d")[1] == 1 and dense_evals("e")[1] == 0  # rewritten by the run that measured
+    other = tmp_path / "other-src"
+    shutil.copytree(src[0], other)
+    from safetensors.torch import load_file, save_file
+    w = next(other.glob("*.safetensors"))
+    t = load_file(w)
+    t = {k: v * 1.01 if "down_proj" in k else v for k, v in t.items()}
+    save_file(t, w, metadata={"format": "pt"})
+    m = compress(cfg((other, src[1]), tmp_path / "f", rounds=1), log=quiet)
+    assert not m.quality["dense_from_cache"]
+    assert m.quality["heldout_ppl"]["dense"] != first.quality["heldout_ppl"]["dense"]
+
+
+@pytest.mark.unit
 def test_tiny_per_layer_and_layers(src, tmp_path):
     from prunekit.loading import load_model
 
