@@ -16,6 +16,10 @@ from .data import load_mix
 from .data import pack as pack_texts
 from .run import compress
 
-__all__ = ["VARIANTS", "METHODS", "CompareConfig", "CompressConfig", "build_mix", "check_variants", "compare",
+# Bumped when a change makes compress produce other weights from the same settings and data (2: the first round
+# scores each layer in its cut pass): the artifacts pipeline then cuts again instead of reusing an older cut.
+REVISION = 2
+
+__all__ = ["REVISION", "VARIANTS", "METHODS", "CompareConfig", "CompressConfig", "build_mix", "check_variants", "compare",
            "compare_markdown",
            "compress", "load_mix", "pack_texts", "pruned_variants"]

@@ -20,7 +20,7 @@ from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
 from .recover import fp32_params
 from .search import KLProbe, kl_shape, probe_batches, sig
 from .stats import (LayerRunner, advance_cut, consumer_grams, consumer_inputs, consumer_normal, make_batches,
-                    mlp_normal_cached)
+                    mlp_normal_cached, summed)
 from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, head_rows, layer_shapes, obs_keep,
                       permute_mlp, remove_layers, sync_config)
 
@@ -103,11 +103,27 @@ def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
     return out
 
 
+SCORE_IN_CUT = True  # tests switch it off: the first round's scores then come from a pass before the cut
+ONE_FORWARD_SCORE = True  # tests switch it off: the same scores from a statistics forward of the layer's own
+
+
+def scores_in_cut(s: CompressConfig) -> bool:
+    """Whether a round with no scores carried from the last one scores each layer in its cut pass, on the
+    stream it is cut on (every layer before it already cut), instead of in a statistics pass over the model
+    before the cut: one forward over the calibration set per layer fewer. It needs plans whose shape is
+    known before any score (uniform MLP widths: the width nearest the target), channels chosen by a
+    statistics score, and the one-forward cut with the layer's own output as the refit target."""
+    return (SCORE_IN_CUT and CACHED_CUT and s.compensate and s.mode == "uniform" and set(s.structures) == {"mlp"}
+            and s.selection == "score" and s.method in SCORERS and s.method != "obs" and s.refit_target == "local")
+
+
 def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: CompressConfig, dims: P.Dims,
-             desc: str, dense=None, score_next: bool = False) -> list[Scores] | None:
+             desc: str, dense=None, score_next: bool = False, score_here: bool = False) -> list[Scores] | None:
     """Apply a round's plan layer by layer. With compensation each refit sees the inputs that the
     already-cut layers produce (attention first, then the MLP on the cut attention's output); with a
-    dense model given, the refit target is the dense model's output, not the current layer's.
+    dense model given, the refit target is the dense model's output, not the current layer's. With
+    `score_here` (scores_in_cut), the plan holds each layer's width only: the channels are chosen in the pass,
+    from the layer's statistics on the stream it is cut on, and written into the plan.
 
     With `score_next`, the pass that carries the stream past each cut layer also takes its statistics and
     scores: the stream at that point is what the next round's statistics pass would see (every layer before
@@ -123,13 +139,14 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
         return None
     runner = LayerRunner(model, fam, batches)
     try:
-        return _cut_layers(model, fam, runner, batches, plan, alive, s, dims, desc, dense, score_next)
+        return _cut_layers(model, fam, runner, batches, plan, alive, s, dims, desc, dense, score_next, score_here)
     finally:
         runner.close()
 
 
 def _cut_layers(model, fam: Family, runner: LayerRunner, batches, plan: P.Plan, alive: list[int],
-                s: CompressConfig, dims: P.Dims, desc: str, dense, score_next: bool) -> list[Scores] | None:
+                s: CompressConfig, dims: P.Dims, desc: str, dense, score_next: bool,
+                score_here: bool = False) -> list[Scores] | None:
     layers = get_module(model, fam.layers)
     place = placement(model)
     nxt: list[Scores] = []
@@ -145,6 +162,11 @@ def _cut_layers(model, fam: Family, runner: LayerRunner, batches, plan: P.Plan, 
                 ref.forward(ref_pos)
                 ref_pos += 1
         layer = layers[pos]
+        if score_here:
+            nxt_sc = _score_and_cut(layer, fam, runner, pos, idx, plan, s, score_next)
+            if score_next:
+                nxt.append(nxt_sc)
+            continue
         if _cached_cut(layer, fam, plan, idx, s, dims, ref):
             nxt_sc = _cut_layer_cached(layer, fam, runner, pos, plan.mlp[idx], s, score_next)
             if score_next:
@@ -198,6 +220,60 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int], s: 
     finally:
         if cache is not None:
             cache.close()  # a spill file is closed (so deleted) on errors too
+    if not score_next:
+        return None
+    with place.layer(layer):
+        return layer_scores(layer, fam, runner.model.config, stats, s.method, s.ridge)
+
+
+def _score_and_cut(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig,
+                   score_next: bool) -> Scores | None:
+    """Score layer pos on the stream it is cut on, choose its kept channels (plan.mlp[idx] holds only its
+    width; the choice is written there) and cut it, all from one forward: the layer's statistics, the full
+    normal equations of its down-projection (the kept channels' system is their rows and columns) and its
+    MLP inputs and residuals, cached for the advance. The full gram costs (n/K)^2 of the kept one's
+    products; the forward it replaces costs more (issue 15's note)."""
+    place = placement(runner.model)
+    width = len(plan.mlp[idx])
+    mlp = getattr(layer, fam.mlp)
+    n = getattr(mlp, fam.down).in_features
+    if width == n:  # nothing to cut: the stream advances (with the next round's scores, if asked for)
+        plan.mlp[idx] = list(range(n))
+        with place.layer(layer):
+            if score_next:
+                return score_layer(runner, pos, layer, fam, s.method, s.ridge)
+            runner.forward(pos)
+            return None
+    if not ONE_FORWARD_SCORE:  # the same choice from a statistics forward of the layer's own, then the cut
+        with place.layer(layer):
+            with stage("statistics"):
+                st = runner.collect(pos, advance=False)
+            sc = layer_scores(layer, fam, runner.model.config, st, s.method, s.ridge)
+        keep = plan.mlp[idx] = P.select([sc], P.Shape([(width, 0)])).mlp[0]
+        return _cut_layer_cached(layer, fam, runner, pos, keep, s, score_next)
+    cache = None
+    try:
+        with place.layer(layer):
+            with stage("cut and refit"):
+                (g, r), cache = mlp_normal_cached(runner, pos, torch.arange(n), relative=s.weighting == "relative",
+                                                  with_stats=True)
+            st = summed(cache.stats, layer, fam, place.device)
+            sc = layer_scores(layer, fam, runner.model.config, st, s.method, s.ridge)
+            keep = plan.mlp[idx] = P.select([sc], P.Shape([(width, 0)])).mlp[0]
+            with stage("cut and refit"):
+                cols = torch.tensor(keep, device=g.device)
+                normal = (g.index_select(0, cols).index_select(1, cols), r.index_select(0, cols))
+                del g, r
+                permute_mlp(mlp, fam, keep)  # kept channels first, in `keep`'s order: X's columns `cols`
+                cut_mlp(mlp, fam, list(range(width)), None, s.ridge, normal=normal)
+                del normal
+                cache.keep_columns(cols)
+        point("compress:cut")
+        with stage("statistics" if score_next else "cut and refit"):
+            stats = advance_cut(runner, pos, cache)
+    finally:
+        if cache is not None:
+            cache.close()
     if not score_next:
         return None
     with place.layer(layer):
@@ -270,19 +346,22 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
             live_scores = [Scores(None, None) for _ in alive]
         elif carried is not None:  # score_s is then ~0: the last round's cut_s holds these statistics
             live_scores = carried
+        elif scores_in_cut(s):  # each layer is scored in the cut pass, on the stream it is cut on
+            live_scores = None
         elif s.method == "taylor":
             with stage("statistics"):
                 live_scores = taylor_scores(model, fam, batches, f"{tag} gradients")
         else:
             live_scores = stat_scores(model, fam, batches, s.method, f"{tag} statistics", s.ridge)
         point("compress:statistics")
+        score_here = live_scores is None
         scores: list = [None] * n_orig
         for pos, idx in enumerate(alive):
-            scores[idx] = live_scores[pos]
+            scores[idx] = Scores(None, None) if score_here else live_scores[pos]
         cur = current_shape(model, fam, n_orig, alive)
         final = r == len(targets)
         if c.mode == "uniform":
-            shape = P.uniform_shape(cur, dense, dims, c, target, scores, final)
+            shape = P.uniform_shape(cur, dense, dims, c, target, None if score_here else scores, final)
         elif by_kl:
             uniform = P.uniform_shape(cur, dense, dims, c, target, scores, final)
             with stage("scores"):
@@ -290,13 +369,14 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
                                          f"{tag} width search", log)
         else:
             shape = P.global_shape(cur, dense, dims, c, target, scores)
-        plan = P.select(scores, shape)
+        plan = P.select(scores, shape)  # with score_here, widths only: the cut pass chooses the channels
         t1 = time.time()
         # The next round's statistics ride on this cut pass when nothing changes the model between the two
         # (no recovery) and they come from the forward pass (not gradients or the KL search).
         carry = (not final and s.compensate and after_round is None and not by_kl and s.method != "taylor")
         with stage("cut and refit"):
-            carried = cut_pass(model, fam, batches, plan, alive, s, dims, f"{tag} cut", dense_ref, score_next=carry)
+            carried = cut_pass(model, fam, batches, plan, alive, s, dims, f"{tag} cut", dense_ref, score_next=carry,
+                               score_here=score_here)
         removed = [i for i in alive if plan.mlp[i] is None]
         if removed:
             remove_layers(model, fam, [alive.index(i) for i in removed])
@@ -309,7 +389,7 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         alive = [i for i in alive if i not in removed]
         sync_config(model, fam)
         now = current_shape(model, fam, n_orig, alive)
-        rec = {"round": r, "target": target, "statistics_carried": carried_in is not None, "removed_total": 1 - now.params(dims) / dense.params(dims),
+        rec = {"round": r, "target": target, "statistics_carried": carried_in is not None, "scored_in_cut": score_here, "removed_total": 1 - now.params(dims) / dense.params(dims),
                "removed_decoder": 1 - now.decoder_params(dims) / dense.decoder_params(dims),
                "layers_removed": removed, "score_s": round(t1 - t0, 2), "cut_s": round(time.time() - t1, 2)}
         if search:

@@ -189,9 +189,12 @@ def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, targe
                   scores: list, final: bool) -> Shape:
     """The same width and KV-group count in every kept layer, closest to `target` (a removed fraction
     of the dense model's base); among candidates within tolerance, the one whose removed units carry
-    the least importance."""
+    the least importance. Without scores (None: MLP widths only, chosen before any layer is scored), the
+    one that removes least: the same choice, since removing more channels never costs less."""
     live = [i for i, s in enumerate(cur.layers) if s is not None]
-    if "layers" in c.structures and any(scores[i].layer is None for i in live):
+    if scores is None:
+        assert set(c.structures) == {"mlp"}, "uniform_shape: only MLP widths are chosen without scores"
+    elif "layers" in c.structures and any(scores[i].layer is None for i in live):
         raise PrunekitError("this method does not score whole layers; drop 'layers' from --structures "
                             "or use --method block-influence or hybrid.")
     # Least important first (only read when layers may be removed).
@@ -200,7 +203,7 @@ def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, targe
     best_frac = min(abs(x[0] - target) for x in ok)
     # Prefer the candidates nearest the target (within a quarter of the tolerance), then the cheapest.
     ok = [x for x in ok if abs(x[0] - target) <= best_frac + c.tolerance / 4]
-    return min(ok, key=lambda x: _uniform_cost(x, scores, dims))[3]
+    return min(ok, key=lambda x: x[0] if scores is None else _uniform_cost(x, scores, dims))[3]
 
 
 def _uniform_cost(cand, scores, dims: Dims) -> float:

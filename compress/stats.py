@@ -381,6 +381,7 @@ class CutCache:
     xk: list[torch.Tensor] | Spill  # a Spill (on disk) when offloading
     resid: list[torch.Tensor] | Spill
     stats: LayerStats | None  # the cut layer's statistics (the next round's), all but its output terms
+    cols: torch.Tensor | None = None  # the columns of xk the cut layer keeps, where xk holds all of them
 
     def close(self) -> None:
         """Release the cached tensors. Spills belong to the runner, which reuses them for the next layer."""
@@ -388,6 +389,28 @@ class CutCache:
             if isinstance(part, Spill):
                 part.clear()
         self.xk, self.resid = [], []
+
+    def keep_columns(self, cols: torch.Tensor) -> None:
+        """The layer was scored and cut after its forward cached all of its MLP inputs: the advance reads the
+        kept columns `cols` (in the cut layer's channel order) of each batch, and the statistics are the kept
+        channels' moments (the same as X_K's: a channel's moments do not depend on the others)."""
+        self.cols = cols
+        for ds in (self.stats.domains.values() if self.stats is not None else ()):
+            m = ds.mlp
+            if m.n:
+                ds.mlp = Moments(m.n, m.sum.index_select(0, cols.to(m.sum.device)),
+                                 m.sumsq.index_select(0, cols.to(m.sum.device)))
+
+
+def summed(stats: LayerStats, layer, fam: Family, device) -> LayerStats:
+    """`stats` summed over the ranks (a copy; the rank's own sums stay as they are): what every rank scores."""
+    if world()[1] == 1:
+        return stats
+    import copy
+    out = copy.deepcopy(stats)
+    _sum_over_ranks(out, getattr(getattr(layer, fam.mlp), fam.down).in_features,
+                    getattr(getattr(layer, fam.attn), fam.o).in_features, False, device)
+    return out
 
 
 def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relative: bool = False,
@@ -444,8 +467,10 @@ def advance_cut(runner: "LayerRunner", i: int, cache: CutCache) -> LayerStats | 
     with torch.no_grad(), runner.place.layer(layer):
         down = getattr(getattr(layer, fam.mlp), fam.down)
         for b, (dom, h) in enumerate(zip(runner.domains, runner.hidden)):
-            resid = cache.resid[b]
-            o = resid + down(cache.xk[b]).view_as(resid)
+            resid, xk = cache.resid[b], cache.xk[b]
+            if cache.cols is not None:
+                xk = xk.index_select(-1, cache.cols.to(xk.device))
+            o = resid + down(xk).view_as(resid)
             cache.resid[b] = cache.xk[b] = None
             if stats is not None:
                 add_output_terms(stats.domains[dom], h, o)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunekit.compress import CompressConfig, compress, load_mix
+from prunekit.compress import REVISION, CompressConfig, compress, load_mix
 from prunekit.export import RUNTIMES, ExportConfig, VerifyConfig, export, format_table, verify
 
 from .artifact import Manifest, inputs_hash, read_manifest, sha256_file, write_json_atomic, write_text_atomic
@@ -74,9 +74,10 @@ def compress_hash(cfg: CompressConfig) -> str:
     # before they existed stay valid.
     off = ("recover_tokens", "recover_lr", "recover_batch", "recover_at") if not cfg.recover_tokens else \
         ("recover_at",) if cfg.recover_at == "end" else ()
-    # Where the dense evaluation came from (--no-eval-cache) does not change the output.
+    # Where the dense evaluation came from (--no-eval-cache) does not change the output. The revision does:
+    # an artifact that older code cut from the same settings is not reused.
     return inputs_hash({"step": "compress", **cfg.to_dict(exclude=("out", "force", "threads", "eval_cache", *off)),
-                        "mix": load_mix(cfg.calib).spec()})
+                        "mix": load_mix(cfg.calib).spec(), "revision": REVISION})
 
 
 def build_artifact(art: Path, export_cfg: ExportConfig, compress_cfg: CompressConfig | None = None,

@@ -34,6 +34,17 @@ def test_uniform_shape_is_aligned_and_near_target(align):
     assert abs(1 - shape.params(DIMS) / DENSE.params(DIMS) - 0.2) <= 0.05
 
 
+@pytest.mark.parametrize("final", [True, False])
+@pytest.mark.parametrize("target", [0.05, 0.1, 0.2, 0.3, 0.4])
+def test_mlp_widths_without_scores_are_the_widths_scores_choose(target, final):
+    """The first round chooses MLP widths before any layer is scored (iterate.scores_in_cut): the same width
+    as with any scores, since removing more channels never costs less."""
+    c = CompressConfig(ratio=0.4, structures=("mlp",), align=64, tolerance=0.02)
+    for comparable, seed in ((True, 0), (False, 1)):
+        assert P.uniform_shape(DENSE, DENSE, DIMS, c, target, None, final) == \
+            P.uniform_shape(DENSE, DENSE, DIMS, c, target, scores(comparable, seed), final)
+
+
 def test_ratio_of_decoder_removes_more_of_the_decoder():
     c_tot = CompressConfig(ratio=0.2, structures=("mlp",))
     c_dec = CompressConfig(ratio=0.2, ratio_of="decoder", structures=("mlp",))

@@ -191,11 +191,13 @@ def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path):
     # 4e-5 apart), which the refit's solve amplifies; the test is about the summed statistics, not threading.
     threads = torch.get_num_threads()
     try:
-        one = compress(cfg(src, tmp_path / "one", quick_eval=0, threads=1), log=lambda m: None)
+        # MLP channels only (the default): the first round scores each layer from the rank-summed statistics of
+        # its cut pass (iterate.scores_in_cut); the head cut's normal equations are summed by the same code.
+        one = compress(cfg(src, tmp_path / "one", quick_eval=0, threads=1, structures=("mlp",)), log=lambda m: None)
     finally:
         torch.set_num_threads(threads)  # compress sets it for the process: give later tests theirs back
     args = ["--model", str(src[0]), "--calib", str(src[1]), "--out", str(tmp_path / "two"), "--ratio", "0.2",
-            "--ratio-of", "decoder", "--align", "32", "--structures", "mlp,heads", "--tolerance", "0.06",
+            "--ratio-of", "decoder", "--align", "32", "--structures", "mlp", "--tolerance", "0.06",
             "--rounds", "2", "--seed", "0", "--dtype", "float32", "--threads", "1"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         "-m", "prunekit", "compress", *args], capture_output=True, text=True, timeout=600,
@@ -254,6 +256,7 @@ def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypa
     import prunekit.compress.iterate as I
     from safetensors.torch import load_file
 
+    monkeypatch.setattr(I, "SCORE_IN_CUT", False)  # the first round scored in a pass of its own, in both runs
     a = compress(cfg(bf16_src, tmp_path / "a", **kw), log=lambda m: None)
     calls = {"n": 0}
     orig = I._cut_layer_cached
@@ -275,6 +278,40 @@ def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypa
     monkeypatch.setattr(I, "CACHED_CUT", True)
     compress(cfg(bf16_src, tmp_path / "c", **kw), log=lambda m: None)
     assert calls["n"] > 0
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kw", [dict(structures=("mlp",)),
+                                dict(structures=("mlp",), offload="on", dtype="auto", weighting="relative")])
+def test_first_round_scored_in_its_cut_pass_equals_a_statistics_forward_per_layer(bf16_src, tmp_path, monkeypatch,
+                                                                                   kw):
+    """With no scores carried from an earlier round, each layer is scored in the cut pass on the stream it is
+    cut on, from the same forward that caches its MLP inputs for the refit: no statistics pass over the model
+    before the cut, and the same plan and weights (to rounding) as a statistics forward of the layer's own
+    right before its cut."""
+    import prunekit.compress.iterate as I
+    from safetensors.torch import load_file
+
+    collects = {"n": 0}
+    orig = I.LayerRunner.collect
+
+    def counted(self, *args, **k):
+        collects["n"] += 1
+        return orig(self, *args, **k)
+    monkeypatch.setattr(I.LayerRunner, "collect", counted)
+    a = compress(cfg(bf16_src, tmp_path / "a", **kw), log=lambda m: None)
+    assert collects["n"] == 0  # no statistics forward at all: round 1 scores in its cut, later rounds carry
+    monkeypatch.setattr(I, "ONE_FORWARD_SCORE", False)
+    b = compress(cfg(bf16_src, tmp_path / "b", **kw), log=lambda m: None)
+    assert collects["n"] > 0
+    assert a.plan == b.plan
+    for d, v in b.quality["heldout_ppl"]["pruned"].items():
+        assert a.quality["heldout_ppl"]["pruned"][d] == pytest.approx(v, rel=1e-4)
+    x, y = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for k in x:
+        # The full gram's rows and columns, not a gram of the kept ones: the same sums in another order, so a
+        # bf16 weight may round one step (2^-8 of its value) the other way.
+        assert (x[k].float() - y[k].float()).abs().max() <= 2 ** -7 * y[k].float().abs().max(), k
 
 
 @pytest.mark.unit
