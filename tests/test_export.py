@@ -44,12 +44,17 @@ def artifact(tmp_path_factory):
 # shares Llama's code on both sides, Qwen3 cannot be held: test_layout_choice).
 CASES = [(a, lay) for a in sorted(ARCH_CONFIGS) for lay in ("uniform", "per-layer")] + \
     [("LlamaForCausalLM", "decilm"), ("Qwen2ForCausalLM", "decilm")]
+# vLLM (a server start each, about a minute of the CI run on 2 cores) where its code differs: its own class for
+# Llama, Qwen2 and Qwen3 (Mistral runs Llama's), DeciLM for both families, and the Transformers backend that
+# every per-layer artifact runs on, for Qwen2 (biases, untied head) and Qwen3 (q/k norm, tied head).
+# The rest are checked on transformers and onnxruntime.
+NO_VLLM = {("MistralForCausalLM", "uniform"), ("MistralForCausalLM", "per-layer"), ("LlamaForCausalLM", "per-layer")}
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("arch,layout", CASES)
 def test_export_and_verify_every_runtime(tmp_path, arch, layout):
-    """Each layout on all three runtimes, vLLM on the class the layout is for."""
+    """Each layout on transformers and onnxruntime, and on vLLM's class for it where that code differs (NO_VLLM)."""
     src = tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS[layout])
     m = export(src, tmp_path / "art")
     assert m.layout == layout
@@ -63,13 +68,14 @@ def test_export_and_verify_every_runtime(tmp_path, arch, layout):
         heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         assert (heads, kv) == (4, 2) and {b["attention"]["n_heads_in_group"] for b in cfg["block_configs"]} == {2}
     assert layout != "uniform" or cfg["architectures"] == [arch]
-    report = check(tmp_path / "art", kv_cache_gib=0.05, threads=2)
+    runtimes = ("transformers", "onnxruntime") + (() if (arch, layout) in NO_VLLM else ("vllm",))
+    report = check(tmp_path / "art", runtimes=runtimes, kv_cache_gib=0.05, threads=2)
     rows = report["runtimes"]
-    assert set(rows) == {"transformers", "onnxruntime", "vllm"}, rows
+    assert set(rows) == set(runtimes), rows
     for name, row in rows.items():
         assert row["passed"], (name, row)
         assert row["greedy_match"] == "5/5" and row["max_abs_logit_diff"] < 1e-4, (name, row)
-    assert rows["vllm"]["model_class"] == VLLM_CLASS.get(layout, arch)
+    assert "vllm" not in rows or rows["vllm"]["model_class"] == VLLM_CLASS.get(layout, arch)
     saved = json.loads((tmp_path / "art" / "verify.json").read_text())
     assert saved["passed"] and json.loads((tmp_path / "art" / "prunekit.json").read_text())["verify"]["passed"]
 
