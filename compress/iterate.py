@@ -113,6 +113,8 @@ def scores_in_cut(s: CompressConfig) -> bool:
     before the cut: one forward over the calibration set per layer fewer. It needs plans whose shape is
     known before any score (uniform MLP widths: the width nearest the target), channels chosen by a
     statistics score, and the one-forward cut with the layer's own output as the refit target."""
+    # MLP channels only: the layer's statistics here lack its output terms (it is scored before it is cut), so
+    # whole-layer scores (layer removal) would read zeros.
     return (SCORE_IN_CUT and CACHED_CUT and s.compensate and s.mode == "uniform" and set(s.structures) == {"mlp"}
             and s.selection == "score" and s.method in SCORERS and s.method != "obs" and s.refit_target == "local")
 
@@ -268,6 +270,8 @@ def _score_and_cut(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan,
                 cut_mlp(mlp, fam, list(range(width)), None, s.ridge, normal=normal)
                 del normal
                 cache.keep_columns(cols)
+                if not score_next:
+                    cache.stats = None  # scored already: the advance need not add output terms or sum them
         point("compress:cut")
         with stage("statistics" if score_next else "cut and refit"):
             stats = advance_cut(runner, pos, cache)

@@ -190,7 +190,8 @@ def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, targe
     """The same width and KV-group count in every kept layer, closest to `target` (a removed fraction
     of the dense model's base); among candidates within tolerance, the one whose removed units carry
     the least importance. Without scores (None: MLP widths only, chosen before any layer is scored), the
-    one that removes least: the same choice, since removing more channels never costs less."""
+    one that removes least: the same choice, since removing more channels never costs less (up to exact
+    ties, where every further channel scores 0)."""
     live = [i for i, s in enumerate(cur.layers) if s is not None]
     if scores is None:
         assert set(c.structures) == {"mlp"}, "uniform_shape: only MLP widths are chosen without scores"

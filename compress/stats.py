@@ -403,7 +403,8 @@ class CutCache:
 
 
 def summed(stats: LayerStats, layer, fam: Family, device) -> LayerStats:
-    """`stats` summed over the ranks (a copy; the rank's own sums stay as they are): what every rank scores."""
+    """`stats` summed over the ranks, what every rank scores: a copy where there are several ranks (the rank's
+    own sums stay as they are, to be summed again later), `stats` itself in one process."""
     if world()[1] == 1:
         return stats
     import copy
@@ -418,7 +419,9 @@ def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relativ
     """consumer_normal for layer i's down_proj, plus a CutCache from the same forward. With `with_stats`, the
     cut layer's statistics too: its kept channels' moments are X_K's, its attention's are this forward's (the
     heads are not cut). Costs X_K's memory (tokens x kept channels in the compute dtype; on disk when
-    offloading) for one forward fewer per cut layer, the largest cost of a cut pass after the gram."""
+    offloading) for one forward fewer per cut layer, the largest cost of a cut pass after the gram. With
+    every channel kept (iterate._score_and_cut, which scores the layer before choosing) that is all of X and
+    the full gram: n/K times the memory and, under torchrun, an n x n all-reduce."""
     fam = runner.fam
     layer = runner.layers[i]
     attn, mlp = getattr(layer, fam.attn), getattr(layer, fam.mlp)
