@@ -164,13 +164,11 @@ def _cut_layers(model, fam: Family, runner: LayerRunner, batches, plan: P.Plan, 
                 ref.forward(ref_pos)
                 ref_pos += 1
         layer = layers[pos]
-        if score_here:
-            nxt_sc = _score_and_cut(layer, fam, runner, pos, idx, plan, s, score_next)
-            if score_next:
-                nxt.append(nxt_sc)
-            continue
-        if _cached_cut(layer, fam, plan, idx, s, dims, ref):
-            nxt_sc = _cut_layer_cached(layer, fam, runner, pos, plan.mlp[idx], s, score_next)
+        if _cached_cut(layer, fam, plan, idx, s, dims, ref):  # every cut layer, where scores_in_cut holds
+            keep = plan.mlp[idx]
+            if score_here:  # chosen here, from the layer's statistics on the stream it is cut on
+                keep = len(keep) if ONE_FORWARD_SCORE else _keep_by_statistics(runner, pos, layer, fam, s, len(keep))
+            plan.mlp[idx], nxt_sc = _cut_layer_cached(layer, fam, runner, pos, keep, s, score_next)
             if score_next:
                 nxt.append(nxt_sc)
             continue
@@ -188,6 +186,16 @@ def _cut_layers(model, fam: Family, runner: LayerRunner, batches, plan: P.Plan, 
 CACHED_CUT = True  # tests switch it off to compare with the two-forward path
 
 
+def _keep_by_statistics(runner, pos: int, layer, fam: Family, s: CompressConfig, width: int) -> list[int]:
+    """The channels _cut_layer_cached keeps when given only `width`, from a statistics forward of the layer's
+    own (ONE_FORWARD_SCORE off: the reference its one-forward choice is tested against)."""
+    with placement(runner.model).layer(layer):
+        with stage("statistics"):
+            st = runner.collect(pos, advance=False)
+        sc = layer_scores(layer, fam, runner.model.config, st, s.method, s.ridge)
+    return P.select([sc], P.Shape([(width, 0)])).mlp[0]
+
+
 def _cached_cut(layer, fam: Family, plan: P.Plan, idx: int, s: CompressConfig, dims: P.Dims, ref) -> bool:
     """Whether layer idx's cut can run on one forward (stats.mlp_normal_cached): only its MLP is cut (its
     attention output, so the MLP's input, stays), the kept channels are known before the pass (selection by
@@ -197,23 +205,43 @@ def _cached_cut(layer, fam: Family, plan: P.Plan, idx: int, s: CompressConfig, d
             and cuts_mlp(layer, fam, plan.mlp[idx]) and not cuts_heads(layer, fam, dims, plan.groups[idx]))
 
 
-def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int], s: CompressConfig,
-                      score_next: bool) -> Scores | None:
+def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int] | int, s: CompressConfig,
+                      score_next: bool) -> tuple[list[int], Scores | None]:
     """Cut layer pos's MLP from one forward: the normal equations, the kept inputs and residuals, and with
     score_next the cut layer's statistics; the stream then advances from the cache, not a second forward.
-    The output uses the weights as stored (offloaded layers go home, and are rounded to its dtype, first)."""
+    The output uses the weights as stored (offloaded layers go home, and are rounded to its dtype, first).
+    `keep` is the kept channels, or their count (scores_in_cut): the layer is then scored from the same
+    forward, which caches all of its MLP inputs and the full normal equations (the kept channels' system is
+    their rows and columns), and the top-scoring channels are kept. Returns the kept channels and, with
+    score_next, the cut layer's scores."""
     place = placement(runner.model)
-    cache = None
+    mlp = getattr(layer, fam.mlp)
+    relative = s.weighting == "relative"
+    cache = cols = normal = None
     try:
         with place.layer(layer):
+            if isinstance(keep, int):
+                n = getattr(mlp, fam.down).in_features
+                with stage("cut and refit"):
+                    (g, r), cache = mlp_normal_cached(runner, pos, torch.arange(n), relative=relative, with_stats=True)
+                sc = layer_scores(layer, fam, runner.model.config, summed(cache.stats, layer, fam, place.device),
+                                  s.method, s.ridge)
+                keep = P.select([sc], P.Shape([(keep, 0)])).mlp[0]
+                cols = torch.tensor(keep, device=g.device)
+                normal = (g.index_select(0, cols).index_select(1, cols), r.index_select(0, cols))
+                del g, r
             with stage("cut and refit"):
                 # The kept channels first: the forward is the same, and the kept inputs X_K are then the first K
                 # columns of down_proj's input (a slice, not a gather of scattered columns: 4% of a compress).
-                mlp = getattr(layer, fam.mlp)
                 permute_mlp(mlp, fam, keep)
                 first = list(range(len(keep)))
-                normal, cache = mlp_normal_cached(runner, pos, torch.tensor(first),
-                                                  relative=s.weighting == "relative", with_stats=score_next)
+                if cache is None:
+                    normal, cache = mlp_normal_cached(runner, pos, torch.tensor(first), relative=relative,
+                                                      with_stats=score_next)
+                else:  # scored above: the advance reads the kept columns of the cached inputs
+                    cache.keep_columns(cols)
+                    if not score_next:
+                        cache.stats = None  # no output terms to add or sum
                 cut_mlp(mlp, fam, first, None, s.ridge, normal=normal)
                 del normal  # G_KK and R: not held while the stream advances
         point("compress:cut")
@@ -223,65 +251,9 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int], s: 
         if cache is not None:
             cache.close()  # a spill file is closed (so deleted) on errors too
     if not score_next:
-        return None
+        return keep, None
     with place.layer(layer):
-        return layer_scores(layer, fam, runner.model.config, stats, s.method, s.ridge)
-
-
-def _score_and_cut(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig,
-                   score_next: bool) -> Scores | None:
-    """Score layer pos on the stream it is cut on, choose its kept channels (plan.mlp[idx] holds only its
-    width; the choice is written there) and cut it, all from one forward: the layer's statistics, the full
-    normal equations of its down-projection (the kept channels' system is their rows and columns) and its
-    MLP inputs and residuals, cached for the advance. The full gram costs (n/K)^2 of the kept one's
-    products; the forward it replaces costs more (issue 15's note)."""
-    place = placement(runner.model)
-    width = len(plan.mlp[idx])
-    mlp = getattr(layer, fam.mlp)
-    n = getattr(mlp, fam.down).in_features
-    if width == n:  # nothing to cut: the stream advances (with the next round's scores, if asked for)
-        plan.mlp[idx] = list(range(n))
-        with place.layer(layer):
-            if score_next:
-                return score_layer(runner, pos, layer, fam, s.method, s.ridge)
-            runner.forward(pos)
-            return None
-    if not ONE_FORWARD_SCORE:  # the same choice from a statistics forward of the layer's own, then the cut
-        with place.layer(layer):
-            with stage("statistics"):
-                st = runner.collect(pos, advance=False)
-            sc = layer_scores(layer, fam, runner.model.config, st, s.method, s.ridge)
-        keep = plan.mlp[idx] = P.select([sc], P.Shape([(width, 0)])).mlp[0]
-        return _cut_layer_cached(layer, fam, runner, pos, keep, s, score_next)
-    cache = None
-    try:
-        with place.layer(layer):
-            with stage("cut and refit"):
-                (g, r), cache = mlp_normal_cached(runner, pos, torch.arange(n), relative=s.weighting == "relative",
-                                                  with_stats=True)
-            st = summed(cache.stats, layer, fam, place.device)
-            sc = layer_scores(layer, fam, runner.model.config, st, s.method, s.ridge)
-            keep = plan.mlp[idx] = P.select([sc], P.Shape([(width, 0)])).mlp[0]
-            with stage("cut and refit"):
-                cols = torch.tensor(keep, device=g.device)
-                normal = (g.index_select(0, cols).index_select(1, cols), r.index_select(0, cols))
-                del g, r
-                permute_mlp(mlp, fam, keep)  # kept channels first, in `keep`'s order: X's columns `cols`
-                cut_mlp(mlp, fam, list(range(width)), None, s.ridge, normal=normal)
-                del normal
-                cache.keep_columns(cols)
-                if not score_next:
-                    cache.stats = None  # scored already: the advance need not add output terms or sum them
-        point("compress:cut")
-        with stage("statistics" if score_next else "cut and refit"):
-            stats = advance_cut(runner, pos, cache)
-    finally:
-        if cache is not None:
-            cache.close()
-    if not score_next:
-        return None
-    with place.layer(layer):
-        return layer_scores(layer, fam, runner.model.config, stats, s.method, s.ridge)
+        return keep, layer_scores(layer, fam, runner.model.config, stats, s.method, s.ridge)
 
 
 def _cut_layer(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig, dims: P.Dims,

@@ -420,8 +420,8 @@ def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relativ
     cut layer's statistics too: its kept channels' moments are X_K's, its attention's are this forward's (the
     heads are not cut). Costs X_K's memory (tokens x kept channels in the compute dtype; on disk when
     offloading) for one forward fewer per cut layer, the largest cost of a cut pass after the gram. With
-    every channel kept (iterate._score_and_cut, which scores the layer before choosing) that is all of X and
-    the full gram: n/K times the memory and, under torchrun, an n x n all-reduce."""
+    every channel kept (iterate._cut_layer_cached given a width: it scores the layer before choosing) that is
+    all of X and the full gram: n/K times the memory and, under torchrun, an n x n all-reduce."""
     fam = runner.fam
     layer = runner.layers[i]
     attn, mlp = getattr(layer, fam.attn), getattr(layer, fam.mlp)
