@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from prunekit.artifact import read_manifest, write_json_atomic, write_text_atomic
-from prunekit.env import cpu_name
+from prunekit.env import cpu_text
 from prunekit.errors import PrunekitError
 
 from .shapes import SHAPES
@@ -156,7 +156,7 @@ def markdown(shape: str, rows: list[dict], threads: int) -> str:
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     stages = list(dict.fromkeys(st["stage"] for r in rows for st in r["profile"]["stages"]))
     lines = [f"# compress at the {shape} shape (random weights, stored bf16)", "",
-             f"Machine: {cpu_name()}{gpu}, {threads} threads. Seconds / peak RSS MB (/ peak GPU MB where one "
+             f"Machine: {cpu_text()}{gpu}, {threads} threads. Seconds / peak RSS MB (/ peak GPU MB where one "
              "computes) per stage; each setting in a fresh process.", "",
              "| stage | " + " | ".join(r["setting"] for r in rows) + " |",
              "|---|" + "---:|" * len(rows)]

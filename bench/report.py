@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from prunekit.artifact import atomic_dir
+from prunekit.env import cpu_text
 from prunekit.perplexity import geomean
 
 RUNTIME_NAMES = {"torch": "PyTorch (transformers)", "onnxruntime": "onnxruntime", "vllm": "vLLM"}
@@ -234,7 +235,7 @@ def write_report(res: dict, out: Path) -> None:
         figs = plots(res, tmp)
         lines = [f"# prunekit bench: dense vs pruned ({res['profile']['name']} profile)", "",
                  "Produced by:", "", "```bash", res["command"], "```", "",
-                 f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+                 f"Machine: {cpu_text(m['cpu'], m.get('isa'))}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
                  + f"; {res['threads']} threads, compute dtype {res['dtype']}; {res['date']}; "
                  f"{res['seconds'] / 60:.0f} min in all.", "",
                  "| model | layout | params | weights read per token | artifact |", "|---|---|---|---|---|"]

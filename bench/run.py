@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from prunekit.artifact import check_shipped_code, load_artifact, needs_remote_code, write_json_atomic
-from prunekit.env import child_env, compute_dtype, cpu_has_fast_bf16, cpu_name, data_root, set_threads
+from prunekit.env import child_env, compute_dtype, cpu_has_fast_bf16, cpu_isa, cpu_name, data_root, set_threads
 from prunekit.errors import PrunekitError
 from prunekit.proc import run_group
 
@@ -83,7 +83,7 @@ def machine() -> dict:
             gpu = torch.cuda.get_device_name(0)
     except Exception:
         pass
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu, "fast_bf16": cpu_has_fast_bf16(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu, "fast_bf16": cpu_has_fast_bf16(), "isa": cpu_isa(),
             "python": platform.python_version(), "host": platform.node()}
 
 
@@ -265,4 +265,5 @@ def machine_slug(m: dict) -> str:
     for junk in ("(r)", "(tm)", "processor", "cpu", "nvidia", "amd", "intel", "@"):
         name = name.replace(junk, " ")
     words = [w for w in name.replace("-", " ").split() if w.isalnum() and not w.endswith("ghz")][:3]
-    return "-".join(words + [f"{m['cores']}c"])
+    isa = [] if m.get("gpu") or not m.get("isa") or m["isa"] in words else [m["isa"]]
+    return "-".join(words + isa + [f"{m['cores']}c"])

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from prunekit.env import cpu_text
 from prunekit.errors import PrunekitError
 
 # Public configs of the real models.
@@ -222,7 +223,7 @@ def speedups(res: dict):
 
 def format_shapes(res: dict) -> str:
     m = res["machine"]
-    lines = [f"Random-weight models in real shapes on {m['cpu']} x{m['cores']}{' + ' + m['gpu'] if m.get('gpu') else ''}"
+    lines = [f"Random-weight models in real shapes on {cpu_text(m['cpu'], m.get('isa'))} x{m['cores']}{' + ' + m['gpu'] if m.get('gpu') else ''}"
              f" ({res['dtype']}, {res['threads']} threads): greedy decoding, prompt {res['prompt_len']}, "
              f"{res['new_tokens']} new tokens, batch 1 and {res['batch']}; median (min-max) of {res['repeats']} "
              "interleaved runs, each in a fresh process.", "",
@@ -256,7 +257,7 @@ def format_shapes(res: dict) -> str:
         un = {(rt, r["cut"]): 1e3 / s["decode_tok_s_b1"]["median"] for r in res["rows"] if r["shape"] == pr["shape"]
               for rt, s in r["speed"].items() if "decode_tok_s_b1" in s}
         lines += ["", f"## Where the time goes: {pr['shape']}", "",
-                  format_profile({**pr, "machine": f"{m['cpu']} x{m['cores']}", "dtype": res["dtype"],
+                  format_profile({**pr, "machine": f"{cpu_text(m['cpu'], m.get('isa'))} x{m['cores']}", "dtype": res["dtype"],
                                   "threads": res["threads"]}, un)]
     return "\n".join(lines) + "\n"
 
@@ -289,7 +290,7 @@ def plot_shapes(res: dict, path: Path) -> None:
     for shape, c in colors.items():
         axes[1].scatter([], [], marker="s", color=c, label=shape)
     axes[1].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"Measured vs ideal decode speedup ({res['machine']['cpu']}, {res['dtype']}); "
+    fig.suptitle(f"Measured vs ideal decode speedup ({cpu_text(res['machine']['cpu'], res['machine'].get('isa'))}, {res['dtype']}); "
                  "hollow = per-layer generic layout", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -19,8 +19,8 @@ from .config import CompressConfig
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
 from .recover import fp32_params
 from .search import KLProbe, kl_shape, probe_batches, sig
-from .stats import (LayerRunner, advance_cut, consumer_grams, consumer_inputs, consumer_normal, make_batches,
-                    mlp_normal_cached, summed)
+from .stats import (LayerRunner, advance_cut, cached_gram, consumer_grams, consumer_inputs, consumer_normal,
+                    make_batches, mlp_normal_cached, summed)
 from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, head_rows, layer_shapes, obs_keep,
                       permute_mlp, remove_layers, sync_config)
 
@@ -211,9 +211,9 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int] | in
     score_next the cut layer's statistics; the stream then advances from the cache, not a second forward.
     The output uses the weights as stored (offloaded layers go home, and are rounded to its dtype, first).
     `keep` is the kept channels, or their count (scores_in_cut): the layer is then scored from the same
-    forward, which caches all of its MLP inputs and the full normal equations (the kept channels' system is
-    their rows and columns), and the top-scoring channels are kept. Returns the kept channels and, with
-    score_next, the cut layer's scores."""
+    forward, which caches all of its MLP inputs and X^T Y for every channel; the top-scoring channels are
+    kept, and their gram is built from the cached inputs (not the full gram in the pass: (K/n)^2 of its
+    products). Returns the kept channels and, with score_next, the cut layer's scores."""
     place = placement(runner.model)
     mlp = getattr(layer, fam.mlp)
     relative = s.weighting == "relative"
@@ -223,13 +223,15 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int] | in
             if isinstance(keep, int):
                 n = getattr(mlp, fam.down).in_features
                 with stage("cut and refit"):
-                    (g, r), cache = mlp_normal_cached(runner, pos, torch.arange(n), relative=relative, with_stats=True)
+                    (_, r), cache = mlp_normal_cached(runner, pos, torch.arange(n), relative=relative,
+                                                      with_stats=True, gram=False)
                 sc = layer_scores(layer, fam, runner.model.config, summed(cache.stats, layer, fam, place.device),
                                   s.method, s.ridge)
                 keep = P.select([sc], P.Shape([(keep, 0)])).mlp[0]
-                cols = torch.tensor(keep, device=g.device)
-                normal = (g.index_select(0, cols).index_select(1, cols), r.index_select(0, cols))
-                del g, r
+                cols = torch.tensor(keep, device=r.device)
+                with stage("cut and refit"):  # the kept channels' gram only, (K/n)^2 of the full one
+                    normal = (cached_gram(runner, pos, cache, cols, relative), r.index_select(0, cols))
+                del r
             with stage("cut and refit"):
                 # The kept channels first: the forward is the same, and the kept inputs X_K are then the first K
                 # columns of down_proj's input (a slice, not a gather of scattered columns: 4% of a compress).

@@ -252,7 +252,8 @@ def bf16_products(on: bool = True):
     """fp32 matmuls computed by oneDNN's bf16 kernels with fp32 accumulation and fp32 results. Exact where both
     inputs hold bf16 values (activations and weights of a model that computes in bf16 do): then the same
     products as fp32, faster on AMX. Callers turn it on only for such inputs and CPUs with native bf16;
-    with `on` false nothing changes."""
+    with `on` false nothing changes. On an AVX512-BF16 CPU without AMX (a Zen 5 EPYC) oneDNN computed these
+    products in fp32 all the same (tests/test_scale.py): right, at fp32's speed."""
     mm = getattr(torch.backends.mkldnn, "matmul", None)
     if not on or mm is None or not hasattr(mm, "fp32_precision"):
         yield
@@ -317,25 +318,30 @@ def consumer_grams(runner: "LayerRunner", i: int, consumer, targets: list[torch.
     return acc["g"], acc["c"]
 
 
+def _fast_products(runner: "LayerRunner", relative: bool) -> bool:
+    """bf16 activations on a CPU with native bf16: products of bf16-exact inputs run on oneDNN's bf16 kernels
+    with fp32's results, faster. Token weights make them inexact: those products stay fp32."""
+    return (runner.place.dtype == torch.bfloat16 and runner.place.device.type == "cpu" and not relative
+            and cpu_has_fast_bf16())
+
+
 def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
                     targets: list[torch.Tensor] | None = None, target_w: torch.Tensor | None = None,
-                    relative: bool = False, on_kept=None) -> tuple[torch.Tensor, torch.Tensor]:
+                    relative: bool = False, on_kept=None, gram: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The refit's normal equations on the kept inputs K of `consumer` only: G_KK = X_K^T X_K and
     R = X_K^T Y, Y the output to preserve (the consumer's own output X W^T as the model computed it; with
     targets, the dense consumer's T W_dense^T), fp64 accumulators. The same system refit() builds from the
     full gram (R = G[K, :] W^T), at (K/n)^2 of the gram's cost and memory: when the kept inputs are known
     before the pass (selection by score). `on_kept(xk)`, when given, sees each batch's kept inputs
-    (tokens, K) in the compute dtype, unweighted."""
+    (tokens, K) in the compute dtype, unweighted. Without `gram`, G_KK is left out (None): a caller that
+    chooses K after the pass builds it from the inputs it cached (cached_gram)."""
     g_sum, r_sum, b = Gram(), Sum(), [0]
     keep = keep.to(consumer.weight.device)
     k = keep.numel()
     # Kept inputs that are the first K (iterate permutes a layer's channels so): a slice, not a gather.
     prefix = bool(k) and torch.equal(keep.cpu(), torch.arange(k))
     bias = None if consumer.bias is None else consumer.bias.float()
-    # bf16 activations on a CPU with native bf16: products of bf16-exact inputs run on oneDNN's bf16 kernels with
-    # fp32's results, faster. Token weights and a bias make them inexact: those products stay fp32.
-    fast = (runner.place.dtype == torch.bfloat16 and runner.place.device.type == "cpu" and not relative
-            and cpu_has_fast_bf16())
+    fast = _fast_products(runner, relative)  # a bias makes X^T Y inexact in bf16 (below)
 
     def fn(_m, args, out):
         x = args[0].reshape(-1, args[0].shape[-1])
@@ -358,8 +364,9 @@ def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
             s = token_weights(runner.hidden[b[0]]).sqrt()[:, None]
             xk = xk * s
             y = y * s if targets is None else y
-        with bf16_products(fast):
-            g_sum.add(xk)
+        if gram:
+            with bf16_products(fast):
+                g_sum.add(xk)
         with bf16_products(fast and targets is None and bias is None and out.dtype == torch.bfloat16):
             r_sum.add(xk.T @ y)
         b[0] += 1
@@ -368,7 +375,8 @@ def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
     acc = {"g": g_sum.result(), "r": r_sum.result()}
     if world()[1] > 1:  # summed over ranks (a rank without batches adds zeros)
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=consumer.weight.device)  # noqa: E731
-        acc["g"] = all_sum(acc["g"] if acc["g"] is not None else z(k, k))
+        if gram:
+            acc["g"] = all_sum(acc["g"] if acc["g"] is not None else z(k, k))
         acc["r"] = all_sum(acc["r"] if acc["r"] is not None else z(k, consumer.weight.shape[0]))
     return acc["g"], acc["r"]
 
@@ -415,13 +423,15 @@ def summed(stats: LayerStats, layer, fam: Family, device) -> LayerStats:
 
 
 def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relative: bool = False,
-                      with_stats: bool = False) -> tuple[tuple[torch.Tensor, torch.Tensor], CutCache]:
+                      with_stats: bool = False, gram: bool = True) -> tuple[tuple[torch.Tensor | None, torch.Tensor],
+                                                                              CutCache]:
     """consumer_normal for layer i's down_proj, plus a CutCache from the same forward. With `with_stats`, the
     cut layer's statistics too: its kept channels' moments are X_K's, its attention's are this forward's (the
     heads are not cut). Costs X_K's memory (tokens x kept channels in the compute dtype; on disk when
     offloading) for one forward fewer per cut layer, the largest cost of a cut pass after the gram. With
     every channel kept (iterate._cut_layer_cached given a width: it scores the layer before choosing) that is
-    all of X and the full gram: n/K times the memory and, under torchrun, an n x n all-reduce."""
+    all of X, n/K times the memory, and X^T Y for every channel; there, without `gram`, no gram is built in
+    the pass: cached_gram builds G_KK from the cache once K is chosen, (K/n)^2 of the full gram's products."""
     fam = runner.fam
     layer = runner.layers[i]
     attn, mlp = getattr(layer, fam.attn), getattr(layer, fam.mlp)
@@ -452,11 +462,33 @@ def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relativ
         for d, h in zip(runner.domains, runner.hidden):
             add_input_terms(stats.domains[d], h)
     try:
-        normal = consumer_normal(runner, i, down, keep, relative=relative, on_kept=on_kept)
+        normal = consumer_normal(runner, i, down, keep, relative=relative, on_kept=on_kept, gram=gram)
     finally:
         for h in hooks:
             h.remove()
     return normal, cache
+
+
+def cached_gram(runner: "LayerRunner", i: int, cache: CutCache, cols: torch.Tensor,
+                relative: bool = False) -> torch.Tensor:
+    """G_KK = X_K^T X_K of layer i's down_proj from the inputs a gram-less mlp_normal_cached cached (all
+    channels), K = `cols`: what consumer_normal would have summed in the pass, built once the layer's scores
+    chose K. Must run before the stream advances (the token weights read the layer's input)."""
+    g_sum = Gram()
+    fast = _fast_products(runner, relative)
+    cols = cols.to(runner.place.device)
+    for b in range(len(cache.xk)):
+        x = cache.xk[b]
+        xk = x.index_select(1, cols.to(x.device)).float()
+        if relative:
+            xk = xk * token_weights(runner.hidden[b]).sqrt()[:, None]
+        with bf16_products(fast):
+            g_sum.add(xk)
+    g = g_sum.result()
+    if world()[1] > 1:  # summed over ranks (a rank without batches adds zeros)
+        k = cols.numel()
+        g = all_sum(g if g is not None else torch.zeros(k, k, dtype=torch.float64, device=runner.place.device))
+    return g
 
 
 def advance_cut(runner: "LayerRunner", i: int, cache: CutCache) -> LayerStats | None:

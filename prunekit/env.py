@@ -53,6 +53,23 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def cpu_isa() -> str:
+    """The CPU's matmul class, for reports and result folders: "amx", "avx512bf16" (both run bf16 natively,
+    at different speeds) or "" (fp32 only: bf16 is emulated). The model name alone does not tell them apart
+    ("AMD EPYC" is an AVX2-only VM on one day and an AVX512-BF16 one on another)."""
+    flags = _cpuinfo()
+    return "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else ""
+
+
+ISA_NAMES = {"amx": "AMX", "avx512bf16": "AVX512-BF16"}
+
+
+def cpu_text(name: str | None = None, isa: str | None = None) -> str:
+    """The CPU as reports name it: model name and matmul class, e.g. "AMD EPYC (AVX512-BF16)"."""
+    name, isa = name or cpu_name(), cpu_isa() if isa is None else isa
+    return f"{name} ({ISA_NAMES.get(isa, 'no native bf16')})"
+
+
 def set_threads(threads: int | None) -> int:
     """Set torch's intra-op thread count once, at a command's entry (None: leave torch's choice).
     Library functions never set it themselves. Returns the count in force."""

@@ -96,3 +96,21 @@ def test_standard_errors_and_paired_differences():
     assert "| 20% | -0.060 ±0.011 worse | **-0.060 ±0.011 worse** |" in text
     assert "| same | +0.002 ±0.002 tie |" in text and "0.600 ±0.022" in text
 
+
+
+def test_result_folders_name_the_cpu_matmul_class(monkeypatch):
+    """Two VMs both called "AMD EPYC" (one AVX2-only, fp32; one AVX512-BF16, bf16) must not share a result
+    folder name: their figures differ by several times."""
+    import prunekit.env as env
+    from prunekit.bench.run import machine_slug
+
+    epyc = {"cpu": "AMD EPYC", "cores": 2, "gpu": None}
+    assert machine_slug({**epyc, "isa": ""}) == "epyc-2c"
+    assert machine_slug({**epyc, "isa": "avx512bf16"}) == "epyc-avx512bf16-2c"
+    assert machine_slug({**epyc, "isa": "amx", "gpu": "NVIDIA H200"}) == "h200-2c"
+    for flags, isa in (("fpu avx2 fma", ""), ("avx2 avx512f avx512_bf16", "avx512bf16"),
+                       ("avx512_bf16 amx_bf16 amx_tile", "amx")):
+        monkeypatch.setattr(env, "_cpuinfo", lambda f=flags: "flags\t\t: " + f)
+        assert env.cpu_isa() == isa
+    assert env.cpu_text("AMD EPYC", "avx512bf16") == "AMD EPYC (AVX512-BF16)"
+    assert env.cpu_text("AMD EPYC", "") == "AMD EPYC (no native bf16)"
