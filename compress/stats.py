@@ -476,7 +476,6 @@ def cached_gram(runner: "LayerRunner", i: int, cache: CutCache, cols: torch.Tens
     chose K. Must run before the stream advances (the token weights read the layer's input)."""
     g_sum = Gram()
     fast = _fast_products(runner, relative)
-    cols = cols.to(runner.place.device)
     for b in range(len(cache.xk)):
         x = cache.xk[b]
         xk = x.index_select(1, cols.to(x.device)).float()
