@@ -223,7 +223,8 @@ def speedups(res: dict):
 
 def format_shapes(res: dict) -> str:
     m = res["machine"]
-    lines = [f"Random-weight models in real shapes on {cpu_text(m['cpu'], m.get('isa'))} x{m['cores']}{' + ' + m['gpu'] if m.get('gpu') else ''}"
+    cpu = cpu_text(m["cpu"], m.get("isa"))
+    lines = [f"Random-weight models in real shapes on {cpu} x{m['cores']}{' + ' + m['gpu'] if m.get('gpu') else ''}"
              f" ({res['dtype']}, {res['threads']} threads): greedy decoding, prompt {res['prompt_len']}, "
              f"{res['new_tokens']} new tokens, batch 1 and {res['batch']}; median (min-max) of {res['repeats']} "
              "interleaved runs, each in a fresh process.", "",
@@ -257,7 +258,7 @@ def format_shapes(res: dict) -> str:
         un = {(rt, r["cut"]): 1e3 / s["decode_tok_s_b1"]["median"] for r in res["rows"] if r["shape"] == pr["shape"]
               for rt, s in r["speed"].items() if "decode_tok_s_b1" in s}
         lines += ["", f"## Where the time goes: {pr['shape']}", "",
-                  format_profile({**pr, "machine": f"{cpu_text(m['cpu'], m.get('isa'))} x{m['cores']}", "dtype": res["dtype"],
+                  format_profile({**pr, "machine": f"{cpu} x{m['cores']}", "dtype": res["dtype"],
                                   "threads": res["threads"]}, un)]
     return "\n".join(lines) + "\n"
 

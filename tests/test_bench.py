@@ -97,7 +97,6 @@ def test_standard_errors_and_paired_differences():
     assert "| same | +0.002 ±0.002 tie |" in text and "0.600 ±0.022" in text
 
 
-
 def test_result_folders_name_the_cpu_matmul_class(monkeypatch):
     """Two VMs both called "AMD EPYC" (one AVX2-only, fp32; one AVX512-BF16, bf16) must not share a result
     folder name: their figures differ by several times."""
