@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 
 # The LM head runs on tiles of TOKEN_BLOCK tokens x VOCAB_CHUNK rows: the logits of a batch never exist for the
@@ -55,7 +57,7 @@ def _chunkable(model) -> bool:
             and getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None)
 
 
-def nll(model, seqs: torch.Tensor, batch_size: int = 4) -> tuple[float, int]:
+def nll(model, seqs: torch.Tensor, batch_size: int = 4, tick: Callable[[], object] | None = None) -> tuple[float, int]:
     """Summed next-token negative log-likelihood over (N, T) sequences, and the token count.
 
     The LM head runs in vocabulary chunks: full-vocabulary logits of a batch (4 x 512 x 152k in fp32 is
@@ -65,21 +67,22 @@ def nll(model, seqs: torch.Tensor, batch_size: int = 4) -> tuple[float, int]:
     from .dist import all_sum_floats, world
 
     rank, n = world()
+    tick = tick or (lambda: None)
     if n > 1:
-        total, count = _nll(model, seqs[rank::n], batch_size)
+        total, count = _nll(model, seqs[rank::n], batch_size, tick)
         total, count = all_sum_floats(total, count)
         return total, int(count)
-    return _nll(model, seqs, batch_size)
+    return _nll(model, seqs, batch_size, tick)
 
 
-def _nll(model, seqs: torch.Tensor, batch_size: int) -> tuple[float, int]:
+def _nll(model, seqs: torch.Tensor, batch_size: int, tick) -> tuple[float, int]:
     from .offload import placement
 
     place = placement(model)
     if len(seqs) == 0:
         return 0.0, 0
     if place.offload:
-        return _layerwise_nll(model, place, seqs, batch_size)
+        return _layerwise_nll(model, place, seqs, batch_size, tick)
     total, count = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(seqs), batch_size):
@@ -93,10 +96,11 @@ def _nll(model, seqs: torch.Tensor, batch_size: int) -> tuple[float, int]:
                 total += float(torch.nn.functional.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum"))
             count += tgt.numel()
+            tick()
     return total, count
 
 
-def _layerwise_nll(model, place, seqs: torch.Tensor, batch_size: int) -> tuple[float, int]:
+def _layerwise_nll(model, place, seqs: torch.Tensor, batch_size: int, tick) -> tuple[float, int]:
     """An offloaded model's NLL: all sequences pass each layer while it is at the compute place."""
     from .families import get_module
     from .offload import first_layer_inputs
@@ -109,20 +113,37 @@ def _layerwise_nll(model, place, seqs: torch.Tensor, batch_size: int) -> tuple[f
             with place.layer(layer):
                 outs = (layer(x, **kw) for x, kw in zip(hidden, kwargs))
                 hidden = [o[0] if isinstance(o, tuple) else o for o in outs]
+            tick()
         hs = [norm(x)[:, :-1].reshape(-1, x.shape[-1]) for x in hidden]
         tgts = [ids[:, 1:].reshape(-1) for ids in batches]
         total = head_nll_many(hs, tgts, model.get_output_embeddings())
         place.release_home(model.get_output_embeddings().weight)
+        tick()  # the LM head: as long as several layers at a 152k vocabulary
     return total, sum(t.numel() for t in tgts)
 
 
-def perplexity(model, seqs: torch.Tensor, batch_size: int = 4) -> float:
-    total, count = nll(model, seqs, batch_size)
+def perplexity(model, seqs: torch.Tensor, batch_size: int = 4, tick: Callable[[], object] | None = None) -> float:
+    total, count = nll(model, seqs, batch_size, tick)
     return math.exp(total / max(count, 1))
 
 
-def per_domain(model, heldout: dict[str, torch.Tensor], batch_size: int = 4) -> dict[str, float]:
-    return {d: perplexity(model, s, batch_size) for d, s in heldout.items()}
+def per_domain(model, heldout: dict[str, torch.Tensor], batch_size: int = 4,
+               desc: str = "held-out perplexity") -> dict[str, float]:
+    """Perplexity per domain, with a progress bar: a 0.5B model's held-out set takes minutes on a CPU. It counts
+    batches, or where the model is offloaded layers and the LM head (all of a domain's sequences pass a layer at
+    once)."""
+    from .dist import world
+    from .families import get_module
+    from .offload import placement
+
+    place = placement(model)
+    rank, n = world()
+    if place.offload:
+        steps = sum(len(s[rank::n]) > 0 for s in heldout.values()) * (len(get_module(model, place.fam.layers)) + 1)
+    else:
+        steps = sum(-(-len(s[rank::n]) // batch_size) for s in heldout.values())
+    with tqdm(total=steps, desc=desc, unit="step" if place.offload else "batch", leave=False) as bar:
+        return {d: perplexity(model, s, batch_size, bar.update) for d, s in heldout.items()}
 
 
 def geomean(vals) -> float:

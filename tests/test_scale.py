@@ -59,10 +59,33 @@ def test_head_nll_is_the_full_vocabulary_cross_entropy():
         assert head_nll(h, tgt, home) == pytest.approx(ref16, rel=1e-5)
 
 
+class _Bar:
+    """Stands in for tqdm in prunekit.perplexity: records each bar's total and how far it got."""
+    seen: list = []
+
+    def __init__(self, total, unit, **kw):
+        self.total, self.unit, self.n = total, unit, 0
+        _Bar.seen.append(self)
+
+    def update(self, k=1):
+        self.n += k
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 @pytest.mark.unit
-def test_offloaded_compress_matches_the_whole_model_one(bf16_src, tmp_path):
+def test_offloaded_compress_matches_the_whole_model_one(bf16_src, tmp_path, monkeypatch):
+    monkeypatch.setattr("prunekit.perplexity.tqdm", _Bar)
+    _Bar.seen = []
     off = compress(cfg(bf16_src, tmp_path / "off", offload="off"), log=lambda m: None)
     on = compress(cfg(bf16_src, tmp_path / "on", offload="on"), log=lambda m: None)
+    # Every held-out evaluation shows progress, by batch or (offloaded) by layer and LM head, and its bar ends full.
+    assert {b.unit for b in _Bar.seen} == {"batch", "step"}
+    assert all(b.total > 0 and b.n == b.total for b in _Bar.seen), [(b.n, b.total) for b in _Bar.seen]
     assert on.placement == {"device": "cpu", "dtype": "float32", "offload": True, "why": "--offload on",
                             "home_dtype": "bfloat16"}
     assert off.placement["offload"] is False
@@ -176,7 +199,11 @@ def test_a_reset_that_does_not_take_is_not_called_per_stage(monkeypatch):
 
 @pytest.mark.integration
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
-def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path):
+# MLP channels only (the default): the first round scores each layer from the rank-summed statistics of its cut
+# pass (iterate.scores_in_cut). KV groups: a statistics pass per round, the groups' scores and the attention
+# output's normal equations summed over ranks (10% of the decoder is one of the two groups of every layer).
+@pytest.mark.parametrize("structures,ratio,tolerance", [("mlp", "0.2", "0.06"), ("heads", "0.1", "0.03")])
+def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path, structures, ratio, tolerance):
     """torchrun with 2 CPU ranks (gloo): each holds half the calibration batches; the summed statistics give
     the same plan and weights as one process, and rank 0 alone writes."""
     import os
@@ -191,13 +218,12 @@ def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path):
     # 4e-5 apart), which the refit's solve amplifies; the test is about the summed statistics, not threading.
     threads = torch.get_num_threads()
     try:
-        # MLP channels only (the default): the first round scores each layer from the rank-summed statistics of
-        # its cut pass (iterate.scores_in_cut); the head cut's normal equations are summed by the same code.
-        one = compress(cfg(src, tmp_path / "one", quick_eval=0, threads=1, structures=("mlp",)), log=lambda m: None)
+        one = compress(cfg(src, tmp_path / "one", quick_eval=0, threads=1, structures=(structures,),
+                           ratio=float(ratio), tolerance=float(tolerance)), log=lambda m: None)
     finally:
         torch.set_num_threads(threads)  # compress sets it for the process: give later tests theirs back
-    args = ["--model", str(src[0]), "--calib", str(src[1]), "--out", str(tmp_path / "two"), "--ratio", "0.2",
-            "--ratio-of", "decoder", "--align", "32", "--structures", "mlp", "--tolerance", "0.06",
+    args = ["--model", str(src[0]), "--calib", str(src[1]), "--out", str(tmp_path / "two"), "--ratio", ratio,
+            "--ratio-of", "decoder", "--align", "32", "--structures", structures, "--tolerance", tolerance,
             "--rounds", "2", "--seed", "0", "--dtype", "float32", "--threads", "1"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         "-m", "prunekit", "compress", *args], capture_output=True, text=True, timeout=600,
@@ -206,11 +232,15 @@ def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path):
     assert r.stderr.count("wrote ") == 1  # rank 0 only
     two = json.loads((tmp_path / "two" / "prunekit.json").read_text())
     assert two["placement"]["ranks"] == 2 and two["plan"] == one.plan
+    if structures == "heads":  # the case is only worth its time if the plan does cut KV groups
+        assert all(len(g) == 1 for g in one.plan["kv_groups"]), one.plan["kv_groups"]
     for d, v in one.quality["heldout_ppl"]["pruned"].items():
         assert two["quality"]["heldout_ppl"]["pruned"][d] == pytest.approx(v, rel=1e-5)
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     for k in a:
         assert (a[k] - b[k]).abs().max() <= 1e-5 * a[k].abs().max(), k
+    if structures == "heads":
+        return
     # What needs the whole model is refused before any work, on every rank.
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         "-m", "prunekit", "compress", *args[:5], str(tmp_path / "three"), *args[6:],
