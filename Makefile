@@ -55,9 +55,11 @@ bench: setup
 # Speed of cuts at real shapes (random weights) on PyTorch, onnxruntime and vLLM, fresh process per run,
 # 5 interleaved repeats: the default model's shape with uniform, per-layer (DeciLM and generic layouts) and
 # alignment variants (33% is 704 wide at --align 64, 640 at 128; at 256 it is 768, the 30% cut) plus a
-# per-token profile, then Qwen2.5-0.5B's shape with its profile (about 100 + 80 min on 2 cores).
+# per-token profile and each cut paired with dense in one process on PyTorch and onnxruntime (8 back-to-back
+# pairs: these VMs change speed in phases), then Qwen2.5-0.5B's shape with its profile (about 120 + 80 min on
+# 2 cores).
 bench-speed: setup
-	$(PRUNEKIT) bench --shapes smollm2-135m --repeats 5 --profile-cut 40% \
+	$(PRUNEKIT) bench --shapes smollm2-135m --repeats 5 --profile-cut 40% --paired 8 \
 	  --cuts 'dense,20%,40%,30%,30% per-layer,30% per-layer generic,33%,33% a128'
 	$(PRUNEKIT) bench --shapes qwen2.5-0.5b --repeats 5 --profile-cut 20% --cuts 'dense,20%,40%,30%,30% per-layer'
 

@@ -36,6 +36,8 @@ class BenchConfig(Config):
                                        type=comma_list())
     profile_cut: str | None = opt(None, "with --shapes: also break down the per-token time of dense and this cut "
                                   "of the first shape on every runtime, from each runtime's profiler (e.g. 40%)")
+    paired: int | None = opt(None, "with --shapes: also time each cut against dense in one process, N pairs back "
+                             "to back (torch and onnxruntime; robust to the machine's speed phases)", type=int)
     model: str = opt("default", "the dense model to prune and compare (local path or hub id)")
     methods: tuple[str, ...] | None = opt(None, "method grid: comma list of `prunekit compare` variants, or 'none' "
                                           "(default: the profile's; full = ours, ours-oneshot, ours-c4only, "
@@ -59,7 +61,7 @@ class BenchConfig(Config):
                   f"--artifact {a!r}: use LABEL=DIR, e.g. --artifact 20%=artifacts/NAME.")
         bad = [r for r in self.runtimes if r not in RUNTIMES]
         check(not bad and bool(self.runtimes), f"unknown runtime(s) {bad}; choose from {', '.join(RUNTIMES)}.")
-        for name in ("limit", "wikitext_windows", "domain_samples", "repeats", "threads", "method_limit",
+        for name in ("limit", "wikitext_windows", "domain_samples", "repeats", "threads", "method_limit", "paired",
                      "method_windows", "method_domain_samples"):
             check_positive(name, getattr(self, name))
         check(self.method_ratios is None or all(0 < r < 1 for r in self.method_ratios),
@@ -80,6 +82,7 @@ class BenchConfig(Config):
             for c in self.cuts:
                 parse_cut(c)
         check(self.profile_cut is None or bool(self.shapes), "--profile-cut goes with --shapes.")
+        check(self.paired is None or bool(self.shapes), "--paired goes with --shapes.")
 
     def given(self) -> dict[str, str]:
         return dict(a.split("=", 1) for a in self.artifact)

@@ -88,12 +88,19 @@ def machine() -> dict:
 
 
 def speed_once(runtime: str, art: Path, p: Profile, threads: int, dtype: str, timeout: int = 900,
-               device: str = "auto") -> dict:
+               device: str = "auto", pair_with: Path | None = None, pairs: int = 0) -> dict:
+    """One fresh worker process timing `art`; with `pair_with`, that baseline and `art` side by side in the
+    process, `pairs` times back to back (speed_worker.run_paired; torch and onnxruntime)."""
     art, m = load_artifact(art)
     check_shipped_code(art, m)
     req = {"runtime": runtime, "artifact": str(art.resolve()), "prompt_len": p.prompt_len, "new_tokens": p.new_tokens,
            "batch": p.batch, "threads": threads, "dtype": dtype, "kv_cache_gib": 1, "device": device,
            "trust_remote_code": needs_remote_code(m)}
+    if pair_with is not None:
+        base, bm = load_artifact(pair_with)
+        check_shipped_code(base, bm)
+        req.update(pair_with=str(base.resolve()), pairs=pairs,
+                   trust_remote_code=req["trust_remote_code"] or needs_remote_code(bm))
     return run_worker(["prunekit.bench.speed_worker"], req, threads, timeout)
 
 
@@ -163,7 +170,7 @@ def run_bench(cfg: BenchConfig, log=None) -> Path:
         print(format_shapes(run_shapes(list(cfg.shapes), list(cfg.cuts or CUTS), cfg.runtimes, out,
                                        Path(cfg.workdir) / "shapes", repeats=cfg.repeats or 5,
                                        threads=set_threads(cfg.threads or os.cpu_count() or 1),
-                                       profile=cfg.profile_cut, log=log)))
+                                       profile=cfg.profile_cut, log=log, paired=cfg.paired or 0)))
         return out
     p = profile_for(cfg)
     skip_quality, skip_speed, model = cfg.skip_quality, cfg.skip_speed, cfg.model

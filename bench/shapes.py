@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -140,9 +141,10 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
 
 def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], out: Path, work: Path,
                repeats: int = 5, threads: int = 2, prompt_len: int = 128, new_tokens: int = 32, batch: int = 8,
-               profile: str | None = None, tokenizer: str = "default", log=print) -> dict:
+               profile: str | None = None, tokenizer: str = "default", log=print, paired: int = 0) -> dict:
     """Build, time and report; `profile` (a cut label) adds the per-token breakdown of dense and that cut
-    of the first shape on every runtime (bench/profile.py)."""
+    of the first shape on every runtime (bench/profile.py); `paired` adds, per cut, one process on torch and on
+    onnxruntime that times dense and the cut back to back that many times (the speedup per pair)."""
     from prunekit.artifact import read_manifest
     from prunekit.env import compute_dtype
 
@@ -189,6 +191,13 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
     for r in res["rows"]:
         r["speed"] = {rt: summarize(v) for rt, v in r["samples"].items()}
     (out / "shapes.json").write_text(json.dumps(res, indent=2) + "\n")  # the timings are safe before profiling
+    res["paired"] = paired
+    for (shape, label), art in arts.items() if paired else ():
+        for rt in (r for r in runtimes if r in PAIRED_RUNTIMES and label != "dense"):
+            pr = pair_speedups(speed_once(rt, art, p, threads, dtype, pair_with=arts[(shape, "dense")], pairs=paired))
+            rows[(shape, label)].setdefault("paired", {})[rt] = pr
+            log(f"paired {shape} {label:>22} {rt:<12} " + (pr["error"] if "error" in pr else ", ".join(
+                f"{k} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})" for k, v in pr.items())))
     if profile:
         from .profile import profile_once
         res["profile"] = {"shape": shapes[0], "batch": 1, "prompt_len": prompt_len, "new_tokens": new_tokens + 1,
@@ -207,6 +216,20 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
     plot_shapes(res, out / "shapes-speedup.png")
     partial.unlink(missing_ok=True)
     return res
+
+
+PAIRED_RUNTIMES = ("torch", "onnxruntime")  # two vLLM engines do not share one process
+
+
+def pair_speedups(result: dict) -> dict:
+    """Per batch size, the cut's speedup over dense in each back-to-back pair: median, range and all of them."""
+    if "error" in result:
+        return {"error": result["error"]}
+    out = {}
+    for key, name in (("decode_tok_s_b1", "b1"), ("decode_tok_s_batch", "batch")):
+        xs = [q["cut"][key] / q["base"][key] for q in result["pairs"]]
+        out[name] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "pairs": xs}
+    return out
 
 
 def speedups(res: dict):
@@ -252,6 +275,22 @@ def format_shapes(res: dict) -> str:
     lines += ["", "Ideal = dense / pruned bytes of weights a decode step reads (every matrix once; the embedding "
               "table only as the tied LM head). % of ideal = (speedup - 1) / (ideal - 1): the share of the "
               "possible gain that the runtime delivers.", f"\nTotal {res['seconds']} s."]
+    if res.get("paired"):
+        lines += ["", f"Paired: dense and the cut loaded side by side in one process and timed back to back, "
+                  f"{res['paired']} pairs in ABBA order; the speedup of each pair, median (min-max). The machine's "
+                  "speed moves in phases of tens of seconds to minutes, which a pair shares and independent runs "
+                  "do not.", "", f"| shape | cut | runtime | b1 speedup | b{res['batch']} speedup | ideal | "
+                  f"b1 / b{res['batch']} % of ideal |", "|---|---|---|---|---|---|---|"]
+        ideal = {(r["shape"], r["cut"]): i for r, _, _, _, i in speedups(res)}
+        for r in res["rows"]:
+            for rt, pr in r.get("paired", {}).items():
+                i = ideal.get((r["shape"], r["cut"]), float("nan"))
+                if "error" in pr:
+                    lines.append(f"| {r['shape']} | {r['cut']} | {rt} | failed: {pr['error'][:200]} | | | |")
+                    continue
+                f = lambda v: f"{v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})"
+                pct = " / ".join(f"{(pr[k]['median'] - 1) / (i - 1) * 100:.0f}" if i > 1 else "-" for k in ("b1", "batch"))
+                lines.append(f"| {r['shape']} | {r['cut']} | {rt} | {f(pr['b1'])} | {f(pr['batch'])} | {i:.2f}x | {pct} |")
     if res.get("profile"):
         from .profile import format_profile
         pr = res["profile"]
@@ -314,10 +353,12 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--profile-cut", default=None, help="also profile dense and this cut of the first shape")
+    ap.add_argument("--paired", type=int, default=0, help="also time each cut against dense in one process, N pairs")
     a = ap.parse_args(argv)
     try:
         res = run_shapes(a.shapes.split(","), a.cuts.split(","), tuple(a.runtimes.split(",")), Path(a.out),
-                         Path(a.work), a.repeats, a.threads, a.prompt_len, a.new_tokens, a.batch, a.profile_cut)
+                         Path(a.work), a.repeats, a.threads, a.prompt_len, a.new_tokens, a.batch, a.profile_cut,
+                         paired=a.paired)
     except PrunekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
 """One speed measurement in a fresh process: one runtime, one artifact (clean peak memory per run).
 
     python -m prunekit.bench.speed_worker REQUEST.json RESULT.json
-REQUEST: {runtime: torch|onnxruntime|vllm, artifact, prompt_len, new_tokens, batch, threads, dtype, kv_cache_gib}
-RESULT:  {ttft_s, decode_tok_s_b1, decode_tok_s_batch, peak_rss_mb, gpu_peak_mb, load_s, ...}
+REQUEST: {runtime: torch|onnxruntime|vllm, artifact, prompt_len, new_tokens, batch, threads, dtype, kv_cache_gib,
+          [pair_with, pairs]}
+RESULT:  {ttft_s, decode_tok_s_b1, decode_tok_s_batch, peak_rss_mb, gpu_peak_mb, load_s, ...}, or with pair_with
+         (torch and onnxruntime): {pairs: [{base: {...}, cut: {...}}, ...], peak_rss_mb, load_s}
 
 Time to first token = a prefill of prompt_len tokens that returns one token (batch 1). Decode speed =
 (new_tokens - 1) further tokens divided by the time beyond the first, at batch 1 and at `batch`.
@@ -42,7 +44,8 @@ def measure(generate, req: dict, vocab: int) -> dict:
             "decode_tok_s_batch": req["batch"] * (n - 1) / max(tbn - tb1, 1e-9)}
 
 
-def run_torch(req: dict) -> dict:
+def load_torch(req: dict, artifact: str):
+    """(generate, vocabulary size, load seconds) of an artifact in PyTorch."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -51,28 +54,60 @@ def run_torch(req: dict) -> dict:
     dev = req.get("device", "auto")
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
     t = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(req["artifact"], dtype=getattr(torch, req["dtype"]),
+    model = AutoModelForCausalLM.from_pretrained(artifact, dtype=getattr(torch, req["dtype"]),
                                                  trust_remote_code=req["trust_remote_code"]).to(dev).eval()
     load = time.perf_counter() - t
 
     def gen(p, n):
         torch_greedy(model, p, n, device=dev)
-    out = measure(gen, req, model.config.vocab_size)
+    return gen, model.config.vocab_size, load
+
+
+def load_onnxruntime(req: dict, artifact: str):
+    """(generate, vocabulary size, load seconds) of an artifact's ONNX graph in onnxruntime."""
+    from prunekit.runtimes import OrtLM
+    t = time.perf_counter()
+    lm = OrtLM(f"{artifact}/onnx/model.onnx", threads=req["threads"])
+    load = time.perf_counter() - t
+    return lm.greedy, json.load(open(f"{artifact}/config.json"))["vocab_size"], load
+
+
+LOADERS = {"torch": load_torch, "onnxruntime": load_onnxruntime}
+
+
+def run_torch(req: dict) -> dict:
+    import torch
+    gen, vocab, load = load_torch(req, req["artifact"])
+    out = measure(gen, req, vocab)
     out["load_s"] = load
-    if dev == "cuda":
+    if torch.cuda.is_available() and req.get("device", "auto") != "cpu":
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
 def run_onnxruntime(req: dict) -> dict:
-    from prunekit.runtimes import OrtLM
-    t = time.perf_counter()
-    lm = OrtLM(f"{req['artifact']}/onnx/model.onnx", threads=req["threads"])
-    load = time.perf_counter() - t
-    vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
-    out = measure(lm.greedy, req, vocab)
+    gen, vocab, load = load_onnxruntime(req, req["artifact"])
+    out = measure(gen, req, vocab)
     out["load_s"] = load
     return out
+
+
+def run_paired(req: dict) -> dict:
+    """The baseline (req["pair_with"]) and the artifact loaded side by side in one process and measured back to
+    back, req["pairs"] times in ABBA order. On these VMs the machine's speed moves in phases of tens of seconds
+    to minutes (onnxruntime's batch-8 decode of one session halved mid-run and stayed there,
+    bench/results/2026-12-03-epyc-2c-ort-phases): each pair's ratio sees one phase, where independent runs
+    minutes apart compare two."""
+    loader = LOADERS[req["runtime"]]
+    models = [loader(req, a) for a in (req["pair_with"], req["artifact"])]
+    pairs = []
+    for i in range(req["pairs"]):
+        got = {}
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            gen, vocab, _ = models[j]
+            got[j] = measure(gen, req, vocab)
+        pairs.append({"base": got[0], "cut": got[1]})
+    return {"pairs": pairs, "load_s": sum(m[2] for m in models)}
 
 
 def run_vllm(req: dict) -> dict:
@@ -144,7 +179,8 @@ class PeakRss:
 
 def main(req_path: str, res_path: str) -> None:
     req = json.load(open(req_path))
-    fn = {"torch": run_torch, "onnxruntime": run_onnxruntime, "vllm": run_vllm}[req["runtime"]]
+    fn = run_paired if req.get("pair_with") else \
+        {"torch": run_torch, "onnxruntime": run_onnxruntime, "vllm": run_vllm}[req["runtime"]]
     rss = PeakRss()
     out = fn(req)
     out["peak_rss_mb"] = rss.stop()

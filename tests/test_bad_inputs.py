@@ -141,6 +141,8 @@ CASES = [
     ("bench a cut over 100%", ["bench", "--shapes", "tiny", "--cuts", "150%"], "cut '150%' is not understood"),
     ("bench an artifact without label", ["bench", "--artifact", "ART"], "use LABEL=DIR"),
     ("bench an unknown runtime", ["bench", "--runtimes", "tensorrt"], "unknown runtime(s)"),
+    ("bench pairs without shapes", ["bench", "--paired", "4"], "--paired goes with --shapes"),
+    ("bench zero pairs", ["bench", "--shapes", "tiny", "--paired", "0"], "--paired must be a positive integer"),
     ("artifacts ratio out of range", ["artifacts", "--ratio", "2", "--out", "OUT"], "--ratio must be in (0, 1)"),
 ]
 

@@ -35,8 +35,17 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     res = run_shapes(["tiny"], ["dense", "40%", "30% per-layer"], ("torch",), tmp_path / "out", tmp_path / "work",
                      repeats=1, threads=2, prompt_len=8, new_tokens=6, batch=2, tokenizer=str(tmp_path / "tok"),
-                     profile="40%", log=lambda m: None)
+                     profile="40%", log=lambda m: None, paired=2)
     dense, cut, per_layer = res["rows"]
+    assert "paired" not in dense  # each cut against dense, in one process, back to back
+    for r in (cut, per_layer):
+        pr = r["paired"]["torch"]
+        assert len(pr["b1"]["pairs"]) == 2 and all(x > 0 for x in pr["b1"]["pairs"] + pr["batch"]["pairs"]), pr
+        assert pr["batch"]["min"] <= pr["batch"]["median"] <= pr["batch"]["max"]
+    assert "| tiny | 40% | torch |" in (tmp_path / "out" / "shapes.md").read_text()
+    from prunekit.bench.phases import series  # the steadiness check: one process, rounds of batch decode
+    ser = series(cut["artifact"], ["torch"], 0.01, 2, 2, 8, 4, log=lambda m: None)
+    assert len(ser["tok_s"]["torch"]) == len(ser["seconds"]) >= 1 and ser["tok_s"]["torch"][0] > 0
     assert (dense["layout"], cut["layout"], per_layer["layout"]) == ("uniform", "uniform", "decilm")
     assert cut["weight_bytes_per_token"] < dense["weight_bytes_per_token"]
     assert all(r["speed"]["torch"]["decode_tok_s_b1"]["median"] > 0 for r in res["rows"])
