@@ -5,8 +5,8 @@
 Loads the artifact once per runtime (PyTorch and/or onnxruntime, 2 threads by default) and times greedy batch
 decode in turn, printing one line per round: seconds since start and each runtime's tok/s. Same process, same
 session, same inputs: any change in the series is the machine's. On the 2-core cloud VMs of this project the
-speed moves in phases of tens of seconds to minutes (onnxruntime's batch-8 decode fell from ~210 to ~120 tok/s
-mid-run and stayed there; bench/results/2026-12-03-epyc-2c-ort-phases), which is why `bench --shapes
+speed moves in phases of seconds to minutes (onnxruntime's batch-8 decode of one session moved between 115 and
+210 tok/s within 5 minutes; bench/results/2026-12-03-epyc-2c-ort-phases), which is why `bench --shapes
 --paired N` times each cut against dense inside one process.
 """
 from __future__ import annotations
@@ -29,11 +29,12 @@ def series(artifact: str, runtimes: list[str], seconds: float, threads: int, bat
     gens = {rt: LOADERS[rt](req, artifact)[:2] for rt in runtimes}
     for gen, vocab in gens.values():
         gen(prompts(1, 8, vocab, seed=2), 2)  # warm-up
+    batches = {rt: prompts(batch, prompt_len, vocab, seed=1) for rt, (_, vocab) in gens.items()}
     out, at, t0 = {rt: [] for rt in runtimes}, [], time.time()
     while time.time() - t0 < seconds:
         at.append(round(time.time() - t0, 1))
-        for rt, (gen, vocab) in gens.items():
-            p = prompts(batch, prompt_len, vocab, seed=1)
+        for rt, (gen, _) in gens.items():
+            p = batches[rt]
             t = time.perf_counter()
             gen(p, 1)
             t1 = time.perf_counter() - t

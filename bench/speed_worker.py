@@ -95,7 +95,7 @@ def run_onnxruntime(req: dict) -> dict:
 def run_paired(req: dict) -> dict:
     """The baseline (req["pair_with"]) and the artifact loaded side by side in one process and measured back to
     back, req["pairs"] times in ABBA order. On these VMs the machine's speed moves in phases of tens of seconds
-    to minutes (onnxruntime's batch-8 decode of one session halved mid-run and stayed there,
+    to minutes (onnxruntime's batch-8 decode of one session moved between 115 and 210 tok/s within 5 minutes,
     bench/results/2026-12-03-epyc-2c-ort-phases): each pair's ratio sees one phase, where independent runs
     minutes apart compare two."""
     loader = LOADERS[req["runtime"]]
