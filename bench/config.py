@@ -36,8 +36,8 @@ class BenchConfig(Config):
                                        type=comma_list())
     profile_cut: str | None = opt(None, "with --shapes: also break down the per-token time of dense and this cut "
                                   "of the first shape on every runtime, from each runtime's profiler (e.g. 40%)")
-    paired: int | None = opt(None, "with --shapes: also time each cut against dense in one process, N pairs back "
-                             "to back (torch and onnxruntime; robust to the machine's speed phases)", type=int)
+    paired: int | None = opt(None, "with --shapes: also time each cut against dense in one process, N pairs, their "
+                             "decode steps in turn (robust to the machine's speed phases)", type=int)
     model: str = opt("default", "the dense model to prune and compare (local path or hub id)")
     methods: tuple[str, ...] | None = opt(None, "method grid: comma list of `prunekit compare` variants, or 'none' "
                                           "(default: the profile's; full = ours, ours-oneshot, ours-c4only, "

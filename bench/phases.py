@@ -7,7 +7,7 @@ decode in turn, printing one line per round: seconds since start and each runtim
 session, same inputs: any change in the series is the machine's. On the 2-core cloud VMs of this project the
 speed moves in phases of seconds to minutes (onnxruntime's batch-8 decode of one session moved between 115 and
 210 tok/s within 5 minutes; bench/results/2026-12-03-epyc-2c-ort-phases), which is why `bench --shapes
---paired N` times each cut against dense inside one process.
+--paired N` times each cut against dense inside one process, step by step in turn.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def series(artifact: str, runtimes: list[str], seconds: float, threads: int, bat
 
     from .speed_worker import LOADERS, prompts
     req = {"threads": threads, "dtype": compute_dtype(), "device": "cpu", "trust_remote_code": False}
-    gens = {rt: LOADERS[rt](req, artifact)[:2] for rt in runtimes}
+    gens = {rt: (m.generate, m.vocab) for rt in runtimes for m in [LOADERS[rt](req, artifact)]}
     for gen, vocab in gens.values():
         gen(prompts(1, 8, vocab, seed=2), 2)  # warm-up
     batches = {rt: prompts(batch, prompt_len, vocab, seed=1) for rt, (_, vocab) in gens.items()}

@@ -90,7 +90,7 @@ def machine() -> dict:
 def speed_once(runtime: str, art: Path, p: Profile, threads: int, dtype: str, timeout: int = 900,
                device: str = "auto", pair_with: Path | None = None, pairs: int = 0) -> dict:
     """One fresh worker process timing `art`; with `pair_with`, that baseline and `art` side by side in the
-    process, `pairs` times back to back (speed_worker.run_paired; torch and onnxruntime)."""
+    process, `pairs` times, their decode steps in turn (speed_worker.run_paired)."""
     art, m = load_artifact(art)
     check_shipped_code(art, m)
     req = {"runtime": runtime, "artifact": str(art.resolve()), "prompt_len": p.prompt_len, "new_tokens": p.new_tokens,

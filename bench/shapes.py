@@ -143,8 +143,8 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
                repeats: int = 5, threads: int = 2, prompt_len: int = 128, new_tokens: int = 32, batch: int = 8,
                profile: str | None = None, tokenizer: str = "default", log=print, paired: int = 0) -> dict:
     """Build, time and report; `profile` (a cut label) adds the per-token breakdown of dense and that cut
-    of the first shape on every runtime (bench/profile.py); `paired` adds, per cut, one process on torch and on
-    onnxruntime that times dense and the cut back to back that many times (the speedup per pair)."""
+    of the first shape on every runtime (bench/profile.py); `paired` adds, per cut and runtime, one process
+    that times dense and the cut that many times, their decode steps in turn (the speedup per pair)."""
     from prunekit.artifact import read_manifest
     from prunekit.env import compute_dtype
 
@@ -218,11 +218,11 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
     return res
 
 
-PAIRED_RUNTIMES = ("torch", "onnxruntime")  # two vLLM engines do not share one process
+PAIRED_RUNTIMES = ("torch", "onnxruntime", "vllm")  # vLLM: both engine cores in the worker (speed_worker.run_paired)
 
 
 def pair_speedups(result: dict) -> dict:
-    """Per batch size, the cut's speedup over dense in each back-to-back pair: median, range and all of them."""
+    """Per batch size, the cut's speedup over dense in each pair: median, range and all of them."""
     if "error" in result:
         return {"error": result["error"]}
     out = {}
@@ -276,10 +276,11 @@ def format_shapes(res: dict) -> str:
               "table only as the tied LM head). % of ideal = (speedup - 1) / (ideal - 1): the share of the "
               "possible gain that the runtime delivers.", f"\nTotal {res['seconds']} s."]
     if res.get("paired"):
-        lines += ["", f"Paired: dense and the cut loaded side by side in one process and timed back to back, "
-                  f"{res['paired']} pairs in ABBA order; the speedup of each pair, median (min-max). The machine's "
-                  "speed moves in phases of tens of seconds to minutes, which a pair shares and independent runs "
-                  "do not.", "", f"| shape | cut | runtime | b1 speedup | b{res['batch']} speedup | ideal | "
+        lines += ["", f"Paired: dense and the cut loaded side by side in one process, {res['paired']} pairs; in a "
+                  f"pair each decodes the same prompts at batch 1, then at batch {res['batch']}, their "
+                  f"{res['new_tokens'] - 1} decode steps timed in turn (A B B A ...; prefills not timed); the speedup "
+                  "of each pair, median (min-max). The machine's speed moves in phases of seconds to minutes, which "
+                  "steps a fraction of a second apart share and independent runs do not.", "", f"| shape | cut | runtime | b1 speedup | b{res['batch']} speedup | ideal | "
                   f"b1 / b{res['batch']} % of ideal |", "|---|---|---|---|---|---|---|"]
         ideal = {(r["shape"], r["cut"]): i for r, _, _, _, i in speedups(res)}
         for r in res["rows"]:
@@ -353,7 +354,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--profile-cut", default=None, help="also profile dense and this cut of the first shape")
-    ap.add_argument("--paired", type=int, default=0, help="also time each cut against dense in one process, N pairs")
+    ap.add_argument("--paired", type=int, default=0, help="also time each cut against dense in one process, their decode steps in turn, N pairs")
     a = ap.parse_args(argv)
     try:
         res = run_shapes(a.shapes.split(","), a.cuts.split(","), tuple(a.runtimes.split(",")), Path(a.out),

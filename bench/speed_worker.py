@@ -4,7 +4,8 @@
 REQUEST: {runtime: torch|onnxruntime|vllm, artifact, prompt_len, new_tokens, batch, threads, dtype, kv_cache_gib,
           [pair_with, pairs]}
 RESULT:  {ttft_s, decode_tok_s_b1, decode_tok_s_batch, peak_rss_mb, gpu_peak_mb, load_s, ...}, or with pair_with
-         (torch and onnxruntime): {pairs: [{base: {...}, cut: {...}}, ...], peak_rss_mb, load_s}
+         (torch and onnxruntime): {pairs: [{base: {decode_tok_s_b1, decode_tok_s_batch}, cut: {...}}, ...],
+         peak_rss_mb, load_s}
 
 Time to first token = a prefill of prompt_len tokens that returns one token (batch 1). Decode speed =
 (new_tokens - 1) further tokens divided by the time beyond the first, at batch 1 and at `batch`.
@@ -17,6 +18,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
+
+
+class Loaded(NamedTuple):
+    """An artifact loaded in one runtime: a greedy loop, its step generator, the vocabulary size, load seconds."""
+    generate: Callable  # generate(prompts, n)
+    steps: Callable  # steps(prompts): an iterator, one decode step per next() (the first: the prefill)
+    vocab: int
+    load_s: float
 
 
 def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -49,7 +59,7 @@ def load_torch(req: dict, artifact: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from prunekit.runtimes import torch_greedy
+    from prunekit.runtimes import torch_greedy, torch_steps
     torch.set_num_threads(req["threads"])
     dev = req.get("device", "auto")
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
@@ -60,7 +70,7 @@ def load_torch(req: dict, artifact: str):
 
     def gen(p, n):
         torch_greedy(model, p, n, device=dev)
-    return gen, model.config.vocab_size, load
+    return Loaded(gen, lambda p: torch_steps(model, p, device=dev), model.config.vocab_size, load)
 
 
 def load_onnxruntime(req: dict, artifact: str):
@@ -69,15 +79,12 @@ def load_onnxruntime(req: dict, artifact: str):
     t = time.perf_counter()
     lm = OrtLM(f"{artifact}/onnx/model.onnx", threads=req["threads"])
     load = time.perf_counter() - t
-    return lm.greedy, json.load(open(f"{artifact}/config.json"))["vocab_size"], load
-
-
-LOADERS = {"torch": load_torch, "onnxruntime": load_onnxruntime}
+    return Loaded(lm.greedy, lm.steps, json.load(open(f"{artifact}/config.json"))["vocab_size"], load)
 
 
 def run_torch(req: dict) -> dict:
     import torch
-    gen, vocab, load = load_torch(req, req["artifact"])
+    gen, _, vocab, load = load_torch(req, req["artifact"])
     out = measure(gen, req, vocab)
     out["load_s"] = load
     if torch.cuda.is_available() and req.get("device", "auto") != "cpu":
@@ -86,43 +93,80 @@ def run_torch(req: dict) -> dict:
 
 
 def run_onnxruntime(req: dict) -> dict:
-    gen, vocab, load = load_onnxruntime(req, req["artifact"])
+    gen, _, vocab, load = load_onnxruntime(req, req["artifact"])
     out = measure(gen, req, vocab)
     out["load_s"] = load
     return out
 
 
+def interleaved(models: list[Loaded], prompts: list[list[int]], steps: int) -> list[float]:
+    """Decode tok/s of each model over the same prompts, their steps interleaved: after both prefills (not
+    timed), one decode step of each in turn, the order flipping every step (A B B A A B ...), each model on its
+    own KV cache at the same length. Adjacent steps are a fraction of a second apart, so a change of the
+    machine's speed hits both models alike."""
+    its = [m.steps(prompts) for m in models]
+    spent = [0.0] * len(its)
+    try:
+        for it in its:
+            next(it)  # the prefill
+        for k in range(steps):
+            for j in (range(len(its)) if k % 2 == 0 else reversed(range(len(its)))):
+                t = time.perf_counter()
+                next(its[j])
+                spent[j] += time.perf_counter() - t
+    finally:
+        for it in its:
+            it.close()  # frees the KV cache (or ends the engine's requests) before the next block
+    return [len(prompts) * steps / max(s, 1e-9) for s in spent]
+
+
 def run_paired(req: dict) -> dict:
-    """The baseline (req["pair_with"]) and the artifact loaded side by side in one process and measured back to
-    back, req["pairs"] times in ABBA order. On these VMs the machine's speed moves in phases of tens of seconds
-    to minutes (onnxruntime's batch-8 decode of one session moved between 115 and 210 tok/s within 5 minutes,
-    bench/results/2026-12-03-epyc-2c-ort-phases): each pair's ratio sees one phase, where independent runs
-    minutes apart compare two."""
+    """The baseline (req["pair_with"]) and the artifact loaded side by side in one process; req["pairs"] times,
+    their decode at batch 1 and at req["batch"] timed step by step in turn (`interleaved`), new_tokens - 1
+    steps each. On these VMs the machine's speed moves in phases of seconds to minutes (onnxruntime's batch-8
+    decode of one session moved between 115 and 210 tok/s within 5 minutes,
+    bench/results/2026-12-03-epyc-2c-ort-phases); whole timings back to back (a minute a pair at the 0.5B
+    shape) still straddled them, single steps in turn do not."""
+    if req["runtime"] == "vllm":
+        # Both engines' cores in this process, so that a step runs when it is called (vllm_steps).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     loader = LOADERS[req["runtime"]]
     models = [loader(req, a) for a in (req["pair_with"], req["artifact"])]
+    vocab = min(m.vocab for m in models)
+    p1, pb = prompts(1, req["prompt_len"], vocab), prompts(req["batch"], req["prompt_len"], vocab, seed=1)
+    for m in models:
+        m.generate(prompts(1, 8, vocab, seed=2), 2)  # warm-up: first-call allocations and lazy init
     pairs = []
     for i in range(req["pairs"]):
+        order = models if i % 2 == 0 else models[::-1]  # which model steps first alternates too
         got = {}
-        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
-            gen, vocab, _ = models[j]
-            got[j] = measure(gen, req, vocab)
+        for key, p in (("decode_tok_s_b1", p1), ("decode_tok_s_batch", pb)):
+            speeds = interleaved(order, p, req["new_tokens"] - 1)
+            for j, s in enumerate(speeds if i % 2 == 0 else speeds[::-1]):
+                got.setdefault(j, {})[key] = s
         pairs.append({"base": got[0], "cut": got[1]})
-    return {"pairs": pairs, "load_s": sum(m[2] for m in models)}
+    return {"pairs": pairs, "load_s": sum(m.load_s for m in models)}
+
+
+def load_vllm(req: dict, artifact: str):
+    """(generate, steps, vocabulary size, load seconds) of an artifact in a vLLM engine, and the engine."""
+    from prunekit.runtimes import vllm_engine, vllm_generate, vllm_steps
+
+    t = time.perf_counter()
+    llm = vllm_engine(artifact, req["dtype"], req["prompt_len"] + req["new_tokens"] + 16,
+                      req["trust_remote_code"], req.get("kv_cache_gib", 1), req.get("enforce_eager", True))
+    load = time.perf_counter() - t
+    vocab = json.load(open(f"{artifact}/config.json"))["vocab_size"]
+    return Loaded(lambda p, n: vllm_generate(llm, p, n), lambda p: vllm_steps(llm, p), vocab, load), llm
+
+
+LOADERS = {"torch": load_torch, "onnxruntime": load_onnxruntime, "vllm": lambda req, a: load_vllm(req, a)[0]}
 
 
 def run_vllm(req: dict) -> dict:
-    from prunekit.runtimes import vllm_engine, vllm_generate
-
-    t = time.perf_counter()
-    llm = vllm_engine(req["artifact"], req["dtype"], req["prompt_len"] + req["new_tokens"] + 16,
-                      req["trust_remote_code"], req.get("kv_cache_gib", 1), req.get("enforce_eager", True))
-    load = time.perf_counter() - t
-
-    def gen(p, n):
-        vllm_generate(llm, p, n)
-    vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
-    out = measure(gen, req, vocab)
-    out["load_s"] = load
+    m, llm = load_vllm(req, req["artifact"])
+    out = measure(m.generate, req, m.vocab)
+    out["load_s"] = m.load_s
     out["model_class"] = getattr(llm.model_config, "architecture", "?")  # native class or Transformers backend
     try:
         import torch

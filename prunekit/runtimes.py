@@ -3,10 +3,12 @@ with a KV cache (PyTorch, onnxruntime) and the one place that builds a vLLM engi
 
 Each greedy loop takes a batch of equal-length prompts (token ids), decodes `n` tokens with no stopping on EOS
 (so every runtime is compared over the same number of steps) and returns (tokens [B, n], first-step
-logits [B, vocab]). bench times the same loops.
+logits [B, vocab]). bench times the same loops; their step generators (torch_steps, OrtLM.steps) let it
+interleave two models' steps.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +16,32 @@ import torch
 
 
 @torch.no_grad()
-def torch_greedy(model, prompts: list[list[int]], n: int, device: str = "cpu"):
+def torch_steps(model, prompts: list[list[int]], device: str = "cpu"):
+    """Greedy decoding one step per next(): the first runs the prompts' prefill, each later one a single-token
+    forward with the KV cache; yields (next tokens [B, 1], fp32 logits [B, vocab]). A generator, so that bench
+    can interleave the steps of two models (speed_worker.run_paired)."""
     from transformers import DynamicCache
 
     ids = torch.tensor(prompts, device=device)
     b, t = ids.shape
     cache = DynamicCache(config=model.config)
     mask = torch.ones(b, t, dtype=torch.long, device=device)
-    out, first = [], None
     step_ids, pos = ids, torch.arange(t, device=device).expand(b, t)
-    for i in range(n):
+    for i in itertools.count():
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                        use_cache=True).logits[:, -1].float()
-        if first is None:
-            first = logits.clone()
         nxt = logits.argmax(-1, keepdim=True)
-        out.append(nxt)
+        yield nxt, logits
         step_ids, pos = nxt, torch.full((b, 1), t + i, device=device)
         mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.long, device=device)], 1)
+
+
+def torch_greedy(model, prompts: list[list[int]], n: int, device: str = "cpu"):
+    out, first = [], None
+    for _, (nxt, logits) in zip(range(n), torch_steps(model, prompts, device)):
+        if first is None:
+            first = logits.clone()
+        out.append(nxt)
     return torch.cat(out, 1).tolist(), first.cpu().numpy()
 
 
@@ -54,24 +64,29 @@ class OrtLM:
         # Shapes are [batch, kv_heads, past, head_dim]; kv_heads and head_dim are static in the graph.
         return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32) for i in self.past}
 
-    def greedy(self, prompts: list[list[int]], n: int):
+    def steps(self, prompts: list[list[int]]):
+        """As torch_steps: one session run per next(), yielding (next tokens [B, 1], logits [B, vocab])."""
         ids = np.asarray(prompts, dtype=np.int64)
         b, t = ids.shape
         past = self.empty_cache(b)
         mask = np.ones((b, t), np.int64)
         step_ids, pos = ids, np.broadcast_to(np.arange(t, dtype=np.int64), (b, t))
-        out, first = [], None
-        for i in range(n):
+        for i in itertools.count():
             res = self.session.run(None, {"input_ids": step_ids, "attention_mask": mask,
                                           "position_ids": np.ascontiguousarray(pos), **past})
             logits = res[0][:, -1]
-            if first is None:
-                first = logits.copy()
             nxt = logits.argmax(-1)[:, None].astype(np.int64)
-            out.append(nxt)
+            yield nxt, logits
             past = {p.name: r for p, r in zip(self.past, res[1:])}
             step_ids, pos = nxt, np.full((b, 1), t + i, np.int64)
             mask = np.concatenate([mask, np.ones((b, 1), np.int64)], 1)
+
+    def greedy(self, prompts: list[list[int]], n: int):
+        out, first = [], None
+        for _, (nxt, logits) in zip(range(n), self.steps(prompts)):
+            if first is None:
+                first = logits.copy()
+            out.append(nxt)
         return np.concatenate(out, 1).tolist(), first
 
 
@@ -95,3 +110,31 @@ def vllm_generate(llm, prompts: list[list[int]], n: int, logprobs: int | None = 
 
     params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, logprobs=logprobs)
     return llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+
+
+def vllm_steps(llm, prompts: list[list[int]]):
+    """As torch_steps for a vLLM engine, yielding (None, None): the first next() steps the engine until every
+    prompt has its first token (the prefill), each later one runs one engine step (a token for every running
+    request). The steps run when called only with the engine core in this process
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0 before the engine is built); a core in its own process runs ahead."""
+    import uuid
+
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    eng = llm.llm_engine
+    room = llm.model_config.max_model_len - max(len(p) for p in prompts)
+    params = SamplingParams(temperature=0.0, max_tokens=room, ignore_eos=True)
+    ids = [f"steps-{uuid.uuid4().hex}-{i}" for i in range(len(prompts))]
+    for rid, p in zip(ids, prompts):
+        eng.add_request(rid, TokensPrompt(prompt_token_ids=p), params)
+    try:
+        first = set()
+        while len(first) < len(ids):
+            first.update(o.request_id for o in eng.step())
+        yield None, None
+        while True:
+            eng.step()
+            yield None, None
+    finally:
+        eng.abort_request(ids)  # a generator closed early leaves no request running in the engine

@@ -26,6 +26,34 @@ def test_shapes_cut_widths():
         parse_cut("30% generic")
 
 
+@pytest.mark.unit
+def test_paired_timing_interleaves_steps_and_skips_the_prefill():
+    """A pair's two models step in turn, A B B A ..., each timed on its own steps only: a slow prefill and the
+    other model's steps do not count, and a model twice as slow a step reads half the tok/s."""
+    import time
+
+    from prunekit.bench.speed_worker import Loaded, interleaved
+
+    calls = []
+
+    def stepper(name, prefill_s, step_s):
+        def steps(prompts):
+            calls.append((name, "prefill"))
+            time.sleep(prefill_s)
+            yield
+            while True:
+                calls.append(name)
+                time.sleep(step_s)
+                yield
+        return Loaded(None, steps, 10, 0.0)
+
+    a, b = stepper("a", 0.2, 0.02), stepper("b", 0.0, 0.01)
+    tok_a, tok_b = interleaved([a, b], [[1, 2], [3, 4]], 6)
+    assert calls == [("a", "prefill"), ("b", "prefill")] + ["a", "b", "b", "a"] * 3
+    assert 1.6 < tok_b / tok_a < 2.4, (tok_a, tok_b)  # 2 prompts x 6 steps over 0.12 s and 0.06 s
+    assert 60 < tok_a <= 100, tok_a  # the 0.2 s prefill is not in it
+
+
 @pytest.mark.integration
 def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
     """Artifacts of a real export (the per-layer cut in the DeciLM layout), timed by the bench worker."""
@@ -37,7 +65,7 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
                      repeats=1, threads=2, prompt_len=8, new_tokens=6, batch=2, tokenizer=str(tmp_path / "tok"),
                      profile="40%", log=lambda m: None, paired=2)
     dense, cut, per_layer = res["rows"]
-    assert "paired" not in dense  # each cut against dense, in one process, back to back
+    assert "paired" not in dense  # each cut against dense, in one process, step by step in turn
     for r in (cut, per_layer):
         pr = r["paired"]["torch"]
         assert len(pr["b1"]["pairs"]) == 2 and all(x > 0 for x in pr["b1"]["pairs"] + pr["batch"]["pairs"]), pr
@@ -61,6 +89,25 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
         assert abs(sum(row[c] for c in CATEGORIES) - row["wall_ms"]) < 1e-6 * row["wall_ms"] + 1e-9, row
         # Three (1-token, N-token) pairs; the reported one is the median of their wall times.
         assert len(row["pairs_wall_ms"]) == 3 and sorted(row["pairs_wall_ms"])[1] == round(row["wall_ms"], 2), row
+
+
+@pytest.mark.integration
+def test_vllm_pairs_two_engines_in_one_process(tmp_path):
+    """vLLM too times a cut against dense step by step: both engines' cores in the worker's own process
+    (a core in a process of its own would run ahead of the steps it is asked for), each pair's speeds positive."""
+    from dataclasses import replace
+
+    from conftest import tiny_tokenizer
+    from prunekit.bench.run import PROFILES, speed_once
+    from prunekit.bench.shapes import build, pair_speedups, parse_cut
+
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    arts = [build("tiny", parse_cut(c), tmp_path, False, lambda m: None, str(tmp_path / "tok")) for c in ("dense", "40%")]
+    p = replace(PROFILES["quick"], prompt_len=8, new_tokens=6, batch=2)
+    res = speed_once("vllm", arts[1], p, 2, "float32", pair_with=arts[0], pairs=2)
+    pr = pair_speedups(res)
+    assert "error" not in pr, pr
+    assert len(pr["batch"]["pairs"]) == 2 and all(x > 0 for x in pr["b1"]["pairs"] + pr["batch"]["pairs"]), pr
 
 
 @pytest.mark.unit
