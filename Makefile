@@ -56,12 +56,13 @@ bench: setup
 # 5 interleaved repeats: the default model's shape with uniform, per-layer (DeciLM and generic layouts) and
 # alignment variants (33% is 704 wide at --align 64, 640 at 128; at 256 it is 768, the 30% cut) plus a
 # per-token profile and each cut paired with dense in one process on every runtime (their decode steps timed in
-# turn: these VMs change speed in phases), then Qwen2.5-0.5B's shape with its profile and 5 pairs (about
-# 140 + 130 min on 2 cores).
+# turn: these VMs change speed in phases), then Qwen2.5-0.5B's shape with its profile and 5 pairs (an estimated
+# 140 + 130 min on 2 cores; the whole target has not been timed with the pairs).
 bench-speed: setup
 	$(PRUNEKIT) bench --shapes smollm2-135m --repeats 5 --profile-cut 40% --paired 8 \
 	  --cuts 'dense,20%,40%,30%,30% per-layer,30% per-layer generic,33%,33% a128'
-	$(PRUNEKIT) bench --shapes qwen2.5-0.5b --repeats 5 --profile-cut 20% --paired 5 --cuts 'dense,20%,40%,30%,30% per-layer'
+	$(PRUNEKIT) bench --shapes qwen2.5-0.5b --repeats 5 --profile-cut 20% --paired 5 \
+	  --cuts 'dense,20%,40%,30%,30% per-layer'
 
 # compress at real shapes (random weights, stored bf16): time and peak memory per stage, each setting in a fresh
 # process: Qwen2.5-0.5B's shape with the defaults offloaded; then 1 round of 16 samples without offloading,

@@ -280,7 +280,8 @@ def format_shapes(res: dict) -> str:
                   f"pair each decodes the same prompts at batch 1, then at batch {res['batch']}, their "
                   f"{res['new_tokens'] - 1} decode steps timed in turn (A B B A ...; prefills not timed); the speedup "
                   "of each pair, median (min-max). The machine's speed moves in phases of seconds to minutes, which "
-                  "steps a fraction of a second apart share and independent runs do not.", "", f"| shape | cut | runtime | b1 speedup | b{res['batch']} speedup | ideal | "
+                  "steps a fraction of a second apart share and independent runs do not.", "",
+                  f"| shape | cut | runtime | b1 speedup | b{res['batch']} speedup | ideal | "
                   f"b1 / b{res['batch']} % of ideal |", "|---|---|---|---|---|---|---|"]
         ideal = {(r["shape"], r["cut"]): i for r, _, _, _, i in speedups(res)}
         for r in res["rows"]:
@@ -354,7 +355,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--profile-cut", default=None, help="also profile dense and this cut of the first shape")
-    ap.add_argument("--paired", type=int, default=0, help="also time each cut against dense in one process, their decode steps in turn, N pairs")
+    ap.add_argument("--paired", type=int, default=0,
+                    help="also time each cut against dense in one process, their decode steps in turn, N pairs")
     a = ap.parse_args(argv)
     try:
         res = run_shapes(a.shapes.split(","), a.cuts.split(","), tuple(a.runtimes.split(",")), Path(a.out),

@@ -4,7 +4,7 @@
 REQUEST: {runtime: torch|onnxruntime|vllm, artifact, prompt_len, new_tokens, batch, threads, dtype, kv_cache_gib,
           [pair_with, pairs]}
 RESULT:  {ttft_s, decode_tok_s_b1, decode_tok_s_batch, peak_rss_mb, gpu_peak_mb, load_s, ...}, or with pair_with
-         (torch and onnxruntime): {pairs: [{base: {decode_tok_s_b1, decode_tok_s_batch}, cut: {...}}, ...],
+         (any runtime): {pairs: [{base: {decode_tok_s_b1, decode_tok_s_batch}, cut: {...}}, ...],
          peak_rss_mb, load_s}
 
 Time to first token = a prefill of prompt_len tokens that returns one token (batch 1). Decode speed =

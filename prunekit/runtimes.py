@@ -3,8 +3,8 @@ with a KV cache (PyTorch, onnxruntime) and the one place that builds a vLLM engi
 
 Each greedy loop takes a batch of equal-length prompts (token ids), decodes `n` tokens with no stopping on EOS
 (so every runtime is compared over the same number of steps) and returns (tokens [B, n], first-step
-logits [B, vocab]). bench times the same loops; their step generators (torch_steps, OrtLM.steps) let it
-interleave two models' steps.
+logits [B, vocab]). bench times the same loops; their step generators (torch_steps, OrtLM.steps, vllm_steps)
+let it interleave two models' steps.
 """
 from __future__ import annotations
 

@@ -102,7 +102,8 @@ def test_vllm_pairs_two_engines_in_one_process(tmp_path):
     from prunekit.bench.shapes import build, pair_speedups, parse_cut
 
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
-    arts = [build("tiny", parse_cut(c), tmp_path, False, lambda m: None, str(tmp_path / "tok")) for c in ("dense", "40%")]
+    arts = [build("tiny", parse_cut(c), tmp_path, False, lambda m: None, str(tmp_path / "tok"))
+            for c in ("dense", "40%")]
     p = replace(PROFILES["quick"], prompt_len=8, new_tokens=6, batch=2)
     res = speed_once("vllm", arts[1], p, 2, "float32", pair_with=arts[0], pairs=2)
     pr = pair_speedups(res)
