@@ -10,11 +10,16 @@ figure of a cold run, not one that found an earlier run's evaluation. Before and
 matmul (2048^3 in the compute dtype, on the same threads) measures the machine's speed, since a shared
 VM's varies by 2-3x within minutes: the report then tells a slower run from a slower machine.
 
+With --products each run also counts its matrix products per stage (prunekit.stages; a few microseconds per
+tensor operation): the report then gives each stage's TFLOP, the rate it ran them at, and the least time the
+run's products take at the machine's measured matmul speed, the floor that no overhead saved can go below.
+
     python -m prunekit.bench.compress_scale --shape qwen2.5-0.5b --settings 'offload=off;offload=on' --threads 2
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +29,8 @@ from pathlib import Path
 from prunekit.artifact import read_manifest, write_json_atomic, write_text_atomic
 from prunekit.env import cpu_text
 from prunekit.errors import PrunekitError
+
+from prunekit.stages import COUNT_ENV
 
 from .shapes import SHAPES
 
@@ -105,8 +112,9 @@ def machine_tflops(threads: int) -> float:
 
 
 def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, work: Path, log=print,
-        on_row=None, tokenizer: str = "default") -> list[dict]:
-    """Each setting's run; `on_row(rows)` after each (a report that grows as the runs finish)."""
+        on_row=None, tokenizer: str = "default", products: bool = False) -> list[dict]:
+    """Each setting's run; `on_row(rows)` after each (a report that grows as the runs finish). With `products`
+    each run counts its matrix products per stage."""
     src = source(shape, work / "shapes", tokenizer, log=log)
     rows = []
     for s in settings:
@@ -129,7 +137,8 @@ def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, 
         log(f"compress_scale: {label}: {' '.join(cmd[1:])}")
         before = machine_tflops(threads)
         t0 = time.time()
-        if subprocess.run(cmd).returncode != 0:
+        env = {**os.environ, COUNT_ENV: "1" if products else "0"}
+        if subprocess.run(cmd, env=env).returncode != 0:
             raise PrunekitError(f"compress failed for setting {label!r} (its output is above); the rows "
                                 "finished before it are in the report.")
         wall = round(time.time() - t0, 1)
@@ -176,8 +185,31 @@ def markdown(shape: str, rows: list[dict], threads: int) -> str:
                                                for r in rows) + " |")
     lines.append("| machine speed before / after (2048^3 matmul, TFLOP/s) | " + " | ".join(
         " / ".join(map(str, r["machine_tflops"])) if "machine_tflops" in r else "-" for r in rows) + " |")
+    lines += products_table(rows, stages)
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def products_table(rows: list[dict], stages: list[str]) -> list[str]:
+    """Where runs counted their products: TFLOP per stage and the rate each stage ran them at, and the least
+    time the whole run's products take at the faster of the machine's two measured speeds."""
+    counted = [r for r in rows if "tflop" in r["profile"]]
+    if not counted:
+        return []
+    lines = ["", "Matrix products (mm, addmm, bmm; attention not counted) per stage: TFLOP @ the TFLOP/s the stage "
+             "ran them at, its seconds included everything else it did.", "",
+             "| stage | " + " | ".join(r["setting"] for r in counted) + " |", "|---|" + "---:|" * len(counted)]
+    for name in stages:
+        cells = []
+        for r in counted:
+            st = next((x for x in r["profile"]["stages"] if x["stage"] == name), None)
+            cells.append(f"{st['tflop']:.2f} @ {st['tflop'] / st['seconds']:.3f}" if st and st["seconds"] > 0
+                         else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **whole run** | " + " | ".join(f"**{r['profile']['tflop']:.1f} TFLOP**" for r in counted) + " |")
+    lines.append("| products alone at the machine's faster measured speed | " + " | ".join(
+        f"{r['profile']['tflop'] / max(r['machine_tflops']):.0f} s of {r['wall_s']:.0f} s" for r in counted) + " |")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -194,6 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", default="default", help="the tokenizer the source carries (calibration text "
                     "is tokenized with it)")
     ap.add_argument("--workdir", default="bench/work", help="sources and checkpoints are built and kept here")
+    ap.add_argument("--products", action="store_true", help="count each stage's matrix products (TFLOP) and report "
+                    "the least time they take at the machine's speed")
     a = ap.parse_args(argv)
     from .run import machine, machine_slug
     out = Path(a.out or f"bench/results/{time.strftime('%Y-%m-%d')}-{machine_slug(machine())}-compress-{a.shape}"
@@ -205,7 +239,7 @@ def main(argv=None) -> int:
         write_text_atomic(out / "compress-scale.md", markdown(a.shape, rows, a.threads))
     try:
         rows = run(a.shape, parse_settings(a.settings), a.threads, a.ratio, Path(a.workdir), on_row=write,
-                   tokenizer=a.tokenizer)
+                   tokenizer=a.tokenizer, products=a.products)
     except PrunekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

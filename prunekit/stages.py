@@ -8,9 +8,17 @@ not possible the figures are the process's peak up to the stage's end, and the r
 Code deep inside a run marks its stages with `stage("name")`, which does nothing unless a profile is active
 (`with Stages() as prof:` at a command's entry), so library calls from tests and bench cost nothing. The mark
 is the process's: while a profile is active, nothing else in the process can read its own peak from it.
+
+With products counted (`Stages(count_products=True)`, or PRUNEKIT_COUNT_PRODUCTS=1 in the environment), each
+stage also records the TFLOP of its matrix products (mm, addmm, bmm, baddbmm, as torch's flop counter
+counts them, attention's CPU kernel left out): a stage's seconds against its products say whether it is bound
+by arithmetic or by everything else, and the sum over stages at the machine's matmul speed is the least time
+the run's work can take there. Counting intercepts every tensor operation of the process's main thread (a few
+microseconds each), so it is off unless asked for.
 """
 from __future__ import annotations
 
+import os
 import resource
 import time
 from contextlib import contextmanager
@@ -77,8 +85,37 @@ def _cuda():
     return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
+COUNT_ENV = "PRUNEKIT_COUNT_PRODUCTS"
+
+
+def _products_mode(add):
+    """A dispatch mode that passes each operation through and reports the FLOP of the matrix products among
+    them to `add`. Unlike torch's FlopCounterMode it never decomposes an operation it has no formula for:
+    the run computes exactly what it would without it."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    formulas = {k: flop_registry[k] for k in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm) if k in flop_registry}
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            f = formulas.get(func._overloadpacket)
+            if f is not None:
+                add(f(*args, **kwargs, out_val=out))
+            return out
+
+    return Products()
+
+
 class Stages:
-    def __init__(self) -> None:
+    def __init__(self, count_products: bool | None = None) -> None:
+        self.count = os.environ.get(COUNT_ENV, "") == "1" if count_products is None else count_products
+        self.flop: dict[str, float] = {}  # per stage; "(no stage)" for products outside every stage
+        self._mode = None
         self.rows: dict[str, dict] = {}
         self.per_stage = True   # False once a reset of the high-water mark failed
         self.peak_mb = 0.0      # the whole run's peak (the kernel's mark is reset, so it is kept here)
@@ -87,10 +124,20 @@ class Stages:
 
     def __enter__(self) -> "Stages":
         _active.append(self)
+        if self.count:
+            self._mode = _products_mode(self._add_flop)
+            self._mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
         _active.remove(self)
+
+    def _add_flop(self, n: float) -> None:
+        name = self._open[-1] if self._open else "(no stage)"
+        self.flop[name] = self.flop.get(name, 0.0) + n
 
     @contextmanager
     def stage(self, name: str):
@@ -145,21 +192,33 @@ class Stages:
             row["peak_rss_mb"] = max(row["peak_rss_mb"], _peak_mb())
             row["calls"] += 1
         rows = [{**r, "seconds": round(r["seconds"], 1), "peak_rss_mb": round(r["peak_rss_mb"]),
-                 **({"peak_device_mb": round(r["peak_device_mb"])} if "peak_device_mb" in r else {})}
+                 **({"peak_device_mb": round(r["peak_device_mb"])} if "peak_device_mb" in r else {}),
+                 **({"tflop": round(self.flop.get(r["stage"], 0.0) / 1e12, 3)} if self.count else {})}
                 for r in live.values()]
-        return {"stages": rows, "peak_rss_mb": round(max([self.peak_mb, _peak_mb()])),
-                "peak_is_per_stage": self.per_stage}
+        out = {"stages": rows, "peak_rss_mb": round(max([self.peak_mb, _peak_mb()])),
+               "peak_is_per_stage": self.per_stage}
+        if self.count:
+            out["tflop"] = round(sum(self.flop.values()) / 1e12, 3)
+            out["tflop_outside_stages"] = round(self.flop.get("(no stage)", 0.0) / 1e12, 3)
+        return out
 
     def table(self) -> str:
         rec = self.record()
         dev = any("peak_device_mb" in r for r in rec["stages"])
-        head = "| stage | seconds | peak RSS MB |" + (" peak device MB |" if dev else "")
-        lines = [head, "|---|---:|---:|" + ("---:|" if dev else "")]
+        fl = self.count
+        head = ("| stage | seconds | peak RSS MB |" + (" peak device MB |" if dev else "")
+                + (" TFLOP | TFLOP/s |" if fl else ""))
+        lines = [head, "|---|---:|---:|" + ("---:|" if dev else "") + ("---:|---:|" if fl else "")]
+
+        def rate(tflop: float, s: float) -> str:
+            return f"{tflop / s:.3f}" if s > 0 else "-"
         for r in rec["stages"]:
             lines.append(f"| {r['stage']} | {r['seconds']:.1f} | {r['peak_rss_mb']} |"
-                         + (f" {r.get('peak_device_mb', '-')} |" if dev else ""))
+                         + (f" {r.get('peak_device_mb', '-')} |" if dev else "")
+                         + (f" {r['tflop']:.2f} | {rate(r['tflop'], r['seconds'])} |" if fl else ""))
         total = sum(r["seconds"] for r in rec["stages"])
-        lines.append(f"| total | {total:.1f} | {rec['peak_rss_mb']} |" + (" |" if dev else ""))
+        lines.append(f"| total | {total:.1f} | {rec['peak_rss_mb']} |" + (" |" if dev else "")
+                     + (f" {rec['tflop']:.2f} | {rate(rec['tflop'], total)} |" if fl else ""))
         if not rec["peak_is_per_stage"]:
             lines.append("(peaks are the process's up to each stage's end: this system cannot reset the mark)")
         return "\n".join(lines)

@@ -182,6 +182,32 @@ def test_stage_peaks_are_each_stages_own():
 
 
 @pytest.mark.unit
+def test_stages_count_each_stages_matrix_products():
+    """The products profile: exact FLOP of mm, addmm (a linear with bias) and bmm, each in the stage it ran
+    in (an inner stage's not in the outer one's), none counted when not asked, and the results unchanged."""
+    from prunekit.stages import Stages, stage
+
+    a, b, w, bias = torch.randn(8, 16), torch.randn(16, 4), torch.randn(4, 16), torch.randn(4)
+    x = torch.randn(3, 8, 16)
+    with Stages(count_products=True) as prof:
+        with stage("mm"):
+            y = a @ b
+            with stage("inner"):
+                z = torch.nn.functional.linear(a, w, bias)
+                torch.bmm(x, x.transpose(1, 2))
+        a.sum()  # outside any stage, not a product: nothing counted
+    assert torch.equal(y, torch.mm(a, b)) and torch.equal(z, torch.addmm(bias, a, w.T))
+    assert prof.flop == {"mm": 2 * 8 * 16 * 4, "inner": 2 * 8 * 16 * 4 + 2 * 3 * 8 * 16 * 8}
+    rec = prof.record()  # in the manifest, TFLOP to the GFLOP
+    assert [r["tflop"] for r in rec["stages"]] == [0.0, 0.0] and rec["tflop_outside_stages"] == 0
+    assert "TFLOP/s" in prof.table()
+    with Stages(count_products=False) as prof:
+        with stage("mm"):
+            a @ b
+    assert "tflop" not in prof.record()["stages"][0] and "TFLOP" not in prof.table()
+
+
+@pytest.mark.unit
 def test_a_reset_that_does_not_take_is_not_called_per_stage(monkeypatch):
     """Some sandboxed kernels accept the write to clear_refs and leave the mark alone (seen on CI): the
     profile must then say its peaks are the process's so far, not each stage's."""
@@ -427,7 +453,7 @@ def test_compress_scale_reports_each_setting_from_a_fresh_process(tmp_path):
     s = "offload=on,rounds=1,samples=8"
     assert main(["--shape", "tiny", "--settings", f"{s};offload=off,rounds=1,samples=8;{s},eval-cache=on",
                  "--ratio", "0.22", "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(out),
-                 "--tokenizer", str(tmp_path / "tok")]) == 0
+                 "--tokenizer", str(tmp_path / "tok"), "--products"]) == 0
     rows = json.loads((out / "compress-scale.json").read_text())
     assert [r["setting"] for r in rows] == [s, "offload=off,rounds=1,samples=8", f"{s},eval-cache=on"]
     assert [r["placement"]["offload"] for r in rows] == [True, False, True]
@@ -438,6 +464,10 @@ def test_compress_scale_reports_each_setting_from_a_fresh_process(tmp_path):
     md = (out / "compress-scale.md").read_text()
     assert "| cut and refit |" in md and "prunekit compress --model" in md and "--no-eval-cache" in md
     assert "| dense eval | measured | measured | from an earlier run's cache |" in md
+    # --products: every run counted its matrix products, the cut's among them, and the report gives the floor.
+    prof = rows[0]["profile"]
+    cut = next(st for st in prof["stages"] if st["stage"] == "cut and refit")
+    assert prof["tflop"] > 0 and cut["tflop"] > 0 and "products alone at the machine's" in md
     assert main(["--shape", "tiny", "--settings", "offload"]) == 2  # not KEY=VALUE: a clear error
 
 
