@@ -29,7 +29,6 @@ from pathlib import Path
 from prunekit.artifact import read_manifest, write_json_atomic, write_text_atomic
 from prunekit.env import cpu_text
 from prunekit.errors import PrunekitError
-
 from prunekit.stages import COUNT_ENV
 
 from .shapes import SHAPES
@@ -154,6 +153,11 @@ def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, 
     return rows
 
 
+def stage_of(row: dict, name: str) -> dict | None:
+    """A run's profile row of stage `name`, or None where that run had no such stage."""
+    return next((x for x in row["profile"]["stages"] if x["stage"] == name), None)
+
+
 def gpu_mb(stages: list[dict]) -> str:
     """' / N GPU': the largest peak device memory of these stages, where a GPU computed them ('' elsewhere)."""
     peaks = [st["peak_device_mb"] for st in stages if "peak_device_mb" in st]
@@ -172,7 +176,7 @@ def markdown(shape: str, rows: list[dict], threads: int) -> str:
     for name in stages:
         cells = []
         for r in rows:
-            st = next((x for x in r["profile"]["stages"] if x["stage"] == name), None)
+            st = stage_of(r, name)
             cells.append(f"{st['seconds']:.0f} s / {st['peak_rss_mb']}{gpu_mb([st])}" if st else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| **whole run** | " + " | ".join(f"**{r['wall_s']:.0f} s / {r['profile']['peak_rss_mb']}"
@@ -202,7 +206,7 @@ def products_table(rows: list[dict], stages: list[str]) -> list[str]:
     for name in stages:
         cells = []
         for r in counted:
-            st = next((x for x in r["profile"]["stages"] if x["stage"] == name), None)
+            st = stage_of(r, name)
             cells.append(f"{st['tflop']:.2f} @ {st['tflop'] / st['seconds']:.3f}" if st and st["seconds"] > 0
                          else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
