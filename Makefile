@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PRUNEKIT := $(VENV)/bin/prunekit
 RUNS ?= runs
 
-.PHONY: setup demo test test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check \
+.PHONY: setup demo test lint format test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check \
 	bench-compress optimum-check
 
 setup:
@@ -15,8 +15,17 @@ setup:
 demo: setup
 	$(PRUNEKIT) compress --model default --calib default --ratio 0.2 --out $(RUNS)/demo/pruned-20 --force
 
-test: setup
+test: setup lint
 	$(PY) -m pytest
+
+# ruff: lint and format check (pyproject.toml [tool.ruff]); `make format` rewrites the tree.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # The unit tier only (tiny models, the tiny tokenizer and mix kept in tests/): under a minute.
 test-fast: setup
