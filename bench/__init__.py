@@ -8,6 +8,7 @@ The stage's public entry (the Python API):
 bench builds its artifacts through the orchestrator (prunekit.pipeline) and calls the other stages'
 public entries only.
 """
+
 from .config import BenchConfig
 from .run import run_bench
 from .shapes import format_shapes, run_shapes

@@ -16,6 +16,7 @@ run's products take at the machine's measured matmul speed, the floor that no ov
 
     python -m prunekit.bench.compress_scale --shape qwen2.5-0.5b --settings 'offload=off;offload=on' --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,10 @@ def source(shape: str, work: Path, tokenizer: str = "default", log=print) -> Pat
     cls, base = SHAPES[shape]
     tok = load_tokenizer(tokenizer)
     if len(tok) > base["vocab_size"]:
-        raise PrunekitError(f"the tokenizer of {tokenizer!r} has {len(tok)} tokens, more than shape {shape}'s "
-                            f"vocabulary of {base['vocab_size']}; pass a smaller one with --tokenizer.")
+        raise PrunekitError(
+            f"the tokenizer of {tokenizer!r} has {len(tok)} tokens, more than shape {shape}'s "
+            f"vocabulary of {base['vocab_size']}; pass a smaller one with --tokenizer."
+        )
     config = getattr(transformers, cls)(**base)
     config.architectures = [cls.replace("Config", "ForCausalLM")]
     log(f"compress_scale: building a random {shape} in bf16 at {out}")
@@ -105,13 +108,22 @@ def machine_tflops(threads: int) -> float:
             if dev == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        return round(2 * 2048 ** 3 / sorted(times[1:])[2] / 1e12, 2)
+        return round(2 * 2048**3 / sorted(times[1:])[2] / 1e12, 2)
     finally:
         torch.set_num_threads(old)
 
 
-def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, work: Path, log=print,
-        on_row=None, tokenizer: str = "default", products: bool = False) -> list[dict]:
+def run(
+    shape: str,
+    settings: list[dict[str, str]],
+    threads: int,
+    ratio: float,
+    work: Path,
+    log=print,
+    on_row=None,
+    tokenizer: str = "default",
+    products: bool = False,
+) -> list[dict]:
     """Each setting's run; `on_row(rows)` after each (a report that grows as the runs finish). With `products`
     each run counts its matrix products per stage."""
     src = source(shape, work / "shapes", tokenizer, log=log)
@@ -125,10 +137,25 @@ def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, 
         cached = s.pop("eval-cache", "off")
         if cached not in ("on", "off"):
             raise PrunekitError(f"setting eval-cache={cached!r}: use on or off.")
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] \
-            if nproc > 1 else [sys.executable]
-        cmd = launch + ["-m", "prunekit", "compress", "--model", str(src), "--out", str(dest), "--ratio", str(ratio),
-                        "--threads", str(max(1, threads // nproc)), "--force"]
+        launch = (
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+            if nproc > 1
+            else [sys.executable]
+        )
+        cmd = launch + [
+            "-m",
+            "prunekit",
+            "compress",
+            "--model",
+            str(src),
+            "--out",
+            str(dest),
+            "--ratio",
+            str(ratio),
+            "--threads",
+            str(max(1, threads // nproc)),
+            "--force",
+        ]
         for k, v in s.items():
             cmd += [f"--{k}", v]
         if cached == "off":
@@ -138,16 +165,28 @@ def run(shape: str, settings: list[dict[str, str]], threads: int, ratio: float, 
         t0 = time.time()
         env = {**os.environ, COUNT_ENV: "1" if products else "0"}
         if subprocess.run(cmd, env=env).returncode != 0:
-            raise PrunekitError(f"compress failed for setting {label!r} (its output is above); the rows "
-                                "finished before it are in the report.")
+            raise PrunekitError(
+                f"compress failed for setting {label!r} (its output is above); the rows "
+                "finished before it are in the report."
+            )
         wall = round(time.time() - t0, 1)
         m = read_manifest(dest)
-        rows.append({"setting": label, "wall_s": wall, "placement": m.placement,
-                     "machine_tflops": [before, machine_tflops(threads)],
-                     "dense_from_cache": bool(m.quality.get("dense_from_cache")),
-                     "profile": m.profile, "heldout_ppl": m.quality["heldout_ppl"], "params": m.params,
-                     "command": " ".join((["torchrun"] + launch[3:] + ["-m", "prunekit"] if nproc > 1 else ["prunekit"])
-                                         + cmd[cmd.index("compress"):])})
+        rows.append(
+            {
+                "setting": label,
+                "wall_s": wall,
+                "placement": m.placement,
+                "machine_tflops": [before, machine_tflops(threads)],
+                "dense_from_cache": bool(m.quality.get("dense_from_cache")),
+                "profile": m.profile,
+                "heldout_ppl": m.quality["heldout_ppl"],
+                "params": m.params,
+                "command": " ".join(
+                    (["torchrun"] + launch[3:] + ["-m", "prunekit"] if nproc > 1 else ["prunekit"])
+                    + cmd[cmd.index("compress") :]
+                ),
+            }
+        )
         if on_row:
             on_row(rows)
     return rows
@@ -166,29 +205,50 @@ def gpu_mb(stages: list[dict]) -> str:
 
 def markdown(shape: str, rows: list[dict], threads: int) -> str:
     import torch
+
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     stages = list(dict.fromkeys(st["stage"] for r in rows for st in r["profile"]["stages"]))
-    lines = [f"# compress at the {shape} shape (random weights, stored bf16)", "",
-             f"Machine: {cpu_text()}{gpu}, {threads} threads. Seconds / peak RSS MB (/ peak GPU MB where one "
-             "computes) per stage; each setting in a fresh process.", "",
-             "| stage | " + " | ".join(r["setting"] for r in rows) + " |",
-             "|---|" + "---:|" * len(rows)]
+    lines = [
+        f"# compress at the {shape} shape (random weights, stored bf16)",
+        "",
+        f"Machine: {cpu_text()}{gpu}, {threads} threads. Seconds / peak RSS MB (/ peak GPU MB where one "
+        "computes) per stage; each setting in a fresh process.",
+        "",
+        "| stage | " + " | ".join(r["setting"] for r in rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
     for name in stages:
         cells = []
         for r in rows:
             st = stage_of(r, name)
             cells.append(f"{st['seconds']:.0f} s / {st['peak_rss_mb']}{gpu_mb([st])}" if st else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("| **whole run** | " + " | ".join(f"**{r['wall_s']:.0f} s / {r['profile']['peak_rss_mb']}"
-                                                  f"{gpu_mb(r['profile']['stages'])}**" for r in rows) + " |")
-    lines.append("| placement | " + " | ".join(
-        f"{r['placement']['device']} {r['placement']['dtype']}" + (
-            f", offload (home {r['placement']['home_dtype']})" if r["placement"]["offload"] else "")
-        for r in rows) + " |")
-    lines.append("| dense eval | " + " | ".join("from an earlier run's cache" if r.get("dense_from_cache") else "measured"
-                                               for r in rows) + " |")
-    lines.append("| machine speed before / after (2048^3 matmul, TFLOP/s) | " + " | ".join(
-        " / ".join(map(str, r["machine_tflops"])) if "machine_tflops" in r else "-" for r in rows) + " |")
+    lines.append(
+        "| **whole run** | "
+        + " | ".join(
+            f"**{r['wall_s']:.0f} s / {r['profile']['peak_rss_mb']}{gpu_mb(r['profile']['stages'])}**" for r in rows
+        )
+        + " |"
+    )
+    lines.append(
+        "| placement | "
+        + " | ".join(
+            f"{r['placement']['device']} {r['placement']['dtype']}"
+            + (f", offload (home {r['placement']['home_dtype']})" if r["placement"]["offload"] else "")
+            for r in rows
+        )
+        + " |"
+    )
+    lines.append(
+        "| dense eval | "
+        + " | ".join("from an earlier run's cache" if r.get("dense_from_cache") else "measured" for r in rows)
+        + " |"
+    )
+    lines.append(
+        "| machine speed before / after (2048^3 matmul, TFLOP/s) | "
+        + " | ".join(" / ".join(map(str, r["machine_tflops"])) if "machine_tflops" in r else "-" for r in rows)
+        + " |"
+    )
     lines += products_table(rows, stages)
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
     return "\n".join(lines) + "\n"
@@ -200,50 +260,85 @@ def products_table(rows: list[dict], stages: list[str]) -> list[str]:
     counted = [r for r in rows if "tflop" in r["profile"]]
     if not counted:
         return []
-    lines = ["", "Matrix products (mm, addmm, bmm; attention not counted) per stage: TFLOP @ the TFLOP/s the stage "
-             "ran them at, its seconds included everything else it did.", "",
-             "| stage | " + " | ".join(r["setting"] for r in counted) + " |", "|---|" + "---:|" * len(counted)]
+    lines = [
+        "",
+        "Matrix products (mm, addmm, bmm; attention not counted) per stage: TFLOP @ the TFLOP/s the stage "
+        "ran them at, its seconds included everything else it did.",
+        "",
+        "| stage | " + " | ".join(r["setting"] for r in counted) + " |",
+        "|---|" + "---:|" * len(counted),
+    ]
     for name in stages:
         cells = []
         for r in counted:
             st = stage_of(r, name)
-            cells.append(f"{st['tflop']:.2f} @ {st['tflop'] / st['seconds']:.3f}" if st and st["seconds"] > 0
-                         else "-")
+            cells.append(f"{st['tflop']:.2f} @ {st['tflop'] / st['seconds']:.3f}" if st and st["seconds"] > 0 else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| **whole run** | " + " | ".join(f"**{r['profile']['tflop']:.1f} TFLOP**" for r in counted) + " |")
-    lines.append("| products alone at the machine's faster measured speed | " + " | ".join(
-        f"{r['profile']['tflop'] / max(r['machine_tflops']):.0f} s of {r['wall_s']:.0f} s" for r in counted) + " |")
+    lines.append(
+        "| products alone at the machine's faster measured speed | "
+        + " | ".join(
+            f"{r['profile']['tflop'] / max(r['machine_tflops']):.0f} s of {r['wall_s']:.0f} s" for r in counted
+        )
+        + " |"
+    )
     return lines
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunekit.bench.compress_scale", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m prunekit.bench.compress_scale",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--shape", default="qwen2.5-0.5b", help="a shape of bench/shapes.py")
-    ap.add_argument("--settings", default="offload=off;offload=on",
-                    help="';'-separated runs, each ','-separated compress options KEY=VALUE")
+    ap.add_argument(
+        "--settings",
+        default="offload=off;offload=on",
+        help="';'-separated runs, each ','-separated compress options KEY=VALUE",
+    )
     ap.add_argument("--ratio", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None, help="report folder (default: bench/results/<date>-<machine>-compress-"
-                                                "<shape>[-<tag>])")
+    ap.add_argument(
+        "--out", default=None, help="report folder (default: bench/results/<date>-<machine>-compress-<shape>[-<tag>])"
+    )
     ap.add_argument("--tag", default="", help="appended to the default report folder's name")
-    ap.add_argument("--tokenizer", default="default", help="the tokenizer the source carries (calibration text "
-                    "is tokenized with it)")
+    ap.add_argument(
+        "--tokenizer",
+        default="default",
+        help="the tokenizer the source carries (calibration text is tokenized with it)",
+    )
     ap.add_argument("--workdir", default="bench/work", help="sources and checkpoints are built and kept here")
-    ap.add_argument("--products", action="store_true", help="count each stage's matrix products (TFLOP) and report "
-                    "the least time they take at the machine's speed")
+    ap.add_argument(
+        "--products",
+        action="store_true",
+        help="count each stage's matrix products (TFLOP) and report the least time they take at the machine's speed",
+    )
     a = ap.parse_args(argv)
     from .run import machine, machine_slug
-    out = Path(a.out or f"bench/results/{time.strftime('%Y-%m-%d')}-{machine_slug(machine())}-compress-{a.shape}"
-               + (f"-{a.tag}" if a.tag else ""))
+
+    out = Path(
+        a.out
+        or f"bench/results/{time.strftime('%Y-%m-%d')}-{machine_slug(machine())}-compress-{a.shape}"
+        + (f"-{a.tag}" if a.tag else "")
+    )
 
     def write(rows: list[dict]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "compress-scale.json", rows)
         write_text_atomic(out / "compress-scale.md", markdown(a.shape, rows, a.threads))
+
     try:
-        rows = run(a.shape, parse_settings(a.settings), a.threads, a.ratio, Path(a.workdir), on_row=write,
-                   tokenizer=a.tokenizer, products=a.products)
+        rows = run(
+            a.shape,
+            parse_settings(a.settings),
+            a.threads,
+            a.ratio,
+            Path(a.workdir),
+            on_row=write,
+            tokenizer=a.tokenizer,
+            products=a.products,
+        )
     except PrunekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ the limit slightly above 100% is possible).
 
     python -m prunekit.bench.gpu_decode --shapes llama-3.1-8b --ratios 0,0.2,0.4 --out DIR
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ def copy_bandwidth(dev: str, gib: float) -> float:
     """Bytes per second a copy within the device's memory moves, read and write counted (several times the
     L2 cache on a GPU)."""
     import torch
+
     x = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=dev)
     y = torch.empty_like(x)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -47,6 +49,7 @@ def build(shape: str, ratio: float, dev: str):
     import transformers
 
     from .shapes import SHAPES, Cut, default_align, params, widths_for
+
     cls, base = SHAPES[shape]
     width = widths_for(base, Cut(f"{ratio:.0%}", ratio, align=default_align()))[0]
     config = getattr(transformers, cls)(**{**base, "intermediate_size": width})
@@ -76,6 +79,7 @@ def compiled_greedy(model, batch: int, max_len: int, dev: str):
 
     def step(tok):  # the cache keeps its own position (a device tensor): nothing to copy from the host per step
         return model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+
     cstep = torch.compile(step, mode="reduce-overhead")  # a graph break costs speed, not the figure
 
     @torch.inference_mode()
@@ -89,6 +93,7 @@ def compiled_greedy(model, batch: int, max_len: int, dev: str):
             tok = cstep(tok).clone()  # the graph's output buffer is reused by the next replay
             out.append(tok)
         return torch.cat(out, 1).tolist()
+
     return gen
 
 
@@ -96,6 +101,7 @@ def decode_rate(gen, batch: int, prompt_len: int, n: int, vocab: int, repeats: i
     """Decode tok/s of `repeats` runs: (n - 1) tokens per sequence beyond the first, over the time beyond a
     prefill-only call with the same prompts."""
     from .speed_worker import prompts, timed
+
     p = prompts(batch, prompt_len, vocab, seed=batch)
     gen(p, n)
     gen(p, n)  # warm-up: compilation, CUDA-graph recording, allocator growth
@@ -106,17 +112,36 @@ def decode_rate(gen, batch: int, prompt_len: int, n: int, vocab: int, repeats: i
     return out
 
 
-def run(shapes: list[str], ratios: list[float], prompt_len: int, n: int, batch: int, repeats: int,
-        compiled_batches: list[int], out: Path, dev: str = "cuda", log=print) -> dict:
+def run(
+    shapes: list[str],
+    ratios: list[float],
+    prompt_len: int,
+    n: int,
+    batch: int,
+    repeats: int,
+    compiled_batches: list[int],
+    out: Path,
+    dev: str = "cuda",
+    log=print,
+) -> dict:
     import torch
     import transformers
 
     from prunekit.runtimes import torch_greedy
+
     cuda = dev == "cuda"
     bw = copy_bandwidth(dev, 4.0 if cuda else 0.25)
-    res = {"device": torch.cuda.get_device_name(0) if cuda else f"CPU ({dev}, smoke test)", "torch": torch.__version__,
-           "transformers": transformers.__version__, "copy_bandwidth_gb_s": bw / 1e9, "prompt_len": prompt_len,
-           "new_tokens": n, "batch": batch, "repeats": repeats, "rows": []}
+    res = {
+        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({dev}, smoke test)",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "copy_bandwidth_gb_s": bw / 1e9,
+        "prompt_len": prompt_len,
+        "new_tokens": n,
+        "batch": batch,
+        "repeats": repeats,
+        "rows": [],
+    }
     log(f"gpu_decode: {res['device']}, copy bandwidth {bw / 1e9:.0f} GB/s")
     for shape in shapes:
         for ratio in ratios:
@@ -139,10 +164,17 @@ def run(shapes: list[str], ratios: list[float], prompt_len: int, n: int, batch: 
                     continue
                 limit = b * bw / bytes_per_step(model, b, prompt_len + n / 2)
                 med = statistics.median(rates)
-                row["paths"][f"{name} b{b}"] = {"tok_s": med, "min": min(rates), "max": max(rates),
-                                                "limit_tok_s": limit, "of_limit": med / limit}
-                log(f"gpu_decode: {shape} {ratio:.0%} {name} b{b}: {med:.1f} tok/s ({min(rates):.1f}-"
-                    f"{max(rates):.1f}), {med / limit:.0%} of the bandwidth limit {limit:.0f}")
+                row["paths"][f"{name} b{b}"] = {
+                    "tok_s": med,
+                    "min": min(rates),
+                    "max": max(rates),
+                    "limit_tok_s": limit,
+                    "of_limit": med / limit,
+                }
+                log(
+                    f"gpu_decode: {shape} {ratio:.0%} {name} b{b}: {med:.1f} tok/s ({min(rates):.1f}-"
+                    f"{max(rates):.1f}), {med / limit:.0%} of the bandwidth limit {limit:.0f}"
+                )
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
             row["seconds"] = round(time.time() - t0, 1)
             res["rows"].append(row)
@@ -156,14 +188,17 @@ def run(shapes: list[str], ratios: list[float], prompt_len: int, n: int, batch: 
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Decode on {res['device']} (random weights, bf16, torch {res['torch']}, transformers "
-             f"{res['transformers']})", "",
-             f"Prompt {res['prompt_len']}, {res['new_tokens']} new tokens, greedy; median (min-max) of "
-             f"{res['repeats']}. Limit = the tok/s at which the measured copy bandwidth "
-             f"({res['copy_bandwidth_gb_s']:.0f} GB/s) streams the weights and KV cache a step reads. Speedup "
-             "is against the dense model on the same path; ideal is the ratio of the limits.", "",
-             "| shape | removed | MLP width | params | path | tok/s | of limit | speedup | ideal | peak GPU MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Decode on {res['device']} (random weights, bf16, torch {res['torch']}, transformers {res['transformers']})",
+        "",
+        f"Prompt {res['prompt_len']}, {res['new_tokens']} new tokens, greedy; median (min-max) of "
+        f"{res['repeats']}. Limit = the tok/s at which the measured copy bandwidth "
+        f"({res['copy_bandwidth_gb_s']:.0f} GB/s) streams the weights and KV cache a step reads. Speedup "
+        "is against the dense model on the same path; ideal is the ratio of the limits.",
+        "",
+        "| shape | removed | MLP width | params | path | tok/s | of limit | speedup | ideal | peak GPU MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     dense = {}
     for r in res["rows"]:
         for path, p in r["paths"].items():
@@ -178,8 +213,10 @@ def markdown(res: dict) -> str:
             d = dense.get((r["shape"], path))
             sp = f"{p['tok_s'] / d['tok_s']:.2f}x" if d else "-"
             ideal = f"{p['limit_tok_s'] / d['limit_tok_s']:.2f}x" if d else "-"
-            lines.append(head + f" {p['tok_s']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | {p['of_limit']:.0%} | {sp} | "
-                         f"{ideal} | {r['peak_gpu_mb']:.0f} |")
+            lines.append(
+                head + f" {p['tok_s']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | {p['of_limit']:.0%} | {sp} | "
+                f"{ideal} | {r['peak_gpu_mb']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -202,11 +239,21 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu only smoke-tests the script")
     a = ap.parse_args(argv)
     import torch
+
     if a.device == "cuda" and not torch.cuda.is_available():
         print("error: gpu_decode needs a CUDA device that torch can use.", file=sys.stderr)
         return 2
-    res = run(a.shapes.split(","), [float(r) for r in a.ratios.split(",")], a.prompt_len, a.new_tokens, a.batch,
-              a.repeats, [int(b) for b in a.compiled_batches.split(",") if b], Path(a.out), a.device)
+    res = run(
+        a.shapes.split(","),
+        [float(r) for r in a.ratios.split(",")],
+        a.prompt_len,
+        a.new_tokens,
+        a.batch,
+        a.repeats,
+        [int(b) for b in a.compiled_batches.split(",") if b],
+        Path(a.out),
+        a.device,
+    )
     print(markdown(res))
     return 0
 

@@ -8,6 +8,7 @@ difference (fp32 batching noise is ~1e-5).
 
     make lmeval-check    # or: python -m prunekit.bench.lmeval_check --artifact DENSE_HF_DIR --limit 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,10 @@ from pathlib import Path
 from prunekit.env import child_env, set_threads
 
 # [hf] brings accelerate and peft, which lm-eval's hf model imports.
-INSTALL = ('python3 -m venv .venv-lmeval && .venv-lmeval/bin/pip install "lm-eval[hf]==0.4.13" '
-           "torch==2.13.0 transformers==5.19.0 (or: make lmeval-check)")
+INSTALL = (
+    'python3 -m venv .venv-lmeval && .venv-lmeval/bin/pip install "lm-eval[hf]==0.4.13" '
+    "torch==2.13.0 transformers==5.19.0 (or: make lmeval-check)"
+)
 FILES = {"arc_easy": "eval/arc/arc_easy_test.jsonl", "arc_challenge": "eval/arc/arc_challenge_test.jsonl"}
 
 # lm-eval's tasks/arc/arc_easy.yaml, with the local file's fields: question.stem (was question),
@@ -50,22 +53,42 @@ metadata:
 """
 
 
-def run_lmeval(python: str, artifact: Path, task: str, path: Path, limit: int, batch_size: int,
-               threads: int, tmp: Path) -> tuple[str, dict, list[list[float]], list[list[tuple[str, str]]]]:
+def run_lmeval(
+    python: str, artifact: Path, task: str, path: Path, limit: int, batch_size: int, threads: int, tmp: Path
+) -> tuple[str, dict, list[list[float]], list[list[tuple[str, str]]]]:
     """lm-eval's version, its metrics, and per doc (in file order) its choice log-likelihoods and
     (context, continuation) pairs."""
     if not Path(python).is_file():
         sys.exit(f"no lm-eval python at {python}; install lm-eval 0.4.13 in its own venv:\n  {INSTALL}")
-    ver = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('lm_eval'))"],
-                         capture_output=True, text=True)
+    ver = subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('lm_eval'))"], capture_output=True, text=True
+    )
     if ver.returncode:
         sys.exit(f"{python} has no lm-eval ({ver.stderr.strip().splitlines()[-1]}); install it with:\n  {INSTALL}")
     (tmp / "tasks").mkdir()
     (tmp / "tasks" / f"{task}_local.yaml").write_text(YAML.format(task=task, path=path))
-    cmd = [python, "-m", "lm_eval", "--model", "hf",
-           "--model_args", f"pretrained={artifact},dtype=float32", "--tasks", f"{task}_local",
-           "--include_path", str(tmp / "tasks"), "--limit", str(limit), "--batch_size", str(batch_size),
-           "--device", "cpu", "--log_samples", "--output_path", str(tmp / "out")]
+    cmd = [
+        python,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={artifact},dtype=float32",
+        "--tasks",
+        f"{task}_local",
+        "--include_path",
+        str(tmp / "tasks"),
+        "--limit",
+        str(limit),
+        "--batch_size",
+        str(batch_size),
+        "--device",
+        "cpu",
+        "--log_samples",
+        "--output_path",
+        str(tmp / "out"),
+    ]
     print("$ " + " ".join(cmd), file=sys.stderr)
     # Offline: the task reads a local file and the model is a local folder; nothing should reach the hub.
     env = child_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(threads))
@@ -73,8 +96,10 @@ def run_lmeval(python: str, artifact: Path, task: str, path: Path, limit: int, b
     if proc.returncode:
         sys.exit(f"lm-eval failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     res = json.loads(next((tmp / "out").rglob("results_*.json")).read_text())["results"][f"{task}_local"]
-    samples = sorted((json.loads(ln) for ln in next((tmp / "out").rglob("samples_*.jsonl")).read_text().splitlines()),
-                     key=lambda s: s["doc_id"])
+    samples = sorted(
+        (json.loads(ln) for ln in next((tmp / "out").rglob("samples_*.jsonl")).read_text().splitlines()),
+        key=lambda s: s["doc_id"],
+    )
     # filtered_resps holds [str(loglik), str(is_greedy)] per choice.
     lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
     args = [[(a["arg_0"], a["arg_1"]) for a in s["arguments"].values()] for s in samples]
@@ -95,7 +120,7 @@ def run_ours(artifact: Path, docs, batch_size: int) -> tuple[dict, list[list[flo
     m = metrics(docs, flat)
     lls, k = [], 0
     for d in docs:
-        lls.append(flat[k:k + len(d.continuations)])
+        lls.append(flat[k : k + len(d.continuations)])
         k += len(d.continuations)
     return {"acc": m["acc"], "acc_norm": m["acc_norm"]}, lls
 
@@ -124,12 +149,19 @@ def main(argv=None) -> None:
 
     set_threads(a.threads)
     artifact = a.artifact.resolve()
-    docs = TASKS[a.task](a.data)[:a.limit]
+    docs = TASKS[a.task](a.data)[: a.limit]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        ver, theirs, their_ll, their_args = run_lmeval(a.lmeval_python, artifact, a.task,
-                                                       (a.data / FILES[a.task]).resolve(), a.limit,
-                                                       a.batch_size, a.threads, Path(tmp))
+        ver, theirs, their_ll, their_args = run_lmeval(
+            a.lmeval_python,
+            artifact,
+            a.task,
+            (a.data / FILES[a.task]).resolve(),
+            a.limit,
+            a.batch_size,
+            a.threads,
+            Path(tmp),
+        )
         t_lm = time.time() - t0
     # Both sides must have scored the same (context, continuation) strings, or the comparison means nothing.
     ours_args = [list(zip(d.contexts, d.continuations)) for d in docs]
@@ -141,9 +173,12 @@ def main(argv=None) -> None:
 
     def lens(d):  # acc_norm divides by the choice's length without the " " delimiter, as lm-eval does
         return [max(len(x.lstrip(" ")), 1) for x in d.continuations]
+
     diff_acc = sum(argmax(o) != argmax(t) for o, t in zip(our_ll, their_ll))
-    diff_norm = sum(argmax([s / n for s, n in zip(o, lens(d))]) != argmax([s / n for s, n in zip(t, lens(d))])
-                    for o, t, d in zip(our_ll, their_ll, docs))
+    diff_norm = sum(
+        argmax([s / n for s, n in zip(o, lens(d))]) != argmax([s / n for s, n in zip(t, lens(d))])
+        for o, t, d in zip(our_ll, their_ll, docs)
+    )
     max_d = max(abs(x - y) for o, t in zip(our_ll, their_ll) for x, y in zip(o, t))
     print(f"{a.task}, first {len(docs)} docs, {artifact.name}, fp32, batch {a.batch_size}, lm-eval {ver}\n")
     print("| | lm-eval | prunekit |\n|---|---:|---:|")

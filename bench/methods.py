@@ -5,15 +5,28 @@ same model, calibration data and budget, each scored on the same quality suite a
 Models are pruned in-process from one loaded copy of the dense model and never exported: the grid
 answers "which method keeps the most quality", the main models answer "what does deployment gain".
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 
-def method_grid(model_src: str, root: Path, ratios, variants, compress_kw: dict, *, seq_len: int,
-                wikitext_limit: int | None, domain_samples: int, tasks, task_limit: int | None,
-                log, on_row=None) -> list[dict]:
+def method_grid(
+    model_src: str,
+    root: Path,
+    ratios,
+    variants,
+    compress_kw: dict,
+    *,
+    seq_len: int,
+    wikitext_limit: int | None,
+    domain_samples: int,
+    tasks,
+    task_limit: int | None,
+    log,
+    on_row=None,
+) -> list[dict]:
     from prunekit.compress import CompressConfig, build_mix, check_variants, load_mix, pruned_variants
     from prunekit.loading import load_model, load_tokenizer
 
@@ -32,11 +45,23 @@ def method_grid(model_src: str, root: Path, ratios, variants, compress_kw: dict,
         t = time.time()
         row["params"] = sum(p.numel() for p in model.parameters())
         row["dense_params"] = dense_params
-        row["quality"] = evaluate_model(model, tok, root, seq_len, wikitext_limit, domain_samples, tasks, task_limit,
-                                        log=lambda m: None, domains=domains)
+        row["quality"] = evaluate_model(
+            model,
+            tok,
+            root,
+            seq_len,
+            wikitext_limit,
+            domain_samples,
+            tasks,
+            task_limit,
+            log=lambda m: None,
+            domains=domains,
+        )
         q = row["quality"]
-        log(f"methods: {row['variant']:>16} at {row['ratio']:.0%}: removed {1 - row['params'] / dense_params:.1%}, "
-            f"wikitext {q['wikitext2']['ppl']:.2f}, mean acc {q['mean_acc']:.3f} ({time.time() - t:.0f} s eval)")
+        log(
+            f"methods: {row['variant']:>16} at {row['ratio']:.0%}: removed {1 - row['params'] / dense_params:.1%}, "
+            f"wikitext {q['wikitext2']['ppl']:.2f}, mean acc {q['mean_acc']:.3f} ({time.time() - t:.0f} s eval)"
+        )
         if on_row:
             on_row(row)
         return row

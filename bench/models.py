@@ -1,5 +1,6 @@
 """The models a bench run compares: the dense default model and pruned variants, each as an export
 artifact (HF checkpoint + ONNX), built on demand and reused when already complete."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Variant:
     label: str
-    ratio: float          # 0 = dense
+    ratio: float  # 0 = dense
     mode: str = "uniform"
 
 
@@ -27,6 +28,7 @@ def weight_bytes_per_token(artifact: Path) -> int:
     import json
 
     from safetensors import safe_open
+
     cfg = json.loads((artifact / "config.json").read_text())
     total = 0
     for f in sorted(artifact.glob("*.safetensors")):
@@ -47,6 +49,7 @@ def stored_params(artifact: Path) -> int:
     import math
 
     from safetensors import safe_open
+
     total = 0
     for f in sorted(artifact.glob("*.safetensors")):
         with safe_open(str(f), "pt") as st:
@@ -60,8 +63,9 @@ def disk_mb(artifact: Path) -> dict:
     return {"hf_mb": hf / 2**20, "onnx_mb": onnx / 2**20}
 
 
-def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], log,
-            model: str = "default") -> dict[str, Path]:
+def prepare(
+    variants, workdir: Path, compress_kw: dict, given: dict[str, str], log, model: str = "default"
+) -> dict[str, Path]:
     """label -> artifact dir. Given artifacts are used as they are; others are built through the
     orchestrator, which reuses any step whose inputs are unchanged."""
     from prunekit.compress import CompressConfig
@@ -76,9 +80,16 @@ def prepare(variants, workdir: Path, compress_kw: dict, given: dict[str, str], l
         art = workdir / slug(v.label)
         ccfg = None
         if v.ratio > 0:
-            kw = {"model": model, "out": str(workdir / f".{slug(v.label)}-pruned"), "ratio": v.ratio,
-                  "mode": v.mode, "rounds": compress_kw["rounds"], "samples": compress_kw["samples"],
-                  "seq_len": compress_kw["seq_len"], "threads": compress_kw.get("threads")}
+            kw = {
+                "model": model,
+                "out": str(workdir / f".{slug(v.label)}-pruned"),
+                "ratio": v.ratio,
+                "mode": v.mode,
+                "rounds": compress_kw["rounds"],
+                "samples": compress_kw["samples"],
+                "seq_len": compress_kw["seq_len"],
+                "threads": compress_kw.get("threads"),
+            }
             ccfg = CompressConfig(**{**kw, **mode_settings(v.mode)})
         log(f"{v.label}: {'compress ' + v.mode + ', ' if ccfg else ''}export -> {art}")
         build_artifact(art, ExportConfig(model=model, out=str(art), tokens=4), ccfg, log=log)

@@ -9,6 +9,7 @@ it does for a user (the reference runs its full length), and then the tokens up 
 
     make optimum-check    # or: .venv-optimum/bin/python bench/optimum_check.py ARTIFACT
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,10 @@ from pathlib import Path
 # modules of those names that transformers imports.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-INSTALL = ('python3 -m venv .venv-optimum && .venv-optimum/bin/pip install "optimum-onnx[onnxruntime]==0.1.0" '
-           "torch==2.13.0 (or: make optimum-check)")
+INSTALL = (
+    'python3 -m venv .venv-optimum && .venv-optimum/bin/pip install "optimum-onnx[onnxruntime]==0.1.0" '
+    "torch==2.13.0 (or: make optimum-check)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     art = Path(args.artifact)
     manifest = art / "prunekit.json"
     if not (art / "onnx" / "model.onnx").is_file() or not manifest.is_file():
-        sys.exit(f"{art} is not an exported artifact with ONNX (no onnx/model.onnx or prunekit.json); build one with "
-                 "`make artifacts` or `prunekit export`.")
+        sys.exit(
+            f"{art} is not an exported artifact with ONNX (no onnx/model.onnx or prunekit.json); build one with "
+            "`make artifacts` or `prunekit export`."
+        )
     try:
         import onnxruntime as ort
         import optimum.onnxruntime as oo
@@ -48,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     t0 = time.time()
-    model = oo.ORTModelForCausalLM.from_pretrained(art, subfolder="onnx", file_name="model.onnx",
-                                                   provider="CPUExecutionProvider", session_options=opts)
+    model = oo.ORTModelForCausalLM.from_pretrained(
+        art, subfolder="onnx", file_name="model.onnx", provider="CPUExecutionProvider", session_options=opts
+    )
     load_s = time.time() - t0
     try:
         tok = transformers.AutoTokenizer.from_pretrained(art)
@@ -58,17 +64,24 @@ def main(argv: list[str] | None = None) -> int:
         tok = None
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    print(f"optimum-onnx {version('optimum-onnx')}, optimum {version('optimum')}, transformers "
-          f"{transformers.__version__}, onnxruntime {ort.__version__}; {type(model).__name__} loaded in {load_s:.1f} s "
-          f"(KV cache: {model.can_use_cache})")
+    print(
+        f"optimum-onnx {version('optimum-onnx')}, optimum {version('optimum')}, transformers "
+        f"{transformers.__version__}, onnxruntime {ort.__version__}; {type(model).__name__} loaded in {load_s:.1f} s "
+        f"(KV cache: {model.can_use_cache})"
+    )
     ok = 0
     for prompt, ids, want in zip(ref["prompts"], ref["prompt_ids"], ref["tokens"]):
         x = torch.tensor([ids])
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=ref["new_tokens"], do_sample=False,
-                             pad_token_id=next(iter(eos), 0))
-        got = out[0, len(ids):].tolist()
+        out = model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=ref["new_tokens"],
+            do_sample=False,
+            pad_token_id=next(iter(eos), 0),
+        )
+        got = out[0, len(ids) :].tolist()
         early = len(got) < len(want) and bool(got) and got[-1] in eos
-        match = got == want or (early and got == want[:len(got)])
+        match = got == want or (early and got == want[: len(got)])
         ok += match
         text = tok.decode(got) if tok is not None else ""
         print(f"{'MATCH' if match else 'DIFFER'} {prompt!r} -> {text!r}" + (" (stopped at EOS)" if early else ""))

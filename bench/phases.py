@@ -9,6 +9,7 @@ speed moves in phases of seconds to minutes (onnxruntime's batch-8 decode of one
 210 tok/s within 5 minutes; bench/results/2026-12-03-epyc-2c-ort-phases), which is why `bench --shapes
 --paired N` times each cut against dense inside one process, step by step in turn.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,21 @@ import time
 from pathlib import Path
 
 
-def series(artifact: str, runtimes: list[str], seconds: float, threads: int, batch: int, prompt_len: int,
-           new_tokens: int, log=print) -> dict:
+def series(
+    artifact: str,
+    runtimes: list[str],
+    seconds: float,
+    threads: int,
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    log=print,
+) -> dict:
     """{runtime: [tok/s per round]}, and the seconds since start of each round."""
     from prunekit.env import compute_dtype
 
     from .speed_worker import LOADERS, prompts
+
     req = {"threads": threads, "dtype": compute_dtype(), "device": "cpu", "trust_remote_code": False}
     gens = {rt: (m.generate, m.vocab) for rt in runtimes for m in [LOADERS[rt](req, artifact)]}
     for gen, vocab in gens.values():

@@ -14,6 +14,7 @@ slightly negative for a tiny part: it is kept, not clamped). Profiling slows the
 the unprofiled times. CPU only: op self time on the host; onnxruntime's greedy argmax runs in numpy, so its
 sampling is in framework.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -86,8 +87,11 @@ def trace_ops(path: Path, vocab: int) -> tuple[dict, float]:
 def per_token(short: dict, long: dict, wall_short: float, wall_long: float, n: int) -> dict:
     ops = {k: (long[k] - short[k]) / (n - 1) for k in long}
     wall = (wall_long - wall_short) / (n - 1)
-    return {"wall_ms": wall * 1e3, **{k: v * 1e3 for k, v in ops.items()},
-            "framework": (wall - sum(ops.values())) * 1e3}
+    return {
+        "wall_ms": wall * 1e3,
+        **{k: v * 1e3 for k, v in ops.items()},
+        "framework": (wall - sum(ops.values())) * 1e3,
+    }
 
 
 def median_pair(pairs: list[dict]) -> dict:
@@ -106,9 +110,11 @@ def run_torch(req: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from prunekit.runtimes import torch_greedy
+
     torch.set_num_threads(req["threads"])
-    model = AutoModelForCausalLM.from_pretrained(req["artifact"], dtype=getattr(torch, req["dtype"]),
-                                                 trust_remote_code=req["trust_remote_code"]).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        req["artifact"], dtype=getattr(torch, req["dtype"]), trust_remote_code=req["trust_remote_code"]
+    ).eval()
     vocab, p, n = model.config.vocab_size, req["prompts"], req["new_tokens"]
     torch_greedy(model, p, 2)
     pairs = []
@@ -116,8 +122,9 @@ def run_torch(req: dict) -> dict:
         for _ in range(req.get("pairs", 1)):
             res = {}
             for k in (1, n):
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                            record_shapes=True) as prof:
+                with torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+                ) as prof:
                     t = time.perf_counter()
                     torch_greedy(model, p, k)
                     res[k] = time.perf_counter() - t
@@ -131,6 +138,7 @@ def run_onnxruntime(req: dict) -> dict:
     import onnxruntime as ort
 
     from prunekit.runtimes import OrtLM
+
     vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
     p, n = req["prompts"], req["new_tokens"]
     with tempfile.TemporaryDirectory() as d:
@@ -156,14 +164,18 @@ def run_onnxruntime(req: dict) -> dict:
             if any(r["ts"] <= e["ts"] <= r["ts"] + r["dur"] for r in win):
                 a = e.get("args", {})
                 # inputs list activations only (not initializers): the LM head shows by its output
-                shapes = [list(x.values())[0] for x in a.get("input_type_shape", []) + a.get("output_type_shape", [])
-                          if isinstance(x, dict)]
+                shapes = [
+                    list(x.values())[0]
+                    for x in a.get("input_type_shape", []) + a.get("output_type_shape", [])
+                    if isinstance(x, dict)
+                ]
                 acc[classify(e["name"], shapes, vocab, a.get("op_name", ""))] += e["dur"] / 1e6
         return acc
+
     # runs: 2 warm-up steps, then per pair the 1-token generation (a prefill) and the n steps of the n-token one.
     pairs, at = [], 2
     for i in range(len(walls) // 2):
-        short, long = ops_in(runs[at:at + 1]), ops_in(runs[at + 1:at + 1 + n])
+        short, long = ops_in(runs[at : at + 1]), ops_in(runs[at + 1 : at + 1 + n])
         pairs.append(per_token(short, long, walls[2 * i], walls[2 * i + 1], n))
         at += 1 + n
     return median_pair(pairs)
@@ -171,12 +183,24 @@ def run_onnxruntime(req: dict) -> dict:
 
 def run_vllm(req: dict) -> dict:
     from prunekit.runtimes import vllm_engine, vllm_generate
+
     vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
     p, n = req["prompts"], req["new_tokens"]
     d = req["trace_dir"]
-    llm = vllm_engine(req["artifact"], req["dtype"], len(p[0]) + n + 16, req["trust_remote_code"], 1,
-                      profiler_config={"profiler": "torch", "torch_profiler_dir": d, "torch_profiler_use_gzip": False,
-                                       "torch_profiler_with_stack": False, "torch_profiler_record_shapes": True})
+    llm = vllm_engine(
+        req["artifact"],
+        req["dtype"],
+        len(p[0]) + n + 16,
+        req["trust_remote_code"],
+        1,
+        profiler_config={
+            "profiler": "torch",
+            "torch_profiler_dir": d,
+            "torch_profiler_use_gzip": False,
+            "torch_profiler_with_stack": False,
+            "torch_profiler_record_shapes": True,
+        },
+    )
     vllm_generate(llm, p, 2)
     pairs = []
     for i in range(req.get("pairs", 1)):
@@ -218,30 +242,51 @@ def worker(req_path: str, res_path: str) -> None:
     json.dump(fn(req), open(res_path, "w"))
 
 
-def profile_once(runtime: str, art: Path, threads: int, dtype: str, prompt_len: int, new_tokens: int,
-                 batch: int, timeout: int = 900, pairs: int = PAIRS) -> dict:
+def profile_once(
+    runtime: str,
+    art: Path,
+    threads: int,
+    dtype: str,
+    prompt_len: int,
+    new_tokens: int,
+    batch: int,
+    timeout: int = 900,
+    pairs: int = PAIRS,
+) -> dict:
     from prunekit.artifact import check_shipped_code, load_artifact, needs_remote_code
 
     from .run import run_worker
     from .speed_worker import prompts
+
     art, m = load_artifact(art)
     check_shipped_code(art, m)
     vocab = json.loads((art / "config.json").read_text())["vocab_size"]
     with tempfile.TemporaryDirectory(prefix="prunekit-profile-") as d:
-        req = {"runtime": runtime, "artifact": str(art.resolve()), "threads": threads, "dtype": dtype,
-               "prompts": prompts(batch, prompt_len, vocab), "new_tokens": new_tokens,
-               "trust_remote_code": needs_remote_code(m), "trace_dir": f"{d}/traces", "pairs": pairs}
+        req = {
+            "runtime": runtime,
+            "artifact": str(art.resolve()),
+            "threads": threads,
+            "dtype": dtype,
+            "prompts": prompts(batch, prompt_len, vocab),
+            "new_tokens": new_tokens,
+            "trust_remote_code": needs_remote_code(m),
+            "trace_dir": f"{d}/traces",
+            "pairs": pairs,
+        }
         return run_worker(["prunekit.bench.profile", "--worker"], req, threads, timeout)
 
 
 def format_profile(res: dict, unprofiled: dict | None = None) -> str:
     """The breakdown table; `unprofiled` maps (runtime, label) to the ms/token measured without a profiler."""
     un = unprofiled or {}
-    lines = [f"Per-token decode time by category (ms), from each runtime's profiler; {res['machine']}, "
-             f"{res['dtype']}, {res['threads']} threads, batch {res['batch']}, prompt {res['prompt_len']}, "
-             f"{res['new_tokens']} new tokens.", "",
-             "| runtime | model | unprofiled ms/token | profiled ms/token | " + " | ".join(CATEGORIES) + " |",
-             "|---|---|---|---|" + "---|" * len(CATEGORIES)]
+    lines = [
+        f"Per-token decode time by category (ms), from each runtime's profiler; {res['machine']}, "
+        f"{res['dtype']}, {res['threads']} threads, batch {res['batch']}, prompt {res['prompt_len']}, "
+        f"{res['new_tokens']} new tokens.",
+        "",
+        "| runtime | model | unprofiled ms/token | profiled ms/token | " + " | ".join(CATEGORIES) + " |",
+        "|---|---|---|---|" + "---|" * len(CATEGORIES),
+    ]
     for rt, models in res["rows"].items():
         for label, r in models.items():
             u = f"{un[(rt, label)]:.2f}" if (rt, label) in un else "-"
@@ -250,17 +295,22 @@ def format_profile(res: dict, unprofiled: dict | None = None) -> str:
                 continue
             walls = r.get("pairs_wall_ms", [])
             spread = f" (pairs: {', '.join(f'{w:.1f}' for w in walls)})" if len(walls) > 1 else ""
-            lines.append(f"| {rt} | {label} | {u} | {r['wall_ms']:.2f}{spread} | " +
-                         " | ".join(f"{r[c]:.2f} ({r[c] / r['wall_ms'] * 100:.0f}%)" for c in CATEGORIES) + " |")
+            lines.append(
+                f"| {rt} | {label} | {u} | {r['wall_ms']:.2f}{spread} | "
+                + " | ".join(f"{r[c]:.2f} ({r[c] / r['wall_ms'] * 100:.0f}%)" for c in CATEGORIES)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     import argparse
+
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker(sys.argv[2], sys.argv[3])
         return 0
     from prunekit.env import compute_dtype, cpu_name
+
     ap = argparse.ArgumentParser(prog="python -m prunekit.bench.profile", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", action="append", required=True, metavar="LABEL=DIR")
     ap.add_argument("--runtimes", default="torch,onnxruntime,vllm")
@@ -268,23 +318,40 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=33)
-    ap.add_argument("--pairs", type=int, default=PAIRS,
-                    help="(1-token, N-token) pairs per run; the median pair is reported (one pair on a noisy "
-                    "machine can give a negative part)")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=PAIRS,
+        help="(1-token, N-token) pairs per run; the median pair is reported (one pair on a noisy "
+        "machine can give a negative part)",
+    )
     ap.add_argument("--out", default=None, help="write profile.json and profile.md here")
     a = ap.parse_args(argv)
     arts = dict(x.split("=", 1) for x in a.artifact)
     dtype = compute_dtype()
-    res = {"machine": f"{cpu_name()} x{os.cpu_count()}", "dtype": dtype, "threads": a.threads, "batch": a.batch,
-           "prompt_len": a.prompt_len, "new_tokens": a.new_tokens, "rows": {}}
+    res = {
+        "machine": f"{cpu_name()} x{os.cpu_count()}",
+        "dtype": dtype,
+        "threads": a.threads,
+        "batch": a.batch,
+        "prompt_len": a.prompt_len,
+        "new_tokens": a.new_tokens,
+        "rows": {},
+    }
     for rt in a.runtimes.split(","):
         for label, art in arts.items():
-            r = profile_once(rt, Path(art), a.threads, dtype, a.prompt_len, a.new_tokens, a.batch,
-                             pairs=a.pairs)
+            r = profile_once(rt, Path(art), a.threads, dtype, a.prompt_len, a.new_tokens, a.batch, pairs=a.pairs)
             res["rows"].setdefault(rt, {})[label] = r
-            print(f"{rt} {label}: " + (r["error"] if "error" in r else
-                                       ", ".join(f"{k} {v:.2f}" for k, v in r.items() if isinstance(v, float))),
-                  file=sys.stderr, flush=True)
+            print(
+                f"{rt} {label}: "
+                + (
+                    r["error"]
+                    if "error" in r
+                    else ", ".join(f"{k} {v:.2f}" for k, v in r.items() if isinstance(v, float))
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
     text = format_profile(res)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)

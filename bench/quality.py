@@ -6,6 +6,7 @@ as "") joined by "\\n\\n", tokenized once, cut into non-overlapping windows of `
 held-out split (disjoint from calibration, checked in compress.data) plus French UD test sentences,
 which the default mix does not calibrate on (and Chinese ones when a mix does not hold Chinese out).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,10 @@ from .zeroshot import NORM, TASKS, evaluate
 
 # Languages the bench reports beside the mix's domains (French stays out of the default mix: the probe of
 # how a cut treats a language it was not calibrated on).
-EXTRA_DOMAINS = {"french": "multilingual/ud_fr_gsd_test_sentences.jsonl",
-                 "chinese": "multilingual/ud_zh_gsd_test_sentences.jsonl"}
+EXTRA_DOMAINS = {
+    "french": "multilingual/ud_fr_gsd_test_sentences.jsonl",
+    "chinese": "multilingual/ud_zh_gsd_test_sentences.jsonl",
+}
 
 
 def wikitext_windows(root: Path, tok, seq_len: int, limit: int | None) -> torch.Tensor:
@@ -32,7 +35,7 @@ def wikitext_windows(root: Path, tok, seq_len: int, limit: int | None) -> torch.
     rows = ["" if ln == " " else ln + "\n" for ln in lines]
     ids = tok("\n\n".join(rows), add_special_tokens=False).input_ids
     n = len(ids) // seq_len if limit is None else min(limit, len(ids) // seq_len)
-    return torch.tensor(ids[:n * seq_len]).view(n, seq_len)
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
 def heldout_domains(root: Path, tok, seq_len: int, n: int) -> dict[str, torch.Tensor]:
@@ -47,9 +50,20 @@ def heldout_domains(root: Path, tok, seq_len: int, n: int) -> dict[str, torch.Te
     return out
 
 
-def evaluate_model(model, tok, root: Path, seq_len: int = 512, wikitext_limit: int | None = None,
-                   domain_samples: int = 8, tasks=tuple(TASKS), limit: int | None = None, batch_size: int = 8,
-                   log=print, domains: dict[str, torch.Tensor] | None = None, wikitext_long: int | None = None) -> dict:
+def evaluate_model(
+    model,
+    tok,
+    root: Path,
+    seq_len: int = 512,
+    wikitext_limit: int | None = None,
+    domain_samples: int = 8,
+    tasks=tuple(TASKS),
+    limit: int | None = None,
+    batch_size: int = 8,
+    log=print,
+    domains: dict[str, torch.Tensor] | None = None,
+    wikitext_long: int | None = None,
+) -> dict:
     """`domains`: held-out windows already built (the method grid builds them once for every model).
     `wikitext_long`: WikiText-2 also in windows of this length (the papers' 2048), over the same token budget
     (`wikitext_limit` windows of seq_len; all of the test set when None), as "wikitext2_long"."""
@@ -63,8 +77,10 @@ def evaluate_model(model, tok, root: Path, seq_len: int = 512, wikitext_limit: i
         win = wikitext_windows(root, tok, length, n_win)
         total, count = nll(model, win, batch_size=max(1, 2048 // length))
         res[key] = {"ppl": math.exp(total / count), "tokens": count, "seq_len": length, "stride": length}
-        log(f"  wikitext2 ppl {res[key]['ppl']:.2f} over {count} tokens in windows of {length} "
-            f"({time.time() - t0:.0f} s)")
+        log(
+            f"  wikitext2 ppl {res[key]['ppl']:.2f} over {count} tokens in windows of {length} "
+            f"({time.time() - t0:.0f} s)"
+        )
     if domains is None:
         domains = heldout_domains(root, tok, seq_len, domain_samples)
     res["domains"] = per_domain(model, domains, batch_size=4)

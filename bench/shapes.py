@@ -10,6 +10,7 @@ Cut labels: "R%" (uniform), "R% per-layer" (widths ramp over depth, same total; 
 "R% per-layer generic" (the same widths in the heterogeneous per-layer layout), any of them with " a64"
 (alignment of the widths; default: compress's --align default).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,23 +26,79 @@ from prunekit.errors import PrunekitError
 
 # Public configs of the real models.
 SHAPES = {
-    "smollm2-135m": ("LlamaConfig", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                         tie_word_embeddings=True, head_dim=64)),
-    "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                                         tie_word_embeddings=True)),
-    "llama-3.2-1b": ("LlamaConfig", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                                         tie_word_embeddings=True, head_dim=64)),
-    "llama-3.1-8b": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                                         tie_word_embeddings=False)),
-    "qwen2.5-7b": ("Qwen2Config", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                                       tie_word_embeddings=False)),
-    "tiny": ("LlamaConfig", dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1024)),
+    "smollm2-135m": (
+        "LlamaConfig",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+            head_dim=64,
+        ),
+    ),
+    "qwen2.5-0.5b": (
+        "Qwen2Config",
+        dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.2-1b": (
+        "LlamaConfig",
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+            head_dim=64,
+        ),
+    ),
+    "llama-3.1-8b": (
+        "LlamaConfig",
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "qwen2.5-7b": (
+        "Qwen2Config",
+        dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "tiny": (
+        "LlamaConfig",
+        dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=1024,
+        ),
+    ),
 }
 CUTS = ("dense", "20%", "40%", "30%", "30% per-layer", "30% per-layer generic")
 CUT_RE = re.compile(r"^(?:dense|(\d{1,2})%( per-layer)?( generic)?( a(\d+))?)$")
@@ -52,24 +109,28 @@ class Cut:
     label: str
     ratio: float = 0.0
     per_layer: bool = False
-    generic: bool = False      # the heterogeneous per-layer layout instead of DeciLM
-    align: int = 0             # 0: compress's default
+    generic: bool = False  # the heterogeneous per-layer layout instead of DeciLM
+    align: int = 0  # 0: compress's default
 
 
 def default_align() -> int:
     from prunekit.compress import CompressConfig
+
     return CompressConfig.__dataclass_fields__["align"].default
 
 
 def parse_cut(label: str) -> Cut:
     m = CUT_RE.match(label.strip())
     if not m or (m.group(3) and not m.group(2)):
-        raise PrunekitError(f"cut {label!r} is not understood; write e.g. 'dense', '20%', '30% per-layer', "
-                            "'30% per-layer generic', '20% a64'.")
+        raise PrunekitError(
+            f"cut {label!r} is not understood; write e.g. 'dense', '20%', '30% per-layer', "
+            "'30% per-layer generic', '20% a64'."
+        )
     if label.strip() == "dense":
         return Cut("dense")
-    return Cut(label.strip(), int(m.group(1)) / 100, bool(m.group(2)), bool(m.group(3)),
-               int(m.group(5) or default_align()))
+    return Cut(
+        label.strip(), int(m.group(1)) / 100, bool(m.group(2)), bool(m.group(3)), int(m.group(5) or default_align())
+    )
 
 
 def params(cfg: dict, widths: list[int]) -> int:
@@ -115,8 +176,10 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
     cls, base = SHAPES[shape]
     tok = load_tokenizer(tokenizer)  # only encodes export's reference prompts
     if len(tok) > base["vocab_size"]:
-        raise PrunekitError(f"the tokenizer of {tokenizer!r} has {len(tok)} tokens, more than shape {shape}'s "
-                            f"vocabulary of {base['vocab_size']}; pass a smaller tokenizer.")
+        raise PrunekitError(
+            f"the tokenizer of {tokenizer!r} has {len(tok)} tokens, more than shape {shape}'s "
+            f"vocabulary of {base['vocab_size']}; pass a smaller tokenizer."
+        )
     widths = widths_for(base, cut)
     config = getattr(transformers, cls)(**{**base, "intermediate_size": max(widths)})
     config.architectures = [cls.replace("Config", "ForCausalLM")]
@@ -124,8 +187,9 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     if len(set(widths)) > 1:  # the per-layer record compress writes, and layers built to it
         heads, kv = base["num_attention_heads"], base["num_key_value_heads"]
-        model.config.prunekit_layers = [{"intermediate_size": w, "num_attention_heads": heads,
-                                         "num_key_value_heads": kv} for w in widths]
+        model.config.prunekit_layers = [
+            {"intermediate_size": w, "num_attention_heads": heads, "num_key_value_heads": kv} for w in widths
+        ]
         resize_layers(model, family_for_config(model.config), model.config.prunekit_layers)
     src = work / f".{name}-src"
     shutil.rmtree(src, ignore_errors=True)
@@ -133,15 +197,32 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
     save_tokenizer(tok, src)
     del model
     log(f"shapes: {name}: widths {sorted(set(widths))}, exporting")
-    export(ExportConfig(model=str(src), out=str(art), tokens=4, onnx=onnx, force=True,
-                        layout="per-layer" if cut.generic else "auto"), log=lambda m: None)
+    export(
+        ExportConfig(
+            model=str(src), out=str(art), tokens=4, onnx=onnx, force=True, layout="per-layer" if cut.generic else "auto"
+        ),
+        log=lambda m: None,
+    )
     shutil.rmtree(src)
     return art
 
 
-def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], out: Path, work: Path,
-               repeats: int = 5, threads: int = 2, prompt_len: int = 128, new_tokens: int = 32, batch: int = 8,
-               profile: str | None = None, tokenizer: str = "default", log=print, paired: int = 0) -> dict:
+def run_shapes(
+    shapes: list[str],
+    cuts: list[str],
+    runtimes: tuple[str, ...],
+    out: Path,
+    work: Path,
+    repeats: int = 5,
+    threads: int = 2,
+    prompt_len: int = 128,
+    new_tokens: int = 32,
+    batch: int = 8,
+    profile: str | None = None,
+    tokenizer: str = "default",
+    log=print,
+    paired: int = 0,
+) -> dict:
     """Build, time and report; `profile` (a cut label) adds the per-token breakdown of dense and that cut
     of the first shape on every runtime (bench/profile.py); `paired` adds, per cut and runtime, one process
     that times dense and the cut that many times, their decode steps in turn (the speedup per pair)."""
@@ -150,6 +231,7 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
 
     from .models import weight_bytes_per_token
     from .run import PROFILES, machine, run_order, speed_once, summarize
+
     bad = [s for s in shapes if s not in SHAPES]
     if bad:
         raise PrunekitError(f"unknown shape {bad}; choose from {', '.join(SHAPES)}.")
@@ -161,8 +243,17 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
     dtype = compute_dtype()
     p = replace(PROFILES["quick"], prompt_len=prompt_len, new_tokens=new_tokens, batch=batch)
     work.mkdir(parents=True, exist_ok=True)
-    res = {"machine": machine(), "dtype": dtype, "threads": threads, "prompt_len": prompt_len,
-           "new_tokens": new_tokens, "batch": batch, "repeats": repeats, "runtimes": list(runtimes), "rows": []}
+    res = {
+        "machine": machine(),
+        "dtype": dtype,
+        "threads": threads,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "batch": batch,
+        "repeats": repeats,
+        "runtimes": list(runtimes),
+        "rows": [],
+    }
     t0 = time.time()
     arts = {}
     for shape in shapes:
@@ -170,10 +261,18 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
             art = build(shape, cut, work, "onnxruntime" in runtimes, log, tokenizer)
             m = read_manifest(art)
             arts[(shape, cut.label)] = art
-            res["rows"].append({"shape": shape, "cut": cut.label, "layout": m.layout, "artifact": str(art),
-                                "widths": sorted(set(widths_for(SHAPES[shape][1], cut))),
-                                "params": params(SHAPES[shape][1], widths_for(SHAPES[shape][1], cut)),
-                                "weight_bytes_per_token": weight_bytes_per_token(art), "samples": {}})
+            res["rows"].append(
+                {
+                    "shape": shape,
+                    "cut": cut.label,
+                    "layout": m.layout,
+                    "artifact": str(art),
+                    "widths": sorted(set(widths_for(SHAPES[shape][1], cut))),
+                    "params": params(SHAPES[shape][1], widths_for(SHAPES[shape][1], cut)),
+                    "weight_bytes_per_token": weight_bytes_per_token(art),
+                    "samples": {},
+                }
+            )
     rows = {(r["shape"], r["cut"]): r for r in res["rows"]}
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "shapes.partial.json"  # each repeat as it completes: a long run survives a kill
@@ -183,10 +282,16 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
             for rt in runtimes:
                 s = speed_once(rt, art, p, threads, dtype)
                 rows[key]["samples"].setdefault(rt, []).append(s)
-                log(f"shapes {rep + 1}/{repeats} {key[0]} {key[1]:>22} {rt:<12} " +
-                    (s["error"] if "error" in s else f"b1 {s['decode_tok_s_b1']:.1f} tok/s, "
-                     f"b{batch} {s['decode_tok_s_batch']:.1f} tok/s" + (f" [{s['model_class']}]" if "model_class"
-                                                                         in s else "")))
+                log(
+                    f"shapes {rep + 1}/{repeats} {key[0]} {key[1]:>22} {rt:<12} "
+                    + (
+                        s["error"]
+                        if "error" in s
+                        else f"b1 {s['decode_tok_s_b1']:.1f} tok/s, "
+                        f"b{batch} {s['decode_tok_s_batch']:.1f} tok/s"
+                        + (f" [{s['model_class']}]" if "model_class" in s else "")
+                    )
+                )
         partial.write_text(json.dumps(res, indent=2) + "\n")
     for r in res["rows"]:
         r["speed"] = {rt: summarize(v) for rt, v in r["samples"].items()}
@@ -196,18 +301,32 @@ def run_shapes(shapes: list[str], cuts: list[str], runtimes: tuple[str, ...], ou
         for rt in (r for r in runtimes if r in PAIRED_RUNTIMES and label != "dense"):
             pr = pair_speedups(speed_once(rt, art, p, threads, dtype, pair_with=arts[(shape, "dense")], pairs=paired))
             rows[(shape, label)].setdefault("paired", {})[rt] = pr
-            log(f"paired {shape} {label:>22} {rt:<12} " + (pr["error"] if "error" in pr else ", ".join(
-                f"{k} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})" for k, v in pr.items())))
+            log(
+                f"paired {shape} {label:>22} {rt:<12} "
+                + (
+                    pr["error"]
+                    if "error" in pr
+                    else ", ".join(f"{k} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})" for k, v in pr.items())
+                )
+            )
     if profile:
         from .profile import profile_once
-        res["profile"] = {"shape": shapes[0], "batch": 1, "prompt_len": prompt_len, "new_tokens": new_tokens + 1,
-                          "rows": {}}
+
+        res["profile"] = {
+            "shape": shapes[0],
+            "batch": 1,
+            "prompt_len": prompt_len,
+            "new_tokens": new_tokens + 1,
+            "rows": {},
+        }
         for rt in runtimes:
             for label in ("dense", profile):
                 r = profile_once(rt, arts[(shapes[0], label)], threads, dtype, prompt_len, new_tokens + 1, 1)
                 res["profile"]["rows"].setdefault(rt, {})[label] = r
-                log(f"profile {shapes[0]} {label} {rt}: " + (r["error"] if "error" in r else
-                                                            f"{r['wall_ms']:.2f} ms/token"))
+                log(
+                    f"profile {shapes[0]} {label} {rt}: "
+                    + (r["error"] if "error" in r else f"{r['wall_ms']:.2f} ms/token")
+                )
     for r in res["rows"]:
         r["model_class"] = next((s["model_class"] for s in r["samples"].get("vllm", []) if "model_class" in s), None)
     res["seconds"] = round(time.time() - t0)
@@ -247,19 +366,24 @@ def speedups(res: dict):
 def format_shapes(res: dict) -> str:
     m = res["machine"]
     cpu = cpu_text(m["cpu"], m.get("isa"))
-    lines = [f"Random-weight models in real shapes on {cpu} x{m['cores']}{' + ' + m['gpu'] if m.get('gpu') else ''}"
-             f" ({res['dtype']}, {res['threads']} threads): greedy decoding, prompt {res['prompt_len']}, "
-             f"{res['new_tokens']} new tokens, batch 1 and {res['batch']}; median (min-max) of {res['repeats']} "
-             "interleaved runs, each in a fresh process.", "",
-             "| shape | cut | layout | widths | params | runtime | b1 tok/s | speedup | "
-             f"b{res['batch']} tok/s | speedup | ideal | b1 / b{res['batch']} % of ideal |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Random-weight models in real shapes on {cpu} x{m['cores']}{' + ' + m['gpu'] if m.get('gpu') else ''}"
+        f" ({res['dtype']}, {res['threads']} threads): greedy decoding, prompt {res['prompt_len']}, "
+        f"{res['new_tokens']} new tokens, batch 1 and {res['batch']}; median (min-max) of {res['repeats']} "
+        "interleaved runs, each in a fresh process.",
+        "",
+        "| shape | cut | layout | widths | params | runtime | b1 tok/s | speedup | "
+        f"b{res['batch']} tok/s | speedup | ideal | b1 / b{res['batch']} % of ideal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     sp = {(r["shape"], r["cut"], rt, k): (x, i) for r, rt, k, x, i in speedups(res)}
     for r in res["rows"]:
         for rt, s in r["speed"].items():
             if "decode_tok_s_b1" not in s:
-                lines.append(f"| {r['shape']} | {r['cut']} | {r['layout']} | | | {rt} | failed: "
-                             f"{'; '.join(s['errors'])[:200]} | | | | | |")
+                lines.append(
+                    f"| {r['shape']} | {r['cut']} | {r['layout']} | | | {rt} | failed: "
+                    f"{'; '.join(s['errors'])[:200]} | | | | | |"
+                )
                 continue
             mm = lambda k: f"{s[k]['median']:.1f} ({s[k]['min']:.1f}-{s[k]['max']:.1f})"
             no = (float("nan"), float("nan"))  # dense failed on this runtime: nothing to compare with
@@ -267,22 +391,36 @@ def format_shapes(res: dict) -> str:
             bb = sp.get((r["shape"], r["cut"], rt, "decode_tok_s_batch"), no)
             w = r["widths"]
             cls = f" [{r['model_class']}]" if rt == "vllm" and r.get("model_class") else ""
-            pct = "-" if r["cut"] == "dense" else \
-                " / ".join(f"{(x - 1) / (i - 1) * 100:.0f}" if i > 1 else "-" for x, i in (b1, bb))
-            lines.append(f"| {r['shape']} | {r['cut']} | {r['layout']} | {w[0] if len(w) == 1 else f'{w[0]}-{w[-1]}'} "
-                         f"| {r['params'] / 1e6:.0f}M | {rt}{cls} | {mm('decode_tok_s_b1')} | {b1[0]:.2f}x | "
-                         f"{mm('decode_tok_s_batch')} | {bb[0]:.2f}x | {b1[1]:.2f}x | {pct} |")
-    lines += ["", "Ideal = dense / pruned bytes of weights a decode step reads (every matrix once; the embedding "
-              "table only as the tied LM head). % of ideal = (speedup - 1) / (ideal - 1): the share of the "
-              "possible gain that the runtime delivers.", f"\nTotal {res['seconds']} s."]
+            pct = (
+                "-"
+                if r["cut"] == "dense"
+                else " / ".join(f"{(x - 1) / (i - 1) * 100:.0f}" if i > 1 else "-" for x, i in (b1, bb))
+            )
+            lines.append(
+                f"| {r['shape']} | {r['cut']} | {r['layout']} | {w[0] if len(w) == 1 else f'{w[0]}-{w[-1]}'} "
+                f"| {r['params'] / 1e6:.0f}M | {rt}{cls} | {mm('decode_tok_s_b1')} | {b1[0]:.2f}x | "
+                f"{mm('decode_tok_s_batch')} | {bb[0]:.2f}x | {b1[1]:.2f}x | {pct} |"
+            )
+    lines += [
+        "",
+        "Ideal = dense / pruned bytes of weights a decode step reads (every matrix once; the embedding "
+        "table only as the tied LM head). % of ideal = (speedup - 1) / (ideal - 1): the share of the "
+        "possible gain that the runtime delivers.",
+        f"\nTotal {res['seconds']} s.",
+    ]
     if res.get("paired"):
-        lines += ["", f"Paired: dense and the cut loaded side by side in one process, {res['paired']} pairs; in a "
-                  f"pair each decodes the same prompts at batch 1, then at batch {res['batch']}, their "
-                  f"{res['new_tokens'] - 1} decode steps timed in turn (A B B A ...; prefills not timed); the speedup "
-                  "of each pair, median (min-max). The machine's speed moves in phases of seconds to minutes, which "
-                  "steps a fraction of a second apart share and independent runs do not.", "",
-                  f"| shape | cut | runtime | b1 speedup | b{res['batch']} speedup | ideal | "
-                  f"b1 / b{res['batch']} % of ideal |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Paired: dense and the cut loaded side by side in one process, {res['paired']} pairs; in a "
+            f"pair each decodes the same prompts at batch 1, then at batch {res['batch']}, their "
+            f"{res['new_tokens'] - 1} decode steps timed in turn (A B B A ...; prefills not timed); the speedup "
+            "of each pair, median (min-max). The machine's speed moves in phases of seconds to minutes, which "
+            "steps a fraction of a second apart share and independent runs do not.",
+            "",
+            f"| shape | cut | runtime | b1 speedup | b{res['batch']} speedup | ideal | "
+            f"b1 / b{res['batch']} % of ideal |",
+            "|---|---|---|---|---|---|---|",
+        ]
         ideal = {(r["shape"], r["cut"]): i for r, _, _, _, i in speedups(res)}
         for r in res["rows"]:
             for rt, pr in r.get("paired", {}).items():
@@ -291,21 +429,37 @@ def format_shapes(res: dict) -> str:
                     lines.append(f"| {r['shape']} | {r['cut']} | {rt} | failed: {pr['error'][:200]} | | | |")
                     continue
                 f = lambda v: f"{v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})"
-                pct = " / ".join(f"{(pr[k]['median'] - 1) / (i - 1) * 100:.0f}" if i > 1 else "-" for k in ("b1", "batch"))
-                lines.append(f"| {r['shape']} | {r['cut']} | {rt} | {f(pr['b1'])} | {f(pr['batch'])} | {i:.2f}x | {pct} |")
+                pct = " / ".join(
+                    f"{(pr[k]['median'] - 1) / (i - 1) * 100:.0f}" if i > 1 else "-" for k in ("b1", "batch")
+                )
+                lines.append(
+                    f"| {r['shape']} | {r['cut']} | {rt} | {f(pr['b1'])} | {f(pr['batch'])} | {i:.2f}x | {pct} |"
+                )
     if res.get("profile"):
         from .profile import format_profile
+
         pr = res["profile"]
-        un = {(rt, r["cut"]): 1e3 / s["decode_tok_s_b1"]["median"] for r in res["rows"] if r["shape"] == pr["shape"]
-              for rt, s in r["speed"].items() if "decode_tok_s_b1" in s}
-        lines += ["", f"## Where the time goes: {pr['shape']}", "",
-                  format_profile({**pr, "machine": f"{cpu} x{m['cores']}", "dtype": res["dtype"],
-                                  "threads": res["threads"]}, un)]
+        un = {
+            (rt, r["cut"]): 1e3 / s["decode_tok_s_b1"]["median"]
+            for r in res["rows"]
+            if r["shape"] == pr["shape"]
+            for rt, s in r["speed"].items()
+            if "decode_tok_s_b1" in s
+        }
+        lines += [
+            "",
+            f"## Where the time goes: {pr['shape']}",
+            "",
+            format_profile(
+                {**pr, "machine": f"{cpu} x{m['cores']}", "dtype": res["dtype"], "threads": res["threads"]}, un
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
 def plot_shapes(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -322,18 +476,24 @@ def plot_shapes(res: dict, path: Path) -> None:
         for r, rt, k, x, i in pts:
             if k == key:
                 c = colors[r["shape"]]
-                ax.scatter(i, x, marker=markers[rt], edgecolors=c, alpha=0.8,
-                           facecolors="none" if "generic" in r["cut"] else c)
-        ax.set(xlabel="ideal speedup (weight bytes per token)", title="batch 1" if key.endswith("b1")
-               else f"batch {res['batch']}")
+                ax.scatter(
+                    i, x, marker=markers[rt], edgecolors=c, alpha=0.8, facecolors="none" if "generic" in r["cut"] else c
+                )
+        ax.set(
+            xlabel="ideal speedup (weight bytes per token)",
+            title="batch 1" if key.endswith("b1") else f"batch {res['batch']}",
+        )
     axes[0].set_ylabel("measured decode speedup vs dense")
     for rt, mk in markers.items():
         axes[1].scatter([], [], marker=mk, color="gray", label=rt)
     for shape, c in colors.items():
         axes[1].scatter([], [], marker="s", color=c, label=shape)
     axes[1].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"Measured vs ideal decode speedup ({cpu_text(res['machine']['cpu'], res['machine'].get('isa'))}, {res['dtype']}); "
-                 "hollow = per-layer generic layout", fontsize=9)
+    fig.suptitle(
+        f"Measured vs ideal decode speedup ({cpu_text(res['machine']['cpu'], res['machine'].get('isa'))}, {res['dtype']}); "
+        "hollow = per-layer generic layout",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -343,6 +503,7 @@ def main(argv=None) -> int:
     """The same measurement without the rest of `prunekit bench` (e.g. the GPU machine's prepared script)."""
     import argparse
     import sys
+
     ap = argparse.ArgumentParser(prog="python -m prunekit.bench.shapes", description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="smollm2-135m")
     ap.add_argument("--cuts", default=",".join(CUTS))
@@ -355,13 +516,28 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--profile-cut", default=None, help="also profile dense and this cut of the first shape")
-    ap.add_argument("--paired", type=int, default=0,
-                    help="also time each cut against dense in one process, their decode steps in turn, N pairs")
+    ap.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        help="also time each cut against dense in one process, their decode steps in turn, N pairs",
+    )
     a = ap.parse_args(argv)
     try:
-        res = run_shapes(a.shapes.split(","), a.cuts.split(","), tuple(a.runtimes.split(",")), Path(a.out),
-                         Path(a.work), a.repeats, a.threads, a.prompt_len, a.new_tokens, a.batch, a.profile_cut,
-                         paired=a.paired)
+        res = run_shapes(
+            a.shapes.split(","),
+            a.cuts.split(","),
+            tuple(a.runtimes.split(",")),
+            Path(a.out),
+            Path(a.work),
+            a.repeats,
+            a.threads,
+            a.prompt_len,
+            a.new_tokens,
+            a.batch,
+            a.profile_cut,
+            paired=a.paired,
+        )
     except PrunekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ soak.json and soak.md under --out; exits 1 when any request failed, a malformed 
 server was unhealthy after, or its memory in the last minute was more than 10% above the first minute's.
 A benchmark, not a test: it measures and reports; nothing in `make test` runs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,6 +96,7 @@ def disconnect_mid_stream(url: str, model: str, clients: int) -> int:
             pass  # not counted: the report shows how many clients got a first chunk
         finally:
             c.close()
+
     threads = [threading.Thread(target=one) for _ in range(clients)]
     for t in threads:
         t.start()
@@ -104,9 +106,14 @@ def disconnect_mid_stream(url: str, model: str, clients: int) -> int:
 
 
 def _stream_then_drop(c: http.client.HTTPConnection, model: str, got: list) -> None:
-    c.request("POST", "/v1/completions", json.dumps({"model": model, "prompt": "Count to one hundred:",
-                                                     "max_tokens": 256, "stream": True, "ignore_eos": True}),
-              {"Content-Type": "application/json"})
+    c.request(
+        "POST",
+        "/v1/completions",
+        json.dumps(
+            {"model": model, "prompt": "Count to one hundred:", "max_tokens": 256, "stream": True, "ignore_eos": True}
+        ),
+        {"Content-Type": "application/json"},
+    )
     r = c.getresponse()
     if r.status == 200 and r.readline():
         got.append(1)  # list.append is atomic; += on a shared int is not
@@ -130,14 +137,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def soak(artifact: str, clients: int = 64, minutes: float = 5, max_tokens: int = 32, dtype: str = "auto",
-         kv_cache_gib: float = 1.0, max_model_len: int = 2048, every: float = 5.0, log=print) -> dict:
-    cfg = ServeConfig(artifact=artifact, port=free_port(), dtype=dtype, kv_cache_gib=kv_cache_gib,
-                      max_model_len=max_model_len)
-    load = LoadConfig(url=cfg.url(), model="-", concurrency=clients, requests=10**9, duration=minutes * 60,
-                      max_tokens=max_tokens)
-    res: dict = {"artifact": artifact, "clients": clients, "minutes": minutes, "max_tokens": max_tokens,
-                 "dtype": dtype}
+def soak(
+    artifact: str,
+    clients: int = 64,
+    minutes: float = 5,
+    max_tokens: int = 32,
+    dtype: str = "auto",
+    kv_cache_gib: float = 1.0,
+    max_model_len: int = 2048,
+    every: float = 5.0,
+    log=print,
+) -> dict:
+    cfg = ServeConfig(
+        artifact=artifact, port=free_port(), dtype=dtype, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len
+    )
+    load = LoadConfig(
+        url=cfg.url(), model="-", concurrency=clients, requests=10**9, duration=minutes * 60, max_tokens=max_tokens
+    )
+    res: dict = {"artifact": artifact, "clients": clients, "minutes": minutes, "max_tokens": max_tokens, "dtype": dtype}
     with Server(cfg) as srv:
         log(f"serving {srv.name} at {srv.url}; {clients} clients for {minutes:g} min ...")
         samples: list = []
@@ -155,32 +172,49 @@ def soak(artifact: str, clients: int = 64, minutes: float = 5, max_tokens: int =
         res["healthy_after"] = healthy(srv.url, srv.name)
     mem = res["memory"]
     res["memory_growth"] = round(mem[-1]["rss_mb_mean"] / mem[0]["rss_mb_mean"] - 1, 4) if len(mem) > 1 else None
-    res["passed"] = (res["load"]["errors"] == 0 and res["load"]["requests"] > 0 and res["healthy_after"]
-                     and all(400 <= c < 500 for c in res["malformed"].values())
-                     and (res["memory_growth"] is None or res["memory_growth"] <= 0.10))
+    res["passed"] = (
+        res["load"]["errors"] == 0
+        and res["load"]["requests"] > 0
+        and res["healthy_after"]
+        and all(400 <= c < 500 for c in res["malformed"].values())
+        and (res["memory_growth"] is None or res["memory_growth"] <= 0.10)
+    )
     return res
 
 
 def format_soak(r: dict) -> str:
     ld = r["load"]
-    lines = [f"# Server under load: {r['artifact']}", "",
-             f"{r['clients']} concurrent streaming clients for {r['minutes']:g} min, {r['max_tokens']} tokens each "
-             f"(dtype {r['dtype']}).", "",
-             "| requests | errors | req/s | output tok/s | latency p50 / p95 (s) | TTFT p50 / p95 (s) |",
-             "|---|---|---|---|---|---|",
-             f"| {ld['requests']} | {ld['errors']} | {ld['requests_per_s']} | {ld['output_tokens_per_s']} | "
-             f"{ld['latency_p50_s']} / {ld['latency_p95_s']} | {ld['ttft_p50_s']} / {ld['ttft_p95_s']} |", "",
-             "Resident memory of the server's process group per minute (MB, mean / max of the samples):", "",
-             "| minute | " + " | ".join(str(m["minute"]) for m in r["memory"]) + " |",
-             "|---|" + "---|" * len(r["memory"]),
-             "| RSS | " + " | ".join(f"{m['rss_mb_mean']:.0f} / {m['rss_mb_max']:.0f}" for m in r["memory"]) + " |",
-             "", f"Last minute vs first: {r['memory_growth']:+.1%}." if r["memory_growth"] is not None else "", "",
-             "| malformed request | status |", "|---|---|"]
+    lines = [
+        f"# Server under load: {r['artifact']}",
+        "",
+        f"{r['clients']} concurrent streaming clients for {r['minutes']:g} min, {r['max_tokens']} tokens each "
+        f"(dtype {r['dtype']}).",
+        "",
+        "| requests | errors | req/s | output tok/s | latency p50 / p95 (s) | TTFT p50 / p95 (s) |",
+        "|---|---|---|---|---|---|",
+        f"| {ld['requests']} | {ld['errors']} | {ld['requests_per_s']} | {ld['output_tokens_per_s']} | "
+        f"{ld['latency_p50_s']} / {ld['latency_p95_s']} | {ld['ttft_p50_s']} / {ld['ttft_p95_s']} |",
+        "",
+        "Resident memory of the server's process group per minute (MB, mean / max of the samples):",
+        "",
+        "| minute | " + " | ".join(str(m["minute"]) for m in r["memory"]) + " |",
+        "|---|" + "---|" * len(r["memory"]),
+        "| RSS | " + " | ".join(f"{m['rss_mb_mean']:.0f} / {m['rss_mb_max']:.0f}" for m in r["memory"]) + " |",
+        "",
+        f"Last minute vs first: {r['memory_growth']:+.1%}." if r["memory_growth"] is not None else "",
+        "",
+        "| malformed request | status |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in r["malformed"].items()]
     d = r["disconnected"]
-    lines += ["", f"{d['clients']} clients dropped mid-stream ({d['got_first_chunk']} had a first chunk); the server "
-              f"{'answered /health and a request after' if r['healthy_after'] else 'was NOT healthy after'}.", "",
-              f"**{'passed' if r['passed'] else 'FAILED'}**"]
+    lines += [
+        "",
+        f"{d['clients']} clients dropped mid-stream ({d['got_first_chunk']} had a first chunk); the server "
+        f"{'answered /health and a request after' if r['healthy_after'] else 'was NOT healthy after'}.",
+        "",
+        f"**{'passed' if r['passed'] else 'FAILED'}**",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -196,8 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.clients < 1 or a.minutes <= 0 or a.max_tokens < 1:
         ap.error("--clients, --minutes and --max-tokens must be positive")
-    r = soak(a.artifact, a.clients, a.minutes, a.max_tokens, a.dtype, a.kv_cache_gib,
-             log=lambda m: print(m, file=sys.stderr, flush=True))
+    r = soak(
+        a.artifact,
+        a.clients,
+        a.minutes,
+        a.max_tokens,
+        a.dtype,
+        a.kv_cache_gib,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     text = format_soak(r)
     print(text)
     if a.out:

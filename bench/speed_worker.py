@@ -10,6 +10,7 @@ RESULT:  {ttft_s, decode_tok_s_b1, decode_tok_s_batch, peak_rss_mb, gpu_peak_mb,
 Time to first token = a prefill of prompt_len tokens that returns one token (batch 1). Decode speed =
 (new_tokens - 1) further tokens divided by the time beyond the first, at batch 1 and at `batch`.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from typing import Callable, NamedTuple
 
 class Loaded(NamedTuple):
     """An artifact loaded in one runtime: a greedy loop, its step generator, the vocabulary size, load seconds."""
+
     generate: Callable  # generate(prompts, n)
     steps: Callable  # steps(prompts): an iterator, one decode step per next() (the first: the prefill)
     vocab: int
@@ -31,6 +33,7 @@ class Loaded(NamedTuple):
 
 def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
     import random
+
     rng = random.Random(seed)
     return [[rng.randrange(100, min(vocab, 30000)) for _ in range(length)] for _ in range(batch)]
 
@@ -50,8 +53,11 @@ def measure(generate, req: dict, vocab: int) -> dict:
     ttft = min(timed(generate, p1, 1) for _ in range(2))
     t1 = timed(generate, p1, n)
     tb1, tbn = timed(generate, pb, 1), timed(generate, pb, n)
-    return {"ttft_s": ttft, "decode_tok_s_b1": (n - 1) / max(t1 - ttft, 1e-9),
-            "decode_tok_s_batch": req["batch"] * (n - 1) / max(tbn - tb1, 1e-9)}
+    return {
+        "ttft_s": ttft,
+        "decode_tok_s_b1": (n - 1) / max(t1 - ttft, 1e-9),
+        "decode_tok_s_batch": req["batch"] * (n - 1) / max(tbn - tb1, 1e-9),
+    }
 
 
 def load_torch(req: dict, artifact: str):
@@ -60,22 +66,30 @@ def load_torch(req: dict, artifact: str):
     from transformers import AutoModelForCausalLM
 
     from prunekit.runtimes import torch_greedy, torch_steps
+
     torch.set_num_threads(req["threads"])
     dev = req.get("device", "auto")
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
     t = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(artifact, dtype=getattr(torch, req["dtype"]),
-                                                 trust_remote_code=req["trust_remote_code"]).to(dev).eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(
+            artifact, dtype=getattr(torch, req["dtype"]), trust_remote_code=req["trust_remote_code"]
+        )
+        .to(dev)
+        .eval()
+    )
     load = time.perf_counter() - t
 
     def gen(p, n):
         torch_greedy(model, p, n, device=dev)
+
     return Loaded(gen, lambda p: torch_steps(model, p, device=dev), model.config.vocab_size, load)
 
 
 def load_onnxruntime(req: dict, artifact: str):
     """(generate, vocabulary size, load seconds) of an artifact's ONNX graph in onnxruntime."""
     from prunekit.runtimes import OrtLM
+
     t = time.perf_counter()
     lm = OrtLM(f"{artifact}/onnx/model.onnx", threads=req["threads"])
     load = time.perf_counter() - t
@@ -84,6 +98,7 @@ def load_onnxruntime(req: dict, artifact: str):
 
 def run_torch(req: dict) -> dict:
     import torch
+
     gen, _, vocab, load = load_torch(req, req["artifact"])
     out = measure(gen, req, vocab)
     out["load_s"] = load
@@ -110,7 +125,7 @@ def interleaved(models: list[Loaded], prompts: list[list[int]], steps: int) -> l
         for it in its:
             next(it)  # the prefill
         for k in range(steps):
-            for j in (range(len(its)) if k % 2 == 0 else reversed(range(len(its)))):
+            for j in range(len(its)) if k % 2 == 0 else reversed(range(len(its))):
                 t = time.perf_counter()
                 next(its[j])
                 spent[j] += time.perf_counter() - t
@@ -153,8 +168,14 @@ def load_vllm(req: dict, artifact: str):
     from prunekit.runtimes import vllm_engine, vllm_generate, vllm_steps
 
     t = time.perf_counter()
-    llm = vllm_engine(artifact, req["dtype"], req["prompt_len"] + req["new_tokens"] + 16,
-                      req["trust_remote_code"], req.get("kv_cache_gib", 1), req.get("enforce_eager", True))
+    llm = vllm_engine(
+        artifact,
+        req["dtype"],
+        req["prompt_len"] + req["new_tokens"] + 16,
+        req["trust_remote_code"],
+        req.get("kv_cache_gib", 1),
+        req.get("enforce_eager", True),
+    )
     load = time.perf_counter() - t
     vocab = json.load(open(f"{artifact}/config.json"))["vocab_size"]
     return Loaded(lambda p, n: vllm_generate(llm, p, n), lambda p: vllm_steps(llm, p), vocab, load), llm
@@ -170,6 +191,7 @@ def run_vllm(req: dict) -> dict:
     out["model_class"] = getattr(llm.model_config, "architecture", "?")  # native class or Transformers backend
     try:
         import torch
+
         if torch.cuda.is_available():
             out["gpu_peak_mb"] = torch.cuda.max_memory_reserved() / 2**20
     except Exception:
@@ -188,8 +210,7 @@ def tree_rss_mb(root: int) -> float:
             except OSError:
                 continue
             fields = dict(ln.split(":", 1) for ln in status.splitlines() if ":" in ln)
-            procs[int(d.name)] = (int(fields.get("PPid", "0").strip()),
-                                  int(fields.get("VmRSS", "0 kB").split()[0]))
+            procs[int(d.name)] = (int(fields.get("PPid", "0").strip()), int(fields.get("VmRSS", "0 kB").split()[0]))
     keep, total, grew = {root}, 0, True
     while grew:  # add children of kept processes until nothing changes
         grew = False
@@ -223,8 +244,11 @@ class PeakRss:
 
 def main(req_path: str, res_path: str) -> None:
     req = json.load(open(req_path))
-    fn = run_paired if req.get("pair_with") else \
-        {"torch": run_torch, "onnxruntime": run_onnxruntime, "vllm": run_vllm}[req["runtime"]]
+    fn = (
+        run_paired
+        if req.get("pair_with")
+        else {"torch": run_torch, "onnxruntime": run_onnxruntime, "vllm": run_vllm}[req["runtime"]]
+    )
     rss = PeakRss()
     out = fn(req)
     out["peak_rss_mb"] = rss.stop()

@@ -8,6 +8,7 @@ context + continuation is encoded as a whole and the continuation is what follow
 Prompts follow lm-eval's task YAMLs (piqa, hellaswag, arc_easy/arc_challenge, boolq, winogrande
 (partial scoring: the options change the context, the continuation is shared), openbookqa).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ from torch.nn import functional as F
 
 @dataclass
 class Doc:
-    contexts: list[str]       # one per choice (winogrande) or the same context repeated
+    contexts: list[str]  # one per choice (winogrande) or the same context repeated
     continuations: list[str]  # what is scored, one per choice
     gold: int
 
@@ -35,8 +36,10 @@ def _mc(context: str, choices: list[str], gold: int) -> Doc:
 
 def piqa(root: Path) -> list[Doc]:
     labels = (root / "eval/piqa/piqa_valid-labels.lst").read_text().split()
-    return [_mc(f"Question: {d['goal']}\nAnswer:", [d["sol1"], d["sol2"]], int(g))
-            for d, g in zip(_jsonl(root / "eval/piqa/piqa_valid.jsonl"), labels)]
+    return [
+        _mc(f"Question: {d['goal']}\nAnswer:", [d["sol1"], d["sol2"]], int(g))
+        for d, g in zip(_jsonl(root / "eval/piqa/piqa_valid.jsonl"), labels)
+    ]
 
 
 def hellaswag(root: Path) -> list[Doc]:
@@ -47,8 +50,13 @@ def _arc(path: Path) -> list[Doc]:
     docs = []
     for d in _jsonl(path):
         ch = d["question"]["choices"]
-        docs.append(_mc(f"Question: {d['question']['stem']}\nAnswer:", [c["text"] for c in ch],
-                        [c["label"] for c in ch].index(d["answerKey"])))
+        docs.append(
+            _mc(
+                f"Question: {d['question']['stem']}\nAnswer:",
+                [c["text"] for c in ch],
+                [c["label"] for c in ch].index(d["answerKey"]),
+            )
+        )
     return docs
 
 
@@ -61,21 +69,38 @@ def arc_challenge(root: Path) -> list[Doc]:
 
 
 def boolq(root: Path) -> list[Doc]:
-    return [_mc(f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:", ["no", "yes"],
-                int(str(d["label"]).lower() == "true")) for d in _jsonl(root / "eval/boolq/boolq_val_superglue.jsonl")]
+    return [
+        _mc(
+            f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:",
+            ["no", "yes"],
+            int(str(d["label"]).lower() == "true"),
+        )
+        for d in _jsonl(root / "eval/boolq/boolq_val_superglue.jsonl")
+    ]
 
 
 def winogrande(root: Path) -> list[Doc]:
-    return [Doc(list(d["context_options"]), [" " + d["continuation"]] * 2, int(d["gold"]))
-            for d in _jsonl(root / "eval/winogrande/winogrande_xl_dev.jsonl")]
+    return [
+        Doc(list(d["context_options"]), [" " + d["continuation"]] * 2, int(d["gold"]))
+        for d in _jsonl(root / "eval/winogrande/winogrande_xl_dev.jsonl")
+    ]
 
 
 def openbookqa(root: Path) -> list[Doc]:
-    return [_mc(d["query"], d["choices"], int(d["gold"])) for d in _jsonl(root / "eval/openbookqa/openbookqa_test.jsonl")]
+    return [
+        _mc(d["query"], d["choices"], int(d["gold"])) for d in _jsonl(root / "eval/openbookqa/openbookqa_test.jsonl")
+    ]
 
 
-TASKS = {"piqa": piqa, "hellaswag": hellaswag, "arc_easy": arc_easy, "arc_challenge": arc_challenge,
-         "boolq": boolq, "winogrande": winogrande, "openbookqa": openbookqa}
+TASKS = {
+    "piqa": piqa,
+    "hellaswag": hellaswag,
+    "arc_easy": arc_easy,
+    "arc_challenge": arc_challenge,
+    "boolq": boolq,
+    "winogrande": winogrande,
+    "openbookqa": openbookqa,
+}
 NORM = {"winogrande": False}  # lm-eval reports acc only for winogrande
 
 
@@ -85,12 +110,13 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
         context, continuation = context[:-n_sp], context[-n_sp:] + continuation
     whole = tok(context + continuation, add_special_tokens=False).input_ids
     ctx = tok(context, add_special_tokens=False).input_ids
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @torch.no_grad()
-def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8,
-                   max_len: int = 2048) -> list[float]:
+def loglikelihoods(
+    model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, max_len: int = 2048
+) -> list[float]:
     """Summed log p(continuation | context) for each (context ids, continuation ids), batched by length.
 
     Two savings that leave every number as it was: requests with the same input tokens share one
@@ -98,25 +124,26 @@ def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], batch_size: 
     pass, as in lm-eval), and the LM head and log-softmax run only on the positions that are scored
     (on a 49k vocabulary they cost as much as a third of the model)."""
     out = [0.0] * len(pairs)
-    seqs = [(c + x)[-(max_len + 1):] for c, x in pairs]
+    seqs = [(c + x)[-(max_len + 1) :] for c, x in pairs]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, q in enumerate(seqs):
         groups.setdefault(tuple(q[:-1]), []).append(i)
     keys = sorted(groups, key=len, reverse=True)
     for s in range(0, len(keys), batch_size):
-        batch = keys[s:s + batch_size]
+        batch = keys[s : s + batch_size]
         width = len(batch[0])
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
         for r, k in enumerate(batch):
-            ids[r, :len(k)] = torch.tensor(k)
-            mask[r, :len(k)] = 1
+            ids[r, : len(k)] = torch.tensor(k)
+            mask[r, : len(k)] = 1
         # Positions len(input) - n .. len(input) - 1 predict a continuation of n tokens.
         first = min(len(k) - max(len(pairs[i][1]) for i in groups[k]) for k in batch)
         keep = torch.arange(max(first, 0), width)
         dev = next(model.parameters()).device
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False,
-                       logits_to_keep=keep.to(dev)).logits
+        logits = model(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, logits_to_keep=keep.to(dev)
+        ).logits
         # A model whose forward ignored logits_to_keep would misalign every score silently.
         assert logits.shape[1] == len(keep), f"{type(model).__name__} ignored logits_to_keep"
         logp = F.log_softmax(logits.float(), -1).cpu()
@@ -125,7 +152,7 @@ def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], batch_size: 
                 n = min(len(pairs[i][1]), len(k))
                 tgt = torch.tensor(seqs[i][-n:])
                 lo = len(k) - n - int(keep[0])
-                out[i] = float(logp[r, lo:lo + n].gather(-1, tgt[:, None]).sum())
+                out[i] = float(logp[r, lo : lo + n].gather(-1, tgt[:, None]).sum())
     return out
 
 
@@ -140,7 +167,7 @@ def stderr(xs: list[float]) -> float:
     if n < 2:
         return float("nan")
     m = sum(xs) / n
-    return (sum((x - m) ** 2 for x in xs) / (n - 1)) ** 0.5 / n ** 0.5
+    return (sum((x - m) ** 2 for x in xs) / (n - 1)) ** 0.5 / n**0.5
 
 
 def metrics(docs: list[Doc], ll: list[float], norm: bool = True) -> dict:
@@ -150,7 +177,7 @@ def metrics(docs: list[Doc], ll: list[float], norm: bool = True) -> dict:
     right, right_norm = [], []
     k = 0
     for d in docs:
-        scores = ll[k:k + len(d.continuations)]
+        scores = ll[k : k + len(d.continuations)]
         k += len(d.continuations)
         right.append(int(max(range(len(scores)), key=scores.__getitem__) == d.gold))
         # lm-eval divides by the length of the choice string, without the " " delimiter we prepend.
@@ -180,8 +207,11 @@ def mean_diff(diffs: list[dict]) -> dict:
     t = len(diffs)
     if not t:
         return {"diff": float("nan"), "stderr": float("nan"), "tasks": 0}
-    return {"diff": sum(d["diff"] for d in diffs) / t, "stderr": sum(d["stderr"] ** 2 for d in diffs) ** 0.5 / t,
-            "tasks": t}
+    return {
+        "diff": sum(d["diff"] for d in diffs) / t,
+        "stderr": sum(d["stderr"] ** 2 for d in diffs) ** 0.5 / t,
+        "tasks": t,
+    }
 
 
 def verdict(d: dict) -> str:

@@ -9,6 +9,7 @@ The stage's public entry (the Python API; bench and the orchestrator use only th
 
 Inside: data (mix), stats (statistics), scores, plan, surgery (cut and refit), iterate (rounds).
 """
+
 from .variants import VARIANTS, check_variants, compare, compare_markdown, pruned_variants
 from .config import METHODS, CompareConfig, CompressConfig
 from .data import build as build_mix
@@ -20,6 +21,18 @@ from .run import compress
 # scores each layer in its cut pass): the artifacts pipeline then cuts again instead of reusing an older cut.
 REVISION = 2
 
-__all__ = ["REVISION", "VARIANTS", "METHODS", "CompareConfig", "CompressConfig", "build_mix", "check_variants", "compare",
-           "compare_markdown",
-           "compress", "load_mix", "pack_texts", "pruned_variants"]
+__all__ = [
+    "REVISION",
+    "VARIANTS",
+    "METHODS",
+    "CompareConfig",
+    "CompressConfig",
+    "build_mix",
+    "check_variants",
+    "compare",
+    "compare_markdown",
+    "compress",
+    "load_mix",
+    "pack_texts",
+    "pruned_variants",
+]

@@ -1,4 +1,5 @@
 """The typed configs of `prunekit compress` and `prunekit compare`: defaults and checks in one place."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,48 +21,79 @@ METHODS = ("block-influence", "flap", "hybrid", "hybrid-max", "magnitude", "obs"
 class CompressConfig(Config):
     """Everything that decides a compress run. Fields read by the planner (ratio .. tolerance) are the
     deployment constraints; the rest choose the method, the data and the machine."""
+
     out: str = opt("", "output checkpoint directory", required=True)
     model: str = opt("default", "hub id or local HF directory ('default': the offline SmolLM2-135M-Instruct)")
     calib: str = opt("default", "calibration mix YAML ('default': the packaged 6-domain mix)")
     ratio: float = opt(0.2, "fraction of parameters to remove")
     ratio_of: str = opt("total", "what --ratio is a fraction of (both are reported)", choices=("total", "decoder"))
     method: str = opt("hybrid", "importance score", choices=METHODS)
-    structures: tuple[str, ...] = opt(("mlp",), "what may be removed: mlp, heads, layers (mlp alone measured "
-                                      "best: removing a KV group cost SmolLM2-135M far more than the same "
-                                      "parameters of MLP)")
-    mode: str = opt("uniform", "uniform: same shape in every layer (stock checkpoint); per-layer: widths chosen "
-                    "globally (needs export's per-layer layout)", choices=MODES)
+    structures: tuple[str, ...] = opt(
+        ("mlp",),
+        "what may be removed: mlp, heads, layers (mlp alone measured "
+        "best: removing a KV group cost SmolLM2-135M far more than the same "
+        "parameters of MLP)",
+    )
+    mode: str = opt(
+        "uniform",
+        "uniform: same shape in every layer (stock checkpoint); per-layer: widths chosen "
+        "globally (needs export's per-layer layout)",
+        choices=MODES,
+    )
     rounds: int = opt(2, "calibration rounds (1: one-shot)")
     schedule: str = opt("equal", "how the target is spread over the rounds", choices=SCHEDULES)
-    selection: str = opt("score", "which MLP channels a layer keeps: the highest scores, or obs (greedy Optimal "
-                         "Brain Surgeon on the refit's gram: the channels whose loss the refit recovers best)",
-                         choices=SELECTIONS)
-    allocation: str = opt("score", "per-layer mode: widths by comparing scores across layers, or kl (each layer cut "
-                          "alone to a grid of widths and the KL of the model's next-token distribution from the "
-                          "dense one measured; a knapsack picks the widths, kept only if the composed model beats "
-                          "uniform widths on the same tokens). kl needs --selection obs and --rounds 1; "
-                          "--method is then unused (OBS orders the channels)", choices=("score", "kl"))
-    search_samples: int = opt(8, "calibration sequences the kl allocation measures on (an equal share per domain, "
-                              "rounded up)")
-    search_step: int = opt(256, "width grid of the kl allocation (rounded down to a multiple of --align, and of "
-                           "--tp where --align is not)")
-    weighting: str = opt("none", "token weights of the refit (and obs selection): none, or relative (each token's "
-                         "error counts relative to its own residual norm, so the few massive-activation tokens do "
-                         "not decide the fit)", choices=("none", "relative"))
+    selection: str = opt(
+        "score",
+        "which MLP channels a layer keeps: the highest scores, or obs (greedy Optimal "
+        "Brain Surgeon on the refit's gram: the channels whose loss the refit recovers best)",
+        choices=SELECTIONS,
+    )
+    allocation: str = opt(
+        "score",
+        "per-layer mode: widths by comparing scores across layers, or kl (each layer cut "
+        "alone to a grid of widths and the KL of the model's next-token distribution from the "
+        "dense one measured; a knapsack picks the widths, kept only if the composed model beats "
+        "uniform widths on the same tokens). kl needs --selection obs and --rounds 1; "
+        "--method is then unused (OBS orders the channels)",
+        choices=("score", "kl"),
+    )
+    search_samples: int = opt(
+        8, "calibration sequences the kl allocation measures on (an equal share per domain, rounded up)"
+    )
+    search_step: int = opt(
+        256, "width grid of the kl allocation (rounded down to a multiple of --align, and of --tp where --align is not)"
+    )
+    weighting: str = opt(
+        "none",
+        "token weights of the refit (and obs selection): none, or relative (each token's "
+        "error counts relative to its own residual norm, so the few massive-activation tokens do "
+        "not decide the fit)",
+        choices=("none", "relative"),
+    )
     compensate: bool = opt(True, "do not refit down_proj/o_proj after a cut", flag="--no-compensate")
-    refit_target: str = opt("local", "refit to the current layer's own outputs (measured better), or to the dense "
-                            "model's layer outputs (also aims to undo earlier cuts' error)", choices=("local", "dense"))
+    refit_target: str = opt(
+        "local",
+        "refit to the current layer's own outputs (measured better), or to the dense "
+        "model's layer outputs (also aims to undo earlier cuts' error)",
+        choices=("local", "dense"),
+    )
     # measured: 1e-4 -> 35.4, 1e-2 -> 35.0, 1e-1 -> 36.2 geomean held-out ppl at 20% (docs/results)
     ridge: float = opt(1e-2, "refit ridge, times the median gram diagonal")
-    recover_tokens: int = opt(0, "after the cut, train the decoder toward the dense model's next-token "
-                              "distribution on this many tokens of the calibration mix's pools (0: off; "
-                              "training, not retraining-free)")
+    recover_tokens: int = opt(
+        0,
+        "after the cut, train the decoder toward the dense model's next-token "
+        "distribution on this many tokens of the calibration mix's pools (0: off; "
+        "training, not retraining-free)",
+    )
     # measured at 20%, 16k tokens: 5e-5 -> 46.98, 1.5e-4 -> 44.79, 5e-4 -> 48.01 held-out geomean (cut: 51.28)
     recover_lr: float = opt(1.5e-4, "peak learning rate of the recovery (AdamW, warm-up then cosine)")
     recover_batch: int = opt(4, "sequences per recovery step")
-    recover_at: str = opt("end", "when the recovery trains: end (all of --recover-tokens after the last cut) or rounds "
-                          "(an equal share after every round's cut: prune, distil, prune again)",
-                          choices=RECOVER_AT)
+    recover_at: str = opt(
+        "end",
+        "when the recovery trains: end (all of --recover-tokens after the last cut) or rounds "
+        "(an equal share after every round's cut: prune, distil, prune again)",
+        choices=RECOVER_AT,
+    )
     align: int = opt(64, "MLP widths are multiples of this (64, 128, 256)")
     tp: int = opt(1, "tensor-parallel size that KV heads, query heads and widths must divide")
     tolerance: float = opt(0.02, "allowed |achieved - target| ratio")
@@ -71,74 +103,110 @@ class CompressConfig(Config):
     seed: int | None = opt(None, "calibration sampling seed (default: the mix's)", type=int)
     batch_size: int = opt(4, "calibration sequences per forward")
     quick_eval: int = opt(2, "held-out sequences per domain for the per-round perplexity (0: off)", cli=False)
-    dtype: str = opt("auto", "compute dtype (auto: bf16 on CPUs with AMX/AVX512-BF16 or a GPU, else fp32)",
-                     choices=DTYPES)
-    device: str = opt("auto", "where the math runs: cpu, cuda, or auto (cuda when torch sees one)",
-                      choices=("auto", "cpu", "cuda"))
-    offload: str = opt("auto", "keep the weights in host memory in their stored dtype and move one decoder layer "
-                       "at a time to the device: on, off, or auto (on when the model in its compute dtype would "
-                       "take more than half the device's free memory)", choices=("auto", "on", "off"))
+    dtype: str = opt(
+        "auto", "compute dtype (auto: bf16 on CPUs with AMX/AVX512-BF16 or a GPU, else fp32)", choices=DTYPES
+    )
+    device: str = opt(
+        "auto", "where the math runs: cpu, cuda, or auto (cuda when torch sees one)", choices=("auto", "cpu", "cuda")
+    )
+    offload: str = opt(
+        "auto",
+        "keep the weights in host memory in their stored dtype and move one decoder layer "
+        "at a time to the device: on, off, or auto (on when the model in its compute dtype would "
+        "take more than half the device's free memory)",
+        choices=("auto", "on", "off"),
+    )
     threads: int | None = opt(None, "torch threads (default: torch's choice)", type=int)
-    eval_cache: bool = opt(True, "measure the dense model's held-out perplexity again rather than take it from an "
-                           "earlier run on the same source, held-out text, placement and versions (kept under "
-                           "$PRUNEKIT_EVAL_CACHE, default $PRUNEKIT_HOME/dense-eval; the new figure replaces it)", flag="--no-eval-cache")
+    eval_cache: bool = opt(
+        True,
+        "measure the dense model's held-out perplexity again rather than take it from an "
+        "earlier run on the same source, held-out text, placement and versions (kept under "
+        "$PRUNEKIT_EVAL_CACHE, default $PRUNEKIT_HOME/dense-eval; the new figure replaces it)",
+        flag="--no-eval-cache",
+    )
     force: bool = opt(False, "replace a non-empty --out")
     trust_remote_code: bool = opt(False, "run the model's own code (off by default)")
     allow_pickle: bool = opt(False, "accept *.bin/*.pt weights (unsafe: unpickling runs code)")
 
     def validate(self) -> None:
-        check(isinstance(self.ratio, (int, float)) and 0.0 < self.ratio < 1.0,
-              f"--ratio must be in (0, 1), got {self.ratio}.")
+        check(
+            isinstance(self.ratio, (int, float)) and 0.0 < self.ratio < 1.0,
+            f"--ratio must be in (0, 1), got {self.ratio}.",
+        )
         check_choice("ratio_of", self.ratio_of, ("total", "decoder"))
         check_choice("method", self.method, METHODS)
         bad = sorted(set(self.structures) - set(STRUCTURES))
-        check(not bad and bool(self.structures),
-              f"unknown structure(s) {bad or '(none given)'}; choose from {', '.join(STRUCTURES)}.")
+        check(
+            not bad and bool(self.structures),
+            f"unknown structure(s) {bad or '(none given)'}; choose from {', '.join(STRUCTURES)}.",
+        )
         check_choice("mode", self.mode, MODES)
-        check(not (self.mode == "per-layer" and "layers" in self.structures),
-              "per-layer mode chooses widths, not layers; use --structures mlp,heads with --mode per-layer, "
-              "or layer removal with --mode uniform.")
-        check(self.method != "block-influence" or set(self.structures) == {"layers"},
-              "block-influence scores whole layers only: use --structures layers.")
-        check(self.method != "obs" or set(self.structures) == {"mlp"},
-              "--method obs scores MLP channels only: use --structures mlp.")
+        check(
+            not (self.mode == "per-layer" and "layers" in self.structures),
+            "per-layer mode chooses widths, not layers; use --structures mlp,heads with --mode per-layer, "
+            "or layer removal with --mode uniform.",
+        )
+        check(
+            self.method != "block-influence" or set(self.structures) == {"layers"},
+            "block-influence scores whole layers only: use --structures layers.",
+        )
+        check(
+            self.method != "obs" or set(self.structures) == {"mlp"},
+            "--method obs scores MLP channels only: use --structures mlp.",
+        )
         check_positive("rounds", self.rounds, allow_none=False)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("refit_target", self.refit_target, ("local", "dense"))
         check_choice("selection", self.selection, SELECTIONS)
         check_choice("allocation", self.allocation, ("score", "kl"))
-        check(self.allocation == "score" or (self.mode == "per-layer" and set(self.structures) == {"mlp"}
-                                             and self.selection == "obs"),
-              "--allocation kl searches per-layer MLP widths: use it with --mode per-layer --structures mlp "
-              "--selection obs.")
-        check(self.allocation == "score" or (self.rounds == 1 and self.refit_target == "local"),
-              "--allocation kl searches once, against the model it starts from, with the local refit: use "
-              "--rounds 1 and the default --refit-target local.")
+        check(
+            self.allocation == "score"
+            or (self.mode == "per-layer" and set(self.structures) == {"mlp"} and self.selection == "obs"),
+            "--allocation kl searches per-layer MLP widths: use it with --mode per-layer --structures mlp "
+            "--selection obs.",
+        )
+        check(
+            self.allocation == "score" or (self.rounds == 1 and self.refit_target == "local"),
+            "--allocation kl searches once, against the model it starts from, with the local refit: use "
+            "--rounds 1 and the default --refit-target local.",
+        )
         check_positive("search_samples", self.search_samples, allow_none=False)
         check_positive("search_step", self.search_step, allow_none=False)
         check_choice("weighting", self.weighting, ("none", "relative"))
-        check(self.selection == "score" or self.compensate,
-              "--selection obs chooses channels by what the refit recovers: it needs the refit (drop --no-compensate).")
-        check(isinstance(self.recover_tokens, int) and self.recover_tokens >= 0,
-              f"--recover-tokens must be a non-negative integer, got {self.recover_tokens!r}.")
+        check(
+            self.selection == "score" or self.compensate,
+            "--selection obs chooses channels by what the refit recovers: it needs the refit (drop --no-compensate).",
+        )
+        check(
+            isinstance(self.recover_tokens, int) and self.recover_tokens >= 0,
+            f"--recover-tokens must be a non-negative integer, got {self.recover_tokens!r}.",
+        )
         check(self.recover_lr > 0, f"--recover-lr must be > 0, got {self.recover_lr}.")
         check_positive("recover_batch", self.recover_batch, allow_none=False)
         check_choice("recover_at", self.recover_at, RECOVER_AT)
-        check(self.recover_at == "end" or (self.recover_tokens > 0 and self.rounds > 1),
-              "--recover-at rounds trains between the rounds' cuts: it needs --recover-tokens N and --rounds 2 or "
-              "more (with one round, --recover-at end is the same thing).")
+        check(
+            self.recover_at == "end" or (self.recover_tokens > 0 and self.rounds > 1),
+            "--recover-at rounds trains between the rounds' cuts: it needs --recover-tokens N and --rounds 2 or "
+            "more (with one round, --recover-at end is the same thing).",
+        )
         check(self.ridge >= 0, f"--ridge must be >= 0, got {self.ridge}.")
         check_positive("align", self.align, allow_none=False)
         # Kernels tile widths in powers of two; a width that is a multiple of 48 gains nothing over one of 16.
-        check(self.align & (self.align - 1) == 0, f"--align must be a power of two (1, 2, ..., 64, 128, 256), "
-                                                  f"got {self.align}.")
+        check(
+            self.align & (self.align - 1) == 0,
+            f"--align must be a power of two (1, 2, ..., 64, 128, 256), got {self.align}.",
+        )
         check_positive("tp", self.tp, allow_none=False)
         check(0.0 < self.tolerance < 1.0, f"--tolerance must be in (0, 1), got {self.tolerance}.")
         check_positive("samples", self.samples)
-        check(self.seq_len is None or (isinstance(self.seq_len, int) and self.seq_len >= 2),
-              f"--seq-len must be at least 2, got {self.seq_len}.")
-        check(self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
-              f"--seed must be a non-negative integer, got {self.seed!r}.")
+        check(
+            self.seq_len is None or (isinstance(self.seq_len, int) and self.seq_len >= 2),
+            f"--seq-len must be at least 2, got {self.seq_len}.",
+        )
+        check(
+            self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
+            f"--seed must be a non-negative integer, got {self.seed!r}.",
+        )
         check_positive("batch_size", self.batch_size, allow_none=False)
         check(self.quick_eval >= 0, f"quick_eval must be >= 0, got {self.quick_eval}.")
         check_choice("dtype", self.dtype, DTYPES)
@@ -148,10 +216,12 @@ class CompressConfig(Config):
 
     def needs_whole_model(self) -> str | None:
         """The setting that runs the whole model at once (offloading runs one layer at a time), if any."""
-        for name, on in (("--method taylor (gradients of the whole model)", self.method == "taylor"),
-                         ("--allocation kl (the whole model's output distribution)", self.allocation == "kl"),
-                         ("--refit-target dense (a dense copy beside the pruned model)", self.refit_target == "dense"),
-                         ("--recover-tokens (training the whole model)", self.recover_tokens > 0)):
+        for name, on in (
+            ("--method taylor (gradients of the whole model)", self.method == "taylor"),
+            ("--allocation kl (the whole model's output distribution)", self.allocation == "kl"),
+            ("--refit-target dense (a dense copy beside the pruned model)", self.refit_target == "dense"),
+            ("--recover-tokens (training the whole model)", self.recover_tokens > 0),
+        ):
             if on:
                 return name
         return None
@@ -159,8 +229,20 @@ class CompressConfig(Config):
     def algorithm(self) -> dict:
         """The fields that decide the cut, recorded in the manifest as `settings` in the shape prunekit/1
         has always used: the deployment constraints nested under "constraints"."""
-        d = self.to_dict(exclude=("out", "model", "calib", "force", "threads", "trust_remote_code", "allow_pickle",
-                                  "device", "offload", "eval_cache"))
+        d = self.to_dict(
+            exclude=(
+                "out",
+                "model",
+                "calib",
+                "force",
+                "threads",
+                "trust_remote_code",
+                "allow_pickle",
+                "device",
+                "offload",
+                "eval_cache",
+            )
+        )
         d["constraints"] = {k: d.pop(k) for k in CONSTRAINTS}
         return d
 
@@ -168,12 +250,15 @@ class CompressConfig(Config):
 @dataclass(frozen=True)
 class CompareConfig(Config):
     """`prunekit compare`: several variants at several ratios on one model, data and budget."""
+
     model: str = opt("default", "hub id or local HF directory")
     calib: str = opt("default", "calibration mix YAML")
     ratios: tuple[float, ...] = opt((0.2, 0.4), "fractions of parameters to remove")
-    variants: tuple[str, ...] = opt((), "comma list of variants (default: all but the *-recover ones, which train; see "
-                                    "compress.variants.VARIANTS)",
-                                    type=comma_list())
+    variants: tuple[str, ...] = opt(
+        (),
+        "comma list of variants (default: all but the *-recover ones, which train; see compress.variants.VARIANTS)",
+        type=comma_list(),
+    )
     rounds: int = opt(2, "rounds of the iterative variants")
     structures: tuple[str, ...] = opt(("mlp",), "what may be removed")
     ratio_of: str = opt("total", "what the ratios are fractions of", choices=("total", "decoder"))
@@ -189,8 +274,11 @@ class CompareConfig(Config):
 
     def validate(self) -> None:
         from .variants import VARIANTS
-        check(bool(self.ratios) and all(0 < r < 1 for r in self.ratios),
-              f"--ratios must be fractions in (0, 1), got {self.ratios}.")
+
+        check(
+            bool(self.ratios) and all(0 < r < 1 for r in self.ratios),
+            f"--ratios must be fractions in (0, 1), got {self.ratios}.",
+        )
         unknown = [v for v in self.variants if v not in VARIANTS]
         check(not unknown, f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}.")
         self.base()  # the shared settings must be valid for a compress run too
@@ -198,7 +286,18 @@ class CompareConfig(Config):
         check_positive("threads", self.threads)
 
     def base(self, ratio: float | None = None) -> CompressConfig:
-        return CompressConfig(model=self.model, calib=self.calib, ratio=ratio or self.ratios[0], rounds=self.rounds,
-                              structures=self.structures, ratio_of=self.ratio_of, align=self.align,
-                              samples=self.samples, seq_len=self.seq_len,
-                              seed=self.seed, ridge=self.ridge, tolerance=self.tolerance, threads=self.threads)
+        return CompressConfig(
+            model=self.model,
+            calib=self.calib,
+            ratio=ratio or self.ratios[0],
+            rounds=self.rounds,
+            structures=self.structures,
+            ratio_of=self.ratio_of,
+            align=self.align,
+            samples=self.samples,
+            seq_len=self.seq_len,
+            seed=self.seed,
+            ridge=self.ridge,
+            tolerance=self.tolerance,
+            threads=self.threads,
+        )

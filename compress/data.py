@@ -6,6 +6,7 @@ their text (or taken from a separate eval_source), and packed into fixed-length 
 Everything is deterministic for a seed; the held-out split does not depend on the seed, so every run
 evaluates on the same text.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,7 @@ from prunekit.errors import PrunekitError
 DEFAULT_MIX = Path(env.__file__).resolve().parent / "data" / "default_mix.yaml"
 LOCAL_KINDS = {".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
 SOURCE_KEYS = {"path", "hub", "config", "split", "max_records", "skip", "hub_template"}
-DOMAIN_KEYS = {"source", "eval_source", "template", "weight", "samples", "eval_samples",
-               "eval_fraction", "joiner"}
+DOMAIN_KEYS = {"source", "eval_source", "template", "weight", "samples", "eval_samples", "eval_fraction", "joiner"}
 MIX_KEYS = {"name", "seq_len", "seed", "total_samples", "eval_samples", "domains"}
 
 
@@ -48,7 +48,7 @@ class Domain:
     name: str
     source: Source
     template: str
-    samples: int                     # calibration sequences (0: an evaluation-only domain)
+    samples: int  # calibration sequences (0: an evaluation-only domain)
     eval_samples: int
     eval_source: Source | None = None
     eval_fraction: float = 0.2
@@ -79,8 +79,12 @@ def _bad(where: str, msg: str) -> PrunekitError:
 def _number(where: str, key: str, value, lo: float, kind=int):
     """A mix field as an int (or float) >= lo, or a message naming the field and what it takes; YAML's
     `true` is not a number here, and neither is 2.5 where a count is asked for."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (kind is float or value == int(value)))
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (kind is float or value == int(value))
+    )
     if not ok or value < lo:
         what = "an integer" if kind is int else "a number"
         raise _bad(where, f"`{key}` must be {what} >= {lo:g}, got {value!r}.")
@@ -94,15 +98,19 @@ def _source(name: str, raw, what: str) -> Source:
         raise _bad(f"domain {name!r}", f"{what} must be a path or a mapping with path/hub keys.")
     unknown = set(raw) - SOURCE_KEYS
     if unknown:
-        raise _bad(f"domain {name!r}", f"unknown key(s) {sorted(unknown)} in {what}; "
-                   f"allowed: {sorted(SOURCE_KEYS)}.")
+        raise _bad(f"domain {name!r}", f"unknown key(s) {sorted(unknown)} in {what}; allowed: {sorted(SOURCE_KEYS)}.")
     if not raw.get("path") and not raw.get("hub"):
         raise _bad(f"domain {name!r}", f"{what} needs a local `path` or a `hub` data set id.")
     return Source(**raw)
 
 
-def parse_mix(raw: dict, base_dir: str | Path = "", seq_len: int | None = None,
-              seed: int | None = None, total_samples: int | None = None) -> Mix:
+def parse_mix(
+    raw: dict,
+    base_dir: str | Path = "",
+    seq_len: int | None = None,
+    seed: int | None = None,
+    total_samples: int | None = None,
+) -> Mix:
     """Validate a mix spec (a dict as read from YAML); keyword overrides win over the file."""
     if not isinstance(raw, dict) or not isinstance(raw.get("domains"), dict) or not raw["domains"]:
         raise _bad("spec", "needs a `domains:` mapping with at least one domain.")
@@ -134,20 +142,35 @@ def parse_mix(raw: dict, base_dir: str | Path = "", seq_len: int | None = None,
     domains = []
     for name, d in entries.items():
         where = f"domain {name!r}"
-        n = _number(where, "samples", d["samples"], 0) if "samples" in d else (round(total * weights[name] / wsum) if wsum else 0)
+        n = (
+            _number(where, "samples", d["samples"], 0)
+            if "samples" in d
+            else (round(total * weights[name] / wsum) if wsum else 0)
+        )
         frac = _number(where, "eval_fraction", d.get("eval_fraction", 0.2), 0, float)
         if not 0.0 < frac < 1.0 and "eval_source" not in d:
             raise _bad(where, f"eval_fraction must be in (0, 1), got {frac}.")
-        domains.append(Domain(
-            name=name, source=_source(name, d["source"], "source"), template=str(d["template"]),
-            samples=n, eval_samples=_number(where, "eval_samples", d.get("eval_samples", default_eval), 0),
-            eval_source=_source(name, d["eval_source"], "eval_source") if "eval_source" in d else None,
-            eval_fraction=frac, joiner=str(d.get("joiner", "\n\n"))))
+        domains.append(
+            Domain(
+                name=name,
+                source=_source(name, d["source"], "source"),
+                template=str(d["template"]),
+                samples=n,
+                eval_samples=_number(where, "eval_samples", d.get("eval_samples", default_eval), 0),
+                eval_source=_source(name, d["eval_source"], "eval_source") if "eval_source" in d else None,
+                eval_fraction=frac,
+                joiner=str(d.get("joiner", "\n\n")),
+            )
+        )
     if not any(dom.samples for dom in domains):
-        raise _bad("spec", "no domain has calibration samples (every `samples` and `weight` is 0, or the weights "
-                   "round to 0); give a domain a positive weight or `samples`, or raise `total_samples`.")
-    return Mix(name=str(raw.get("name", "mix")), seq_len=seq_len, seed=seed,
-               domains=tuple(domains), base_dir=str(base_dir))
+        raise _bad(
+            "spec",
+            "no domain has calibration samples (every `samples` and `weight` is 0, or the weights "
+            "round to 0); give a domain a positive weight or `samples`, or raise `total_samples`.",
+        )
+    return Mix(
+        name=str(raw.get("name", "mix")), seq_len=seq_len, seed=seed, domains=tuple(domains), base_dir=str(base_dir)
+    )
 
 
 def load_mix(path: str | Path | None = None, **overrides) -> Mix:
@@ -185,31 +208,41 @@ def _open(mix: Mix, dom: Domain, src: Source) -> tuple[Iterable[dict], str, str]
         if path is not None:
             kind = LOCAL_KINDS.get(path.suffix.lower())
             if kind is None:
-                raise _bad(f"domain {dom.name!r}", f"{path} has an unsupported type; use one of "
-                           f"{', '.join(sorted(LOCAL_KINDS))}.")
+                raise _bad(
+                    f"domain {dom.name!r}",
+                    f"{path} has an unsupported type; use one of {', '.join(sorted(LOCAL_KINDS))}.",
+                )
             if path.stat().st_size == 0:
                 raise _bad(f"domain {dom.name!r}", f"the source {path} has no records (empty file).")
             if path.suffix.lower() == ".jsonl":  # the common case needs no pyarrow (nor `datasets` installed)
                 return _jsonl(path, dom), dom.template, f"{path.name}:{sha256_file(path)}"
             import datasets
+
             datasets.disable_progress_bars()
             try:
                 ds = datasets.load_dataset(kind, data_files=str(path), split="train")
             except Exception as e:  # pyarrow and datasets raise many types for malformed files
-                raise _bad(f"domain {dom.name!r}", f"could not read {path} as {kind} "
-                           f"({type(e).__name__}: {e}); fix the file.") from e
+                raise _bad(
+                    f"domain {dom.name!r}", f"could not read {path} as {kind} ({type(e).__name__}: {e}); fix the file."
+                ) from e
             return ds, dom.template, f"{path.name}:{sha256_file(path)}"
         if not src.hub:
             where = [mix.base_dir or "."] + ([str(env.data_root())] if env.data_root() else [])
-            raise _bad(f"domain {dom.name!r}", f"file {src.path} not found (looked in {', '.join(where)}); "
-                       "fix the path, set PRUNEKIT_DATA, or add a `hub:` fallback.")
+            raise _bad(
+                f"domain {dom.name!r}",
+                f"file {src.path} not found (looked in {', '.join(where)}); "
+                "fix the path, set PRUNEKIT_DATA, or add a `hub:` fallback.",
+            )
     import datasets
+
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(src.hub, src.config, split=src.split, streaming=True)
     except Exception as e:  # datasets raises many types for a missing hub id or no network
-        raise _bad(f"domain {dom.name!r}", f"could not open hub data set {src.hub!r} "
-                   f"({type(e).__name__}: {e}); use a local file instead.") from e
+        raise _bad(
+            f"domain {dom.name!r}",
+            f"could not open hub data set {src.hub!r} ({type(e).__name__}: {e}); use a local file instead.",
+        ) from e
     template = src.hub_template or dom.template
     return _window(ds, src), template, f"hub:{src.hub}:{src.config}:{src.split}:{src.skip}:{src.max_records}"
 
@@ -227,12 +260,18 @@ def _jsonl(path: Path, dom: Domain) -> list[dict]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    hint = (" It looks like one JSON array: name the file .json, or write one object per line."
-                            if n == 1 and line.lstrip().startswith("[") else "")
+                    hint = (
+                        " It looks like one JSON array: name the file .json, or write one object per line."
+                        if n == 1 and line.lstrip().startswith("[")
+                        else ""
+                    )
                     raise _bad(where, f"{path} line {n} is not JSON ({e}); fix the file.{hint}") from e
                 if not isinstance(rec, dict):
-                    raise _bad(where, f"{path} line {n} is a JSON {type(rec).__name__}, not an object with the "
-                               "template's fields; write one object per line.")
+                    raise _bad(
+                        where,
+                        f"{path} line {n} is a JSON {type(rec).__name__}, not an object with the "
+                        "template's fields; write one object per line.",
+                    )
                 out.append(rec)
     except UnicodeDecodeError as e:
         raise _bad(where, f"{path} is not UTF-8 text ({e}); convert it to UTF-8.") from e
@@ -255,8 +294,11 @@ def render(template: str, record: dict, domain: str) -> str:
         return template.format_map(record)
     except (KeyError, IndexError, TypeError) as e:
         fields = sorted(k for _, k, _, _ in string.Formatter().parse(template) if k)
-        raise _bad(f"domain {domain!r}", f"template field {e} is not in the record (template uses "
-                   f"{fields}; the record has {sorted(record)}). Fix the template.") from e
+        raise _bad(
+            f"domain {domain!r}",
+            f"template field {e} is not in the record (template uses "
+            f"{fields}; the record has {sorted(record)}). Fix the template.",
+        ) from e
 
 
 def text_key(text: str) -> str:
@@ -289,8 +331,7 @@ def domain_texts(mix: Mix, dom: Domain) -> DomainText:
         erecs, etemplate, efp = _open(mix, dom, dom.eval_source)
         seen = {text_key(t) for t in calib}
         # A record that also occurs in the calibration source is dropped from evaluation.
-        heldout = [t for t in (render(etemplate, r, dom.name) for r in erecs)
-                   if t.strip() and text_key(t) not in seen]
+        heldout = [t for t in (render(etemplate, r, dom.name) for r in erecs) if t.strip() and text_key(t) not in seen]
         fp += "|" + efp
     check_disjoint(calib, heldout, dom.name)
     return DomainText(calib, heldout, fp)
@@ -299,15 +340,26 @@ def domain_texts(mix: Mix, dom: Domain) -> DomainText:
 def check_disjoint(calib: list[str], heldout: list[str], domain: str) -> None:
     overlap = {text_key(t) for t in calib} & {text_key(t) for t in heldout}
     if overlap:
-        raise PrunekitError(f"calibration mix: domain {domain!r}: {len(overlap)} texts are in both the "
-                            "calibration and the held-out pool; this is a bug, please report it.")
+        raise PrunekitError(
+            f"calibration mix: domain {domain!r}: {len(overlap)} texts are in both the "
+            "calibration and the held-out pool; this is a bug, please report it."
+        )
 
 
 # ---------------------------------------------------------------- packing
 
 
-def pack(texts: list[str], tokenizer, seq_len: int, n: int, joiner: str, domain: str, what: str,
-         seed: int | None = None, cycle: bool = False):
+def pack(
+    texts: list[str],
+    tokenizer,
+    seq_len: int,
+    n: int,
+    joiner: str,
+    domain: str,
+    what: str,
+    seed: int | None = None,
+    cycle: bool = False,
+):
     """n sequences of seq_len tokens from texts (shuffled by seed when given), joined by `joiner`;
     with `cycle`, a pool shorter than asked for is read again (training reads text more than once)."""
     import torch
@@ -326,15 +378,18 @@ def pack(texts: list[str], tokenizer, seq_len: int, n: int, joiner: str, domain:
         if not cycle or not buf:
             break
     if len(buf) < need:
-        raise _bad(f"domain {domain!r}", f"{what} text has {len(buf)} tokens but {n} x {seq_len} = {need} "
-                   "are asked for; lower samples/eval_samples or seq_len, or add text.")
+        raise _bad(
+            f"domain {domain!r}",
+            f"{what} text has {len(buf)} tokens but {n} x {seq_len} = {need} "
+            "are asked for; lower samples/eval_samples or seq_len, or add text.",
+        )
     return torch.tensor(buf[:need], dtype=torch.long).view(n, seq_len)
 
 
 @dataclass
 class MixData:
-    calib: dict          # domain -> LongTensor (samples, seq_len)
-    heldout: dict        # domain -> LongTensor (eval_samples, seq_len)
+    calib: dict  # domain -> LongTensor (samples, seq_len)
+    heldout: dict  # domain -> LongTensor (eval_samples, seq_len)
     fingerprint: str
 
 
@@ -345,11 +400,20 @@ def build(mix: Mix, tokenizer, with_calib: bool = True, with_heldout: bool = Tru
         t = domain_texts(mix, dom)
         fps.append(f"{dom.name}={t.fingerprint}")
         if with_calib and dom.samples:
-            calib[dom.name] = pack(t.calib, tokenizer, mix.seq_len, dom.samples, dom.joiner, dom.name,
-                                   "calibration", seed=mix.seed * 1000 + k)
+            calib[dom.name] = pack(
+                t.calib,
+                tokenizer,
+                mix.seq_len,
+                dom.samples,
+                dom.joiner,
+                dom.name,
+                "calibration",
+                seed=mix.seed * 1000 + k,
+            )
         if with_heldout and dom.eval_samples:
-            heldout[dom.name] = pack(t.heldout, tokenizer, mix.seq_len, dom.eval_samples, dom.joiner,
-                                     dom.name, "held-out")
+            heldout[dom.name] = pack(
+                t.heldout, tokenizer, mix.seq_len, dom.eval_samples, dom.joiner, dom.name, "held-out"
+            )
     return MixData(calib, heldout, fingerprint(mix, fps))
 
 
@@ -358,11 +422,13 @@ def only_domains(mix: Mix, calib: dict, domains: tuple[str, ...], tokenizer) -> 
     (for single-domain ablations such as C4-only calibration)."""
     unknown = set(domains) - {d.name for d in mix.domains}
     if unknown:
-        raise PrunekitError(f"domains {sorted(unknown)} are not in the mix; it has "
-                            f"{', '.join(d.name for d in mix.domains)}.")
+        raise PrunekitError(
+            f"domains {sorted(unknown)} are not in the mix; it has {', '.join(d.name for d in mix.domains)}."
+        )
     total = sum(len(v) for v in calib.values())
-    sub = replace(mix, domains=tuple(replace(d, samples=total // len(domains) if d.name in domains else 0)
-                                     for d in mix.domains))
+    sub = replace(
+        mix, domains=tuple(replace(d, samples=total // len(domains) if d.name in domains else 0) for d in mix.domains)
+    )
     return build(sub, tokenizer, with_heldout=False).calib
 
 
@@ -384,8 +450,19 @@ def recovery_set(mix: Mix, tokenizer, sequences: int, domains: tuple[str, ...] =
     parts = []
     for k, (dom, n) in enumerate(zip(doms, counts)):
         t = domain_texts(mix, dom)
-        parts.append(pack(t.calib, tokenizer, mix.seq_len, n, dom.joiner, dom.name, "recovery",
-                          seed=(mix.seed + 1) * 1000 + k, cycle=True))
+        parts.append(
+            pack(
+                t.calib,
+                tokenizer,
+                mix.seq_len,
+                n,
+                dom.joiner,
+                dom.name,
+                "recovery",
+                seed=(mix.seed + 1) * 1000 + k,
+                cycle=True,
+            )
+        )
     seqs = torch.cat(parts)
     order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(mix.seed + 1))
     return seqs[order], {d.name: n for d, n in zip(doms, counts) if n}

@@ -7,6 +7,7 @@ $PRUNEKIT_HOME/dense-eval), keyed by everything that decides it: the source's fi
 tokens, where and in what dtype it computes (summation order too: threads, ranks, offloading), the
 library versions and the evaluation code itself. A hub model without a known commit is never cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +25,7 @@ def _code() -> list[str]:
     """The code whose change changes the figure: the perplexity and the layer-by-layer path it takes when
     offloading."""
     from prunekit import offload, perplexity
+
     return [sha256_file(m.__file__) for m in (perplexity, offload)]
 
 
@@ -42,8 +44,9 @@ def other_files_hash(source: str) -> str:
     return h.hexdigest()
 
 
-def cache_key(source_hash: str, source: str, heldout: dict[str, torch.Tensor], place: dict, batch_size: int,
-              ranks: int) -> str | None:
+def cache_key(
+    source_hash: str, source: str, heldout: dict[str, torch.Tensor], place: dict, batch_size: int, ranks: int
+) -> str | None:
     """The key of a dense evaluation, or None where nothing safe can be keyed (a hub model at an unknown commit)."""
     import transformers
 
@@ -55,11 +58,16 @@ def cache_key(source_hash: str, source: str, heldout: dict[str, torch.Tensor], p
         tokens.update(str(tuple(t.shape)).encode())
         tokens.update(t.to(torch.int64).contiguous().numpy().tobytes())
     fields = {
-        "source": source_hash, "other_files": other_files_hash(source) if Path(source).is_dir() else None,
-        "heldout": tokens.hexdigest(), "placement": {k: place[k] for k in sorted(place) if k != "why"},
+        "source": source_hash,
+        "other_files": other_files_hash(source) if Path(source).is_dir() else None,
+        "heldout": tokens.hexdigest(),
+        "placement": {k: place[k] for k in sorted(place) if k != "why"},
         "machine": torch.cuda.get_device_name(0) if place.get("device") == "cuda" else cpu_name(),
-        "threads": torch.get_num_threads(), "batch_size": batch_size, "ranks": ranks,
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "ranks": ranks,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "code": _code(),
     }
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))

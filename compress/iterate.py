@@ -1,4 +1,5 @@
 """The rounds: statistics, scores, plan, cut (with refit), again, until the target is reached."""
+
 from __future__ import annotations
 
 import copy
@@ -19,10 +20,30 @@ from .config import CompressConfig
 from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
 from .recover import fp32_params
 from .search import KLProbe, kl_shape, probe_batches, sig
-from .stats import (LayerRunner, advance_cut, cached_gram, consumer_grams, consumer_inputs, consumer_normal,
-                    make_batches, mlp_normal_cached, summed)
-from .surgery import (apply_layer, cut_heads, cut_mlp, cuts_heads, cuts_mlp, head_rows, layer_shapes, obs_keep,
-                      permute_mlp, remove_layers, sync_config)
+from .stats import (
+    LayerRunner,
+    advance_cut,
+    cached_gram,
+    consumer_grams,
+    consumer_inputs,
+    consumer_normal,
+    make_batches,
+    mlp_normal_cached,
+    summed,
+)
+from .surgery import (
+    apply_layer,
+    cut_heads,
+    cut_mlp,
+    cuts_heads,
+    cuts_mlp,
+    head_rows,
+    layer_shapes,
+    obs_keep,
+    permute_mlp,
+    remove_layers,
+    sync_config,
+)
 
 
 def current_shape(model, fam: Family, n_layers_orig: int, alive: list[int]) -> P.Shape:
@@ -37,17 +58,33 @@ def current_shape(model, fam: Family, n_layers_orig: int, alive: list[int]) -> P
 def layer_weights(layer, fam: Family, hd: int) -> LayerWeights:
     attn, mlp = getattr(layer, fam.attn), getattr(layer, fam.mlp)
     w = lambda m, n: getattr(m, n).weight.detach().float()  # noqa: E731
-    return LayerWeights(w(mlp, fam.gate), w(mlp, fam.up), w(mlp, fam.down), w(attn, fam.q),
-                        w(attn, fam.k), w(attn, fam.v), w(attn, fam.o),
-                        n_kv=getattr(attn, fam.k).weight.shape[0] // hd, head_dim=hd)
+    return LayerWeights(
+        w(mlp, fam.gate),
+        w(mlp, fam.up),
+        w(mlp, fam.down),
+        w(attn, fam.q),
+        w(attn, fam.k),
+        w(attn, fam.v),
+        w(attn, fam.o),
+        n_kv=getattr(attn, fam.k).weight.shape[0] // hd,
+        head_dim=hd,
+    )
 
 
 def layer_grads(layer, fam: Family, hd: int) -> LayerWeights:
     attn, mlp = getattr(layer, fam.attn), getattr(layer, fam.mlp)
     g = lambda m, n: getattr(m, n).weight.grad.float()  # noqa: E731
-    return LayerWeights(g(mlp, fam.gate), g(mlp, fam.up), g(mlp, fam.down), g(attn, fam.q),
-                        g(attn, fam.k), g(attn, fam.v), g(attn, fam.o),
-                        n_kv=getattr(attn, fam.k).weight.shape[0] // hd, head_dim=hd)
+    return LayerWeights(
+        g(mlp, fam.gate),
+        g(mlp, fam.up),
+        g(mlp, fam.down),
+        g(attn, fam.q),
+        g(attn, fam.k),
+        g(attn, fam.v),
+        g(attn, fam.o),
+        n_kv=getattr(attn, fam.k).weight.shape[0] // hd,
+        head_dim=hd,
+    )
 
 
 def stat_scores(model, fam: Family, batches, method: str, desc: str, ridge: float) -> list[Scores]:
@@ -77,8 +114,9 @@ def layer_scores(layer, fam: Family, config, st, method: str, ridge: float) -> S
         # obs scores what the refit recovers: with the refit's own ridge.
         sc = SCORERS[method](w, st, ridge) if method == "obs" else SCORERS[method](w, st)
         # The planner compares scores across layers on the CPU, wherever they were computed.
-        return replace(sc, mlp=None if sc.mlp is None else sc.mlp.cpu(),
-                       heads=None if sc.heads is None else sc.heads.cpu())
+        return replace(
+            sc, mlp=None if sc.mlp is None else sc.mlp.cpu(), heads=None if sc.heads is None else sc.heads.cpu()
+        )
 
 
 def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
@@ -96,8 +134,10 @@ def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
                     loss = model(input_ids=ids, labels=ids, use_cache=False).loss
                 (loss * ids.shape[0] / sum(len(b) for _, b in batches)).backward()
             hd = head_dim(model.config)
-            out = [taylor_from_grads(layer_weights(l, fam, hd), layer_grads(l, fam, hd))
-                   for l in get_module(model, fam.layers)]
+            out = [
+                taylor_from_grads(layer_weights(l, fam, hd), layer_grads(l, fam, hd))
+                for l in get_module(model, fam.layers)
+            ]
         finally:
             model.zero_grad(set_to_none=True)
     return out
@@ -115,12 +155,32 @@ def scores_in_cut(s: CompressConfig) -> bool:
     statistics score, and the one-forward cut with the layer's own output as the refit target."""
     # MLP channels only: the layer's statistics here lack its output terms (it is scored before it is cut), so
     # whole-layer scores (layer removal) would read zeros.
-    return (SCORE_IN_CUT and CACHED_CUT and s.compensate and s.mode == "uniform" and set(s.structures) == {"mlp"}
-            and s.selection == "score" and s.method in SCORERS and s.method != "obs" and s.refit_target == "local")
+    return (
+        SCORE_IN_CUT
+        and CACHED_CUT
+        and s.compensate
+        and s.mode == "uniform"
+        and set(s.structures) == {"mlp"}
+        and s.selection == "score"
+        and s.method in SCORERS
+        and s.method != "obs"
+        and s.refit_target == "local"
+    )
 
 
-def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: CompressConfig, dims: P.Dims,
-             desc: str, dense=None, score_next: bool = False, score_here: bool = False) -> list[Scores] | None:
+def cut_pass(
+    model,
+    fam: Family,
+    batches,
+    plan: P.Plan,
+    alive: list[int],
+    s: CompressConfig,
+    dims: P.Dims,
+    desc: str,
+    dense=None,
+    score_next: bool = False,
+    score_here: bool = False,
+) -> list[Scores] | None:
     """Apply a round's plan layer by layer. With compensation each refit sees the inputs that the
     already-cut layers produce (attention first, then the MLP on the cut attention's output); with a
     dense model given, the refit target is the dense model's output, not the current layer's. With
@@ -146,9 +206,20 @@ def cut_pass(model, fam: Family, batches, plan: P.Plan, alive: list[int], s: Com
         runner.close()
 
 
-def _cut_layers(model, fam: Family, runner: LayerRunner, batches, plan: P.Plan, alive: list[int],
-                s: CompressConfig, dims: P.Dims, desc: str, dense, score_next: bool,
-                score_here: bool = False) -> list[Scores] | None:
+def _cut_layers(
+    model,
+    fam: Family,
+    runner: LayerRunner,
+    batches,
+    plan: P.Plan,
+    alive: list[int],
+    s: CompressConfig,
+    dims: P.Dims,
+    desc: str,
+    dense,
+    score_next: bool,
+    score_here: bool = False,
+) -> list[Scores] | None:
     layers = get_module(model, fam.layers)
     place = placement(model)
     nxt: list[Scores] = []
@@ -201,12 +272,19 @@ def _cached_cut(layer, fam: Family, plan: P.Plan, idx: int, s: CompressConfig, d
     attention output, so the MLP's input, stays), the kept channels are known before the pass (selection by
     score), the refit target is the layer's own output (not the dense model's), and the next round's scores
     need no gram (obs scores do)."""
-    return (CACHED_CUT and s.selection != "obs" and s.method != "obs" and ref is None
-            and cuts_mlp(layer, fam, plan.mlp[idx]) and not cuts_heads(layer, fam, dims, plan.groups[idx]))
+    return (
+        CACHED_CUT
+        and s.selection != "obs"
+        and s.method != "obs"
+        and ref is None
+        and cuts_mlp(layer, fam, plan.mlp[idx])
+        and not cuts_heads(layer, fam, dims, plan.groups[idx])
+    )
 
 
-def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int] | int, s: CompressConfig,
-                      score_next: bool) -> tuple[list[int], Scores | None]:
+def _cut_layer_cached(
+    layer, fam: Family, runner, pos: int, keep: list[int] | int, s: CompressConfig, score_next: bool
+) -> tuple[list[int], Scores | None]:
     """Cut layer pos's MLP from one forward: the normal equations, the kept inputs and residuals, and with
     score_next the cut layer's statistics; the stream then advances from the cache, not a second forward.
     The output uses the weights as stored (offloaded layers go home, and are rounded to its dtype, first).
@@ -223,10 +301,12 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int] | in
             if isinstance(keep, int):
                 n = getattr(mlp, fam.down).in_features
                 with stage("cut and refit"):
-                    (_, r), cache = mlp_normal_cached(runner, pos, torch.arange(n), relative=relative,
-                                                      with_stats=True, gram=False)
-                sc = layer_scores(layer, fam, runner.model.config, summed(cache.stats, layer, fam, place.device),
-                                  s.method, s.ridge)
+                    (_, r), cache = mlp_normal_cached(
+                        runner, pos, torch.arange(n), relative=relative, with_stats=True, gram=False
+                    )
+                sc = layer_scores(
+                    layer, fam, runner.model.config, summed(cache.stats, layer, fam, place.device), s.method, s.ridge
+                )
                 keep = P.select([sc], P.Shape([(keep, 0)])).mlp[0]
                 cols = torch.tensor(keep, device=r.device)
                 with stage("cut and refit"):  # the kept channels' gram only, (K/n)^2 of the full one
@@ -238,8 +318,9 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int] | in
                 permute_mlp(mlp, fam, keep)
                 first = list(range(len(keep)))
                 if cache is None:
-                    normal, cache = mlp_normal_cached(runner, pos, torch.tensor(first), relative=relative,
-                                                      with_stats=score_next)
+                    normal, cache = mlp_normal_cached(
+                        runner, pos, torch.tensor(first), relative=relative, with_stats=score_next
+                    )
                 else:  # scored above: the advance reads the kept columns of the cached inputs
                     cache.keep_columns(cols)
                     if not score_next:
@@ -258,10 +339,13 @@ def _cut_layer_cached(layer, fam: Family, runner, pos: int, keep: list[int] | in
         return keep, layer_scores(layer, fam, runner.model.config, stats, s.method, s.ridge)
 
 
-def _cut_layer(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig, dims: P.Dims,
-               ref, ref_layers) -> None:
-    for kind, keep, cuts in (("heads", plan.groups[idx], cuts_heads(layer, fam, dims, plan.groups[idx])),
-                             ("mlp", plan.mlp[idx], cuts_mlp(layer, fam, plan.mlp[idx]))):
+def _cut_layer(
+    layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig, dims: P.Dims, ref, ref_layers
+) -> None:
+    for kind, keep, cuts in (
+        ("heads", plan.groups[idx], cuts_heads(layer, fam, dims, plan.groups[idx])),
+        ("mlp", plan.mlp[idx], cuts_mlp(layer, fam, plan.mlp[idx])),
+    ):
         if not cuts:
             continue
         parent, name = (fam.attn, fam.o) if kind == "heads" else (fam.mlp, fam.down)
@@ -285,14 +369,31 @@ def _cut_layer(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: 
             rows = torch.tensor(keep) if kind == "mlp" else head_rows(keep, dims.n_rep, dims.head_dim)[0]
             normal = consumer_normal(runner, pos, consumer, rows, targets, target_w, relative=relative)
         if kind == "heads":
-            cut_heads(getattr(layer, parent), fam, keep, dims.n_rep, dims.head_dim, gram, s.ridge, cross, target_w,
-                      normal=normal)
+            cut_heads(
+                getattr(layer, parent),
+                fam,
+                keep,
+                dims.n_rep,
+                dims.head_dim,
+                gram,
+                s.ridge,
+                cross,
+                target_w,
+                normal=normal,
+            )
         else:
             cut_mlp(getattr(layer, parent), fam, keep, gram, s.ridge, cross, target_w, normal=normal)
 
 
-def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str, torch.Tensor],
-          s: CompressConfig, log=print, after_round=None) -> dict:
+def prune(
+    model,
+    fam: Family,
+    calib: dict[str, torch.Tensor],
+    heldout: dict[str, torch.Tensor],
+    s: CompressConfig,
+    log=print,
+    after_round=None,
+) -> dict:
     """Prune `model` in place to the target; returns the record of the run for the manifest.
     `after_round(model, r)`, when given, runs after round r's cut (recovery between cuts) and returns its
     record for the round's entry (or None)."""
@@ -343,18 +444,30 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         elif by_kl:
             uniform = P.uniform_shape(cur, dense, dims, c, target, scores, final)
             with stage("scores"):
-                shape, search = kl_shape(model, fam, batches, probe, alive, cur, dense, dims, c, target, uniform,
-                                         f"{tag} width search", log)
+                shape, search = kl_shape(
+                    model, fam, batches, probe, alive, cur, dense, dims, c, target, uniform, f"{tag} width search", log
+                )
         else:
             shape = P.global_shape(cur, dense, dims, c, target, scores)
         plan = P.select(scores, shape)  # with score_here, widths only: the cut pass chooses the channels
         t1 = time.time()
         # The next round's statistics ride on this cut pass when nothing changes the model between the two
         # (no recovery) and they come from the forward pass (not gradients or the KL search).
-        carry = (not final and s.compensate and after_round is None and not by_kl and s.method != "taylor")
+        carry = not final and s.compensate and after_round is None and not by_kl and s.method != "taylor"
         with stage("cut and refit"):
-            carried = cut_pass(model, fam, batches, plan, alive, s, dims, f"{tag} cut", dense_ref, score_next=carry,
-                               score_here=score_here)
+            carried = cut_pass(
+                model,
+                fam,
+                batches,
+                plan,
+                alive,
+                s,
+                dims,
+                f"{tag} cut",
+                dense_ref,
+                score_next=carry,
+                score_here=score_here,
+            )
         removed = [i for i in alive if plan.mlp[i] is None]
         if removed:
             remove_layers(model, fam, [alive.index(i) for i in removed])
@@ -367,9 +480,17 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
         alive = [i for i in alive if i not in removed]
         sync_config(model, fam)
         now = current_shape(model, fam, n_orig, alive)
-        rec = {"round": r, "target": target, "statistics_carried": carried_in is not None, "scored_in_cut": score_here, "removed_total": 1 - now.params(dims) / dense.params(dims),
-               "removed_decoder": 1 - now.decoder_params(dims) / dense.decoder_params(dims),
-               "layers_removed": removed, "score_s": round(t1 - t0, 2), "cut_s": round(time.time() - t1, 2)}
+        rec = {
+            "round": r,
+            "target": target,
+            "statistics_carried": carried_in is not None,
+            "scored_in_cut": score_here,
+            "removed_total": 1 - now.params(dims) / dense.params(dims),
+            "removed_decoder": 1 - now.decoder_params(dims) / dense.decoder_params(dims),
+            "layers_removed": removed,
+            "score_s": round(t1 - t0, 2),
+            "cut_s": round(time.time() - t1, 2),
+        }
         if search:
             # What the search's measure says of the model actually produced (OBS re-selects channels
             # on the cut model's own activations, so this differs a little from kl_searched).
@@ -386,11 +507,20 @@ def prune(model, fam: Family, calib: dict[str, torch.Tensor], heldout: dict[str,
             if quick:
                 rec["quick_ppl_recovered"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
         rounds.append(rec)
-        log(f"{tag}: removed {rec['removed_total']:.1%} of all parameters "
+        log(
+            f"{tag}: removed {rec['removed_total']:.1%} of all parameters "
             f"({rec['removed_decoder']:.1%} of the decoder) in {rec['score_s'] + rec['cut_s']:.1f} s"
             + (f"; quick held-out ppl {rec['quick_ppl']}" if "quick_ppl" in rec else "")
-            + (f", after recovery {rec['quick_ppl_recovered']}" if "quick_ppl_recovered" in rec else ""))
-    return {"settings": s.algorithm(), "rounds": rounds,
-            "plan": {"kept_layers": alive, "mlp": kept_mlp, "kv_groups": kept_groups},
-            "params": {"dense_total": dense.params(dims), "dense_decoder": dense.decoder_params(dims),
-                       "pruned_total": now.params(dims), "pruned_decoder": now.decoder_params(dims)}}
+            + (f", after recovery {rec['quick_ppl_recovered']}" if "quick_ppl_recovered" in rec else "")
+        )
+    return {
+        "settings": s.algorithm(),
+        "rounds": rounds,
+        "plan": {"kept_layers": alive, "mlp": kept_mlp, "kv_groups": kept_groups},
+        "params": {
+            "dense_total": dense.params(dims),
+            "dense_decoder": dense.decoder_params(dims),
+            "pruned_total": now.params(dims),
+            "pruned_decoder": now.decoder_params(dims),
+        },
+    }

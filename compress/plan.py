@@ -5,6 +5,7 @@ groups (and with them query heads) divide by the tensor-parallel size, every lay
 unit of each structure, and a target that cannot be met within `tolerance` is an error that names the
 nearest reachable one.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -22,10 +23,11 @@ from .config import CompressConfig
 @dataclass(frozen=True)
 class Dims:
     """The shape facts of a model that parameter counts depend on."""
+
     hidden: int
     vocab: int
     head_dim: int
-    n_rep: int                 # query heads per KV head
+    n_rep: int  # query heads per KV head
     tied: bool
     qkv_bias: bool
     qk_norm: bool
@@ -34,10 +36,15 @@ class Dims:
     def of(cls, config, fam: Family) -> "Dims":
         if getattr(config, "mlp_bias", False):
             raise PrunekitError("models with MLP biases are not supported yet.")
-        return cls(config.hidden_size, config.vocab_size, head_dim(config),
-                   config.num_attention_heads // config.num_key_value_heads,
-                   bool(getattr(config, "tie_word_embeddings", False)),
-                   fam.qkv_bias or bool(getattr(config, "attention_bias", False)), fam.qk_norm)
+        return cls(
+            config.hidden_size,
+            config.vocab_size,
+            head_dim(config),
+            config.num_attention_heads // config.num_key_value_heads,
+            bool(getattr(config, "tie_word_embeddings", False)),
+            fam.qkv_bias or bool(getattr(config, "attention_bias", False)),
+            fam.qk_norm,
+        )
 
     def layer_params(self, width: int, groups: int) -> int:
         D, hd = self.hidden, self.head_dim
@@ -57,6 +64,7 @@ class Dims:
 @dataclass
 class Shape:
     """Per layer (MLP width, KV groups kept); None for a removed layer."""
+
     layers: list[tuple[int, int] | None]
 
     def params(self, dims: Dims) -> int:
@@ -72,6 +80,7 @@ class Shape:
 @dataclass
 class Plan:
     """Kept indices per layer, in the current model's numbering. A removed layer has None."""
+
     mlp: list[list[int] | None]
     groups: list[list[int] | None]
     shape: Shape = field(default=None)  # type: ignore[assignment]
@@ -85,8 +94,10 @@ def check_dense(shape: Shape, dims: Dims, c: CompressConfig) -> None:
     """Constraints the model must meet before any cut (tensor parallelism)."""
     for w, g in (s for s in shape.layers if s is not None):
         if g % c.tp or (g * dims.n_rep) % c.tp:
-            raise PrunekitError(f"--tp {c.tp} does not divide the model's {g} KV heads; "
-                                "choose a tensor-parallel size that divides them.")
+            raise PrunekitError(
+                f"--tp {c.tp} does not divide the model's {g} KV heads; "
+                "choose a tensor-parallel size that divides them."
+            )
 
 
 def width_options(cur: int, c: CompressConfig, prune: bool) -> list[int]:
@@ -142,7 +153,8 @@ def _within(cands: list, target: float, c: CompressConfig, final: bool) -> list:
             f"a {target:.1%} cut of the {c.ratio_of} parameters cannot be met within ±{c.tolerance:.1%} "
             f"under these constraints (structures {','.join(c.structures)}, align {c.align}, tp {c.tp}); "
             f"the nearest reachable is {near[0]:.1%} (MLP width {near[1]}, {near[2]} KV groups, "
-            f"{len(near[4])} layers removed). Use --ratio {near[0]:.3f} or loosen --align/--tolerance.")
+            f"{len(near[4])} layers removed). Use --ratio {near[0]:.3f} or loosen --align/--tolerance."
+        )
     return ok
 
 
@@ -161,9 +173,11 @@ def precheck(config, fam: Family, c: CompressConfig) -> None:
     """What can be known from the model's config alone, before any data is packed or weights loaded:
     the tensor-parallel constraint and whether the final target is reachable (with the nearest one named)."""
     if c.mode == "per-layer" and window_in_config_only(config, fam):
-        raise PrunekitError(f"--mode per-layer gives layers different shapes, but this model's sliding-window "
-                            f"attention (sliding_window={config.sliding_window}) is kept only by its stock class, "
-                            "which needs the same shape in every layer: use --mode uniform.")
+        raise PrunekitError(
+            f"--mode per-layer gives layers different shapes, but this model's sliding-window "
+            f"attention (sliding_window={config.sliding_window}) is kept only by its stock class, "
+            "which needs the same shape in every layer: use --mode uniform."
+        )
     dense = config_shape(config)
     if dense is None:
         return
@@ -175,18 +189,25 @@ def precheck(config, fam: Family, c: CompressConfig) -> None:
             _within(_uniform_candidates(dense, dense, dims, c, live), c.ratio, c, final=True)
         return
     # Per-layer widths reach anything between no cut and every layer at its smallest allowed shape.
-    floor = Shape([(width_options(w, c, "mlp" in c.structures)[0],
-                    group_options(g, c, dims, "heads" in c.structures)[0]) for w, g in (dense.layers[i] for i in live)])
+    floor = Shape(
+        [
+            (width_options(w, c, "mlp" in c.structures)[0], group_options(g, c, dims, "heads" in c.structures)[0])
+            for w, g in (dense.layers[i] for i in live)
+        ]
+    )
     most = 1 - base_params(floor, dims, c.ratio_of) / base_params(dense, dims, c.ratio_of)
     if c.ratio > most + c.tolerance:
-        raise PrunekitError(f"a {c.ratio:.1%} cut of the {c.ratio_of} parameters cannot be met with per-layer "
-                            f"{','.join(c.structures)} cuts (align {c.align}, tp {c.tp}): at most {most:.1%}, "
-                            f"with every layer at its smallest shape. Use --ratio {most:.3f} or less, or add "
-                            "structures to --structures.")
+        raise PrunekitError(
+            f"a {c.ratio:.1%} cut of the {c.ratio_of} parameters cannot be met with per-layer "
+            f"{','.join(c.structures)} cuts (align {c.align}, tp {c.tp}): at most {most:.1%}, "
+            f"with every layer at its smallest shape. Use --ratio {most:.3f} or less, or add "
+            "structures to --structures."
+        )
 
 
-def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, target: float,
-                  scores: list, final: bool) -> Shape:
+def uniform_shape(
+    cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, target: float, scores: list, final: bool
+) -> Shape:
     """The same width and KV-group count in every kept layer, closest to `target` (a removed fraction
     of the dense model's base); among candidates within tolerance, the one whose removed units carry
     the least importance. Without scores (None: MLP widths only, chosen before any layer is scored), the
@@ -196,8 +217,10 @@ def uniform_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, targe
     if scores is None:
         assert set(c.structures) == {"mlp"}, "uniform_shape: only MLP widths are chosen without scores"
     elif "layers" in c.structures and any(scores[i].layer is None for i in live):
-        raise PrunekitError("this method does not score whole layers; drop 'layers' from --structures "
-                            "or use --method block-influence or hybrid.")
+        raise PrunekitError(
+            "this method does not score whole layers; drop 'layers' from --structures "
+            "or use --method block-influence or hybrid."
+        )
     # Least important first (only read when layers may be removed).
     layer_order = sorted(live, key=lambda i: scores[i].layer) if "layers" in c.structures else live
     ok = _within(_uniform_candidates(cur, dense, dims, c, layer_order), target, c, final)
@@ -234,8 +257,9 @@ def select(scores: list, shape: Shape) -> Plan:
             continue
         w, g = s
         mlp.append(sorted(sc.mlp.argsort(descending=True)[:w].tolist()) if sc.mlp is not None else list(range(w)))
-        groups.append(sorted(sc.heads.argsort(descending=True)[:g].tolist()) if sc.heads is not None
-                      else list(range(g)))
+        groups.append(
+            sorted(sc.heads.argsort(descending=True)[:g].tolist()) if sc.heads is not None else list(range(g))
+        )
     return Plan(mlp, groups, shape)
 
 
@@ -265,9 +289,11 @@ def global_shape(cur: Shape, dense: Shape, dims: Dims, c: CompressConfig, target
     shape = Shape([tuple(s) if s is not None else None for s in layers])
     frac = 1 - base_params(shape, dims, c.ratio_of) / base
     if abs(frac - target) > c.tolerance:
-        raise PrunekitError(f"a {target:.1%} cut of the {c.ratio_of} parameters cannot be met within "
-                            f"±{c.tolerance:.1%}; the nearest reachable is {frac:.1%}. "
-                            f"Use --ratio {frac:.3f} or loosen --align/--tolerance.")
+        raise PrunekitError(
+            f"a {target:.1%} cut of the {c.ratio_of} parameters cannot be met within "
+            f"±{c.tolerance:.1%}; the nearest reachable is {frac:.1%}. "
+            f"Use --ratio {frac:.3f} or loosen --align/--tolerance."
+        )
     return shape
 
 
@@ -281,7 +307,7 @@ def _push(heap, i, kind, cur, sorted_s, dims: Dims, c: CompressConfig) -> None:
             return
         n = w - max(lower)
         removed_now = len(sorted_s) - w
-        cost = sorted_s[removed_now:removed_now + n].sum().item()
+        cost = sorted_s[removed_now : removed_now + n].sum().item()
         params = dims.layer_params(w, g) - dims.layer_params(w - n, g)
     else:
         lower = [x for x in group_options(g, c, dims, True) if x < g]
@@ -289,7 +315,7 @@ def _push(heap, i, kind, cur, sorted_s, dims: Dims, c: CompressConfig) -> None:
             return
         n = g - max(lower)
         removed_now = len(sorted_s) - g
-        cost = sorted_s[removed_now:removed_now + n].sum().item()
+        cost = sorted_s[removed_now : removed_now + n].sum().item()
         params = dims.layer_params(w, g) - dims.layer_params(w, g - n)
     heapq.heappush(heap, (cost / params, i, kind, n, params))
 

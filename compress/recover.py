@@ -7,6 +7,7 @@ share of a small model's parameters that a few thousand steps would only disturb
 fp32 while training; the matmuls run in bf16 under autocast only where the CPU has native bf16 (AMX,
 AVX512-BF16) or on a GPU, as the rest of prunekit computes.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,9 +28,9 @@ CURVE_POINTS = 100  # the loss curve in the manifest is averaged down to at most
 @dataclass(frozen=True)
 class RecoverSettings:
     lr: float = 1.5e-4
-    batch: int = 4          # sequences per optimiser step
-    micro: int = 1          # sequences per forward (gradients accumulate): bounds the logits' memory
-    warmup: float = 0.1     # share of the steps with a linear warm-up; cosine decay to 0 after it
+    batch: int = 4  # sequences per optimiser step
+    micro: int = 1  # sequences per forward (gradients accumulate): bounds the logits' memory
+    warmup: float = 0.1  # share of the steps with a linear warm-up; cosine decay to 0 after it
     clip: float = 1.0
 
 
@@ -97,7 +98,7 @@ def recover(student, teacher, fam: Family, seqs: torch.Tensor, s: RecoverSetting
         try:
             bar = tqdm(range(steps), desc=desc, unit="step")
             for step in bar:
-                batch = seqs[step * s.batch:(step + 1) * s.batch]
+                batch = seqs[step * s.batch : (step + 1) * s.batch]
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
                 for mb in batch.split(s.micro):
@@ -120,12 +121,24 @@ def recover(student, teacher, fam: Family, seqs: torch.Tensor, s: RecoverSetting
             student.train(was_training)
     seconds = time.time() - t0
     tokens = int(seqs.numel())
-    return {"tokens": tokens, "sequences": len(seqs), "seq_len": int(seqs.shape[1]), "steps": steps,
-            "batch": s.batch, "lr": s.lr, "warmup": s.warmup, "schedule": "linear warm-up, cosine to 0",
-            "loss": "KL(dense || pruned), full vocabulary", "trains": "decoder layers and final norm",
-            "precision": "bf16 autocast, fp32 weights" if autocast else "fp32",
-            "seconds": round(seconds, 1), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
-            "kl_first": round(losses[0], 4), "kl_last": round(losses[-1], 4), "kl_curve": curve(losses)}
+    return {
+        "tokens": tokens,
+        "sequences": len(seqs),
+        "seq_len": int(seqs.shape[1]),
+        "steps": steps,
+        "batch": s.batch,
+        "lr": s.lr,
+        "warmup": s.warmup,
+        "schedule": "linear warm-up, cosine to 0",
+        "loss": "KL(dense || pruned), full vocabulary",
+        "trains": "decoder layers and final norm",
+        "precision": "bf16 autocast, fp32 weights" if autocast else "fp32",
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+        "kl_first": round(losses[0], 4),
+        "kl_last": round(losses[-1], 4),
+        "kl_curve": curve(losses),
+    }
 
 
 def recovery_data(mix, tokenizer, s, domains: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict]:
@@ -135,8 +148,12 @@ def recovery_data(mix, tokenizer, s, domains: tuple[str, ...] = ()) -> tuple[tor
     from .data import recovery_set
 
     seqs, counts = recovery_set(mix, tokenizer, math.ceil(s.recover_tokens / mix.seq_len), domains)
-    return seqs, {"mix": mix.name, "pool": "calibration (never held-out text)", "seed": mix.seed + 1,
-                  "sequences": counts}
+    return seqs, {
+        "mix": mix.name,
+        "pool": "calibration (never held-out text)",
+        "seed": mix.seed + 1,
+        "sequences": counts,
+    }
 
 
 def recover_after_cut(student, teacher, fam: Family, data: tuple[torch.Tensor, dict], s) -> dict:
@@ -158,9 +175,11 @@ class BetweenRounds:
     def __init__(self, teacher, fam: Family, data: tuple[torch.Tensor, dict], s, rounds: int):
         seqs, self.meta = data
         if len(seqs) < rounds:  # checked here, before the cut: every round's cut gets its share
-            raise PrunekitError(f"--recover-at rounds splits the recovery over {rounds} rounds but --recover-tokens "
-                                f"{s.recover_tokens} makes only {len(seqs)} sequence(s) of {seqs.shape[1]} tokens; "
-                                f"give at least {rounds * seqs.shape[1]} tokens or use --recover-at end.")
+            raise PrunekitError(
+                f"--recover-at rounds splits the recovery over {rounds} rounds but --recover-tokens "
+                f"{s.recover_tokens} makes only {len(seqs)} sequence(s) of {seqs.shape[1]} tokens; "
+                f"give at least {rounds * seqs.shape[1]} tokens or use --recover-at end."
+            )
         self.teacher_fn, self.teacher, self.fam = teacher, None, fam
         self.parts = seqs.tensor_split(rounds)
         self.settings = RecoverSettings(lr=s.recover_lr, batch=s.recover_batch)
@@ -177,12 +196,19 @@ class BetweenRounds:
     def record(self) -> dict:
         rs = self.records
         last = {k: v for k, v in rs[-1].items() if k != "round"}
-        out = {**last, "tokens": sum(r["tokens"] for r in rs), "sequences": sum(r["sequences"] for r in rs),
-               "steps": sum(r["steps"] for r in rs), "seconds": round(sum(r["seconds"] for r in rs), 1),
-               "kl_first": rs[0]["kl_first"], "kl_curve": curve([x for r in rs for x in r["kl_curve"]]),
-               "schedule": "per round: linear warm-up, cosine to 0", "data": self.meta, "at": "rounds",
-               "rounds": [{k: r[k] for k in ("round", "tokens", "steps", "seconds", "kl_first", "kl_last")}
-                          for r in rs]}
+        out = {
+            **last,
+            "tokens": sum(r["tokens"] for r in rs),
+            "sequences": sum(r["sequences"] for r in rs),
+            "steps": sum(r["steps"] for r in rs),
+            "seconds": round(sum(r["seconds"] for r in rs), 1),
+            "kl_first": rs[0]["kl_first"],
+            "kl_curve": curve([x for r in rs for x in r["kl_curve"]]),
+            "schedule": "per round: linear warm-up, cosine to 0",
+            "data": self.meta,
+            "at": "rounds",
+            "rounds": [{k: r[k] for k in ("round", "tokens", "steps", "seconds", "kl_first", "kl_last")} for r in rs],
+        }
         out["tokens_per_s"] = round(out["tokens"] / max(out["seconds"], 1e-9), 1)
         self.teacher = None  # frees the teacher the first round loaded
         return out

@@ -1,4 +1,5 @@
 """`prunekit compress`: load, calibrate, prune, report quality, and write the checkpoint atomically."""
+
 from __future__ import annotations
 
 import platform
@@ -31,8 +32,13 @@ from .recover import BetweenRounds, recover_after_cut, recovery_data
 
 def versions() -> dict:
     import transformers
-    return {"prunekit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+
+    return {
+        "prunekit": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def source_hash(source: str, model) -> str:
@@ -45,10 +51,12 @@ def source_hash(source: str, model) -> str:
 def load_teacher(source: str, cfg: CompressConfig):
     # Recovery never offloads (it trains the whole model): the teacher sits where the student computes.
     from prunekit.env import compute_dtype
+
     device = resolve_device(cfg.device)
     dtype = compute_dtype(device.type) if cfg.dtype == "auto" else cfg.dtype
-    return load_model(source, dtype=dtype, device=str(device), trust_remote_code=cfg.trust_remote_code,
-                      allow_pickle=cfg.allow_pickle)[0]
+    return load_model(
+        source, dtype=dtype, device=str(device), trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
+    )[0]
 
 
 def placement_plan(cfg: CompressConfig, config, fam, device: torch.device, log) -> dict:
@@ -56,18 +64,38 @@ def placement_plan(cfg: CompressConfig, config, fam, device: torch.device, log) 
     before the weights load (they load straight into the dtype they will be kept in). Under torchrun rank 0
     decides for all (the ranks must agree; on a CPU they share the host's memory)."""
     from prunekit.env import compute_dtype
+
     compute = getattr(torch, compute_dtype(device.type) if cfg.dtype == "auto" else cfg.dtype)
     stored = getattr(torch, str(getattr(config, "dtype", None) or "float32").replace("torch.", ""), torch.float32)
     shape = P.config_shape(config)
     n = shape.params(P.Dims.of(config, fam)) if shape is not None else None
-    home, why = decide(cfg.offload, n, compute, stored, device, cfg.needs_whole_model(),
-                       sharing=local_ranks() if device.type == "cpu" else 1)
-    rec = from_rank0({"device": device.type, "dtype": str(compute).replace("torch.", ""),
-                      "offload": home is not None, "why": why,
-                      **({"home_dtype": str(home).replace("torch.", "")} if home is not None else {})})
-    log(f"placement: {rec['device']}, {rec['dtype']}, " + (
-        f"one layer at a time (weights kept in host memory in {rec['home_dtype']})" if rec["offload"]
-        else "the whole model at once") + f" ({rec['why']})")
+    home, why = decide(
+        cfg.offload,
+        n,
+        compute,
+        stored,
+        device,
+        cfg.needs_whole_model(),
+        sharing=local_ranks() if device.type == "cpu" else 1,
+    )
+    rec = from_rank0(
+        {
+            "device": device.type,
+            "dtype": str(compute).replace("torch.", ""),
+            "offload": home is not None,
+            "why": why,
+            **({"home_dtype": str(home).replace("torch.", "")} if home is not None else {}),
+        }
+    )
+    log(
+        f"placement: {rec['device']}, {rec['dtype']}, "
+        + (
+            f"one layer at a time (weights kept in host memory in {rec['home_dtype']})"
+            if rec["offload"]
+            else "the whole model at once"
+        )
+        + f" ({rec['why']})"
+    )
     return rec
 
 
@@ -82,15 +110,22 @@ def precheck(cfg: CompressConfig, log):
     fam = family_for_config(config)
     P.precheck(config, fam, cfg)
     if cfg.mode == "per-layer":
-        log("per-layer widths: export will write " + (
-            "the DeciLM layout (vLLM runs its own DeciLMForCausalLM) when only MLP widths differ, else "
-            if fam.decilm else "") + "the per-layer layout; both ship their modeling code (transformers "
-            "loads it with trust_remote_code; verify pins its hash).")
+        log(
+            "per-layer widths: export will write "
+            + (
+                "the DeciLM layout (vLLM runs its own DeciLMForCausalLM) when only MLP widths differ, else "
+                if fam.decilm
+                else ""
+            )
+            + "the per-layer layout; both ship their modeling code (transformers "
+            "loads it with trust_remote_code; verify pins its hash)."
+        )
     return config, source, fam
 
 
-def dense_heldout(model, heldout: dict, cfg: CompressConfig, source: str, src_hash: str, where: dict, ranks: int,
-                  log) -> tuple[dict[str, float], bool]:
+def dense_heldout(
+    model, heldout: dict, cfg: CompressConfig, source: str, src_hash: str, where: dict, ranks: int, log
+) -> tuple[dict[str, float], bool]:
     """The dense model's held-out perplexity per domain, from the cache of earlier runs where one matches
     (compress.dense_eval), and whether it came from there. Rank 0's cache decides for every rank (they
     evaluate together)."""
@@ -98,8 +133,10 @@ def dense_heldout(model, heldout: dict, cfg: CompressConfig, source: str, src_ha
     # --no-eval-cache measures again, and the figure it measures replaces the kept one.
     rec = from_rank0(DE.load(key, list(heldout)) if cfg.eval_cache else None)
     if rec is not None:
-        log(f"dense held-out perplexity: from the cache of an earlier run ({DE.cache_dir()}), which measured it in "
-            f"{rec.get('seconds', '?')} s (--no-eval-cache measures it again)")
+        log(
+            f"dense held-out perplexity: from the cache of an earlier run ({DE.cache_dir()}), which measured it in "
+            f"{rec.get('seconds', '?')} s (--no-eval-cache measures it again)"
+        )
         return rec["ppl"], True
     t = time.time()
     ppl = per_domain(model, heldout, cfg.batch_size)
@@ -118,8 +155,11 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
         where = placement_plan(cfg, stored_config, fam, device, log)
         if ranks > 1:
             why = cfg.needs_whole_model()
-            check(why is None, f"under torchrun the ranks share the calibration batches, layer by layer; {why} "
-                               "needs the whole model at once: run it in one process.")
+            check(
+                why is None,
+                f"under torchrun the ranks share the calibration batches, layer by layer; {why} "
+                "needs the whole model at once: run it in one process.",
+            )
             log(f"data-parallel: {ranks} ranks share the calibration batches; rank 0 writes the checkpoint")
             where["ranks"] = ranks
         tok = load_tokenizer(source, cfg.trust_remote_code)
@@ -128,13 +168,19 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
         # text for the samples asked, is an error before the heavy part, not after it.
         data = D.build(mix, tok)
         calib = D.only_domains(mix, data.calib, cfg.domains, tok) if cfg.domains else data.calib
-        log(f"calibration: {sum(len(v) for v in calib.values())} x {mix.seq_len} tokens from "
-            f"{', '.join(calib)}; held-out: {', '.join(data.heldout)}")
+        log(
+            f"calibration: {sum(len(v) for v in calib.values())} x {mix.seq_len} tokens from "
+            f"{', '.join(calib)}; held-out: {', '.join(data.heldout)}"
+        )
         rdata = recovery_data(mix, tok, cfg, cfg.domains) if cfg.recover_tokens else None
     with stage("load"):
         # Weights load on the host in the dtype they will be kept in: the home dtype when offloading.
-        model, fam, source = load_model(source, dtype=where.get("home_dtype", where["dtype"]),
-                                        trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+        model, fam, source = load_model(
+            source,
+            dtype=where.get("home_dtype", where["dtype"]),
+            trust_remote_code=cfg.trust_remote_code,
+            allow_pickle=cfg.allow_pickle,
+        )
         home = getattr(torch, where["home_dtype"]) if where["offload"] else None
         place(model, fam, torch.device(where["device"]), getattr(torch, where["dtype"]), home)
     t_data = time.time()
@@ -159,8 +205,10 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
             recovery = recover_after_cut(model, load_teacher(source, cfg), fam, rdata, cfg)
             recovery["heldout_ppl_before"] = before
     if recovery:
-        log(f"recovery: {recovery['tokens']:,} tokens in {recovery['steps']} steps, {recovery['seconds']:.0f} s "
-            f"({recovery['tokens_per_s']:.0f} tokens/s), KL {recovery['kl_first']:.3f} -> {recovery['kl_last']:.3f}")
+        log(
+            f"recovery: {recovery['tokens']:,} tokens in {recovery['steps']} steps, {recovery['seconds']:.0f} s "
+            f"({recovery['tokens_per_s']:.0f} tokens/s), KL {recovery['kl_first']:.3f} -> {recovery['kl_last']:.3f}"
+        )
     t_rec = time.time()
     with stage("pruned eval"):
         pruned_ppl = per_domain(model, data.heldout, cfg.batch_size)
@@ -168,18 +216,38 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
     if real != record["params"]["pruned_total"]:
         raise AssertionError(f"plan says {record['params']['pruned_total']} parameters, model has {real}")
     manifest = Manifest(
-        stage="compress", source_model=source, source_hash=src_hash, inputs_hash=inputs_hash,
+        stage="compress",
+        source_model=source,
+        source_hash=src_hash,
+        inputs_hash=inputs_hash,
         layout="uniform" if not getattr(model.config, "prunekit_layers", None) else "per-layer",
-        calibration={"mix": mix.spec(), "fingerprint": data.fingerprint, "domains_used": list(calib),
-                     "tokens": sum(v.numel() for v in calib.values())},
-        settings=record["settings"], rounds=record["rounds"], plan=record["plan"], params=record["params"],
+        calibration={
+            "mix": mix.spec(),
+            "fingerprint": data.fingerprint,
+            "domains_used": list(calib),
+            "tokens": sum(v.numel() for v in calib.values()),
+        },
+        settings=record["settings"],
+        rounds=record["rounds"],
+        plan=record["plan"],
+        params=record["params"],
         recovery=recovery,
-        quality={"heldout_ppl": {"dense": dense_ppl, "pruned": pruned_ppl}, "dense_from_cache": dense_cached,
-                 "heldout_tokens_per_domain": {d: int(v.numel()) for d, v in data.heldout.items()}},
-        timings_s={"data": round(t_data - t0, 1), "dense_eval": round(t_eval - t_data, 1),
-                   "compress": round(t_cut - t_eval, 1), "recover": round(t_rec - t_cut, 1),
-                   "pruned_eval": round(time.time() - t_rec, 1)},
-        placement=where, threads=torch.get_num_threads(), versions=versions())
+        quality={
+            "heldout_ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
+            "dense_from_cache": dense_cached,
+            "heldout_tokens_per_domain": {d: int(v.numel()) for d, v in data.heldout.items()},
+        },
+        timings_s={
+            "data": round(t_data - t0, 1),
+            "dense_eval": round(t_eval - t_data, 1),
+            "compress": round(t_cut - t_eval, 1),
+            "recover": round(t_rec - t_cut, 1),
+            "pruned_eval": round(time.time() - t_rec, 1),
+        },
+        placement=where,
+        threads=torch.get_num_threads(),
+        versions=versions(),
+    )
     return stored_config, manifest, tok, model, dense_ppl, pruned_ppl, list(data.heldout)
 
 
@@ -201,15 +269,18 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     t0 = time.time()
     with Stages() as prof:
         try:
-            stored_config, manifest, tok, model, dense_ppl, pruned_ppl, heldout_domains = _run(cfg, log, inputs_hash, t0)
+            stored_config, manifest, tok, model, dense_ppl, pruned_ppl, heldout_domains = _run(
+                cfg, log, inputs_hash, t0
+            )
         finally:
             finish()  # leave the process group (a no-op outside torchrun)
         if not writer:
             return manifest
         with stage("save"):
             # Store in the dtype the source was stored in (bf16 for most checkpoints), whatever we computed in.
-            store = getattr(torch, str(getattr(stored_config, "dtype", None) or "float32").replace("torch.", ""),
-                            torch.float32)
+            store = getattr(
+                torch, str(getattr(stored_config, "dtype", None) or "float32").replace("torch.", ""), torch.float32
+            )
             unplace(model)
             with atomic_dir(cfg.out, force=cfg.force) as tmp:
                 save_model(model.to(store), tmp)
@@ -220,9 +291,11 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
                 write_manifest(tmp, manifest)
     log("where the time and memory went:\n" + prof.table())
     p = manifest.params
-    log(f"parameters: {p['dense_total']:,} -> {p['pruned_total']:,} "
+    log(
+        f"parameters: {p['dense_total']:,} -> {p['pruned_total']:,} "
         f"({1 - p['pruned_total'] / p['dense_total']:.1%} of all removed, "
-        f"{1 - p['pruned_decoder'] / p['dense_decoder']:.1%} of the decoder)")
+        f"{1 - p['pruned_decoder'] / p['dense_decoder']:.1%} of the decoder)"
+    )
     log("held-out perplexity per domain:\n" + table({"dense": dense_ppl, "pruned": pruned_ppl}, heldout_domains))
     log(f"wrote {cfg.out} in {time.time() - t0:.0f} s (peak RSS {manifest.peak_rss_mb} MB)")
     return manifest

@@ -6,6 +6,7 @@ means more important. `comparable` says whether values can be ranked across laye
 they are (ours: all are "share of the residual stream's energy that removing the unit would
 perturb"); the others are normalised by the planner before a global ranking.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ from .stats import DomainStats, LayerStats
 @dataclass
 class LayerWeights:
     """The weights a scorer may read, in fp32; shapes follow nn.Linear (out, in)."""
-    gate: torch.Tensor   # (I, D)
-    up: torch.Tensor     # (I, D)
-    down: torch.Tensor   # (D, I)
-    q: torch.Tensor      # (H*hd, D)
-    k: torch.Tensor      # (KV*hd, D)
-    v: torch.Tensor      # (KV*hd, D)
-    o: torch.Tensor      # (D, H*hd)
+
+    gate: torch.Tensor  # (I, D)
+    up: torch.Tensor  # (I, D)
+    down: torch.Tensor  # (D, I)
+    q: torch.Tensor  # (H*hd, D)
+    k: torch.Tensor  # (KV*hd, D)
+    v: torch.Tensor  # (KV*hd, D)
+    o: torch.Tensor  # (D, H*hd)
     n_kv: int
     head_dim: int
 
@@ -36,8 +38,8 @@ class LayerWeights:
 
 @dataclass
 class Scores:
-    mlp: torch.Tensor | None      # (I,)
-    heads: torch.Tensor | None    # (KV,)
+    mlp: torch.Tensor | None  # (I,)
+    heads: torch.Tensor | None  # (KV,)
     layer: float | None = None
     comparable: bool = False
 
@@ -54,9 +56,10 @@ def group_rows(w: torch.Tensor, n_groups: int) -> torch.Tensor:
 
 def magnitude(w: LayerWeights, st: LayerStats) -> Scores:
     """Weight norm of each coupled group (no calibration data)."""
-    mlp = (w.gate ** 2).sum(1) + (w.up ** 2).sum(1) + (w.down ** 2).sum(0)
-    heads = (group_rows(w.q, w.n_kv) + group_rows(w.k, w.n_kv) + group_rows(w.v, w.n_kv)
-             + per_group((w.o ** 2).sum(0), w.n_kv))
+    mlp = (w.gate**2).sum(1) + (w.up**2).sum(1) + (w.down**2).sum(0)
+    heads = (
+        group_rows(w.q, w.n_kv) + group_rows(w.k, w.n_kv) + group_rows(w.v, w.n_kv) + per_group((w.o**2).sum(0), w.n_kv)
+    )
     return Scores(mlp.sqrt(), heads.sqrt())
 
 
@@ -71,8 +74,8 @@ def wanda_sp(w: LayerWeights, st: LayerStats) -> Scores:
 def flap(w: LayerWeights, st: LayerStats) -> Scores:
     """FLAP's fluctuation metric: Var(X_j) over tokens times ||W_:,j||^2 of the consumer."""
     p = st.pooled()
-    mlp = p.mlp.var().float() * (w.down ** 2).sum(0)
-    heads = per_group(p.attn.var().float() * (w.o ** 2).sum(0), w.n_kv)
+    mlp = p.mlp.var().float() * (w.down**2).sum(0)
+    heads = per_group(p.attn.var().float() * (w.o**2).sum(0), w.n_kv)
     return Scores(mlp, heads)
 
 
@@ -85,8 +88,8 @@ def block_influence(w: LayerWeights, st: LayerStats) -> Scores:
 def _energy(w: LayerWeights, d: DomainStats) -> Scores:
     """Energy that each unit adds to the residual stream, relative to the stream's own energy."""
     resid = d.resid_sq / max(d.tokens, 1)
-    mlp = (w.down ** 2).sum(0) * d.mlp.mean_sq().float() / resid
-    heads = per_group((w.o ** 2).sum(0) * d.attn.mean_sq().float(), w.n_kv) / resid
+    mlp = (w.down**2).sum(0) * d.mlp.mean_sq().float() / resid
+    heads = per_group((w.o**2).sum(0) * d.attn.mean_sq().float(), w.n_kv) / resid
     return Scores(mlp, heads, layer=d.delta_sq / max(d.resid_sq, 1e-30), comparable=True)
 
 
@@ -117,6 +120,7 @@ def obs(w: LayerWeights, st: LayerStats, ridge: float = 1e-2) -> Scores:
     A channel's score is the cost at the step the greedy order removes it; the scores of the kept
     tail are above every removal's, so keeping the top-w scores keeps greedy's choice for width w."""
     from .surgery import obs_order
+
     doms = [d for d in st.domains.values() if d.tokens and d.mlp_gram is not None]
     gram = sum(d.mlp_gram / max(d.resid_sq, 1e-30) for d in doms) / len(doms)
     n = w.down.shape[1]
@@ -130,9 +134,12 @@ def obs(w: LayerWeights, st: LayerStats, ridge: float = 1e-2) -> Scores:
 def taylor_from_grads(w: LayerWeights, g: LayerWeights) -> Scores:
     """LLM-Pruner's element-wise first-order Taylor: sum over a group's weights of |w * dL/dw|."""
     mlp = (w.gate * g.gate).abs().sum(1) + (w.up * g.up).abs().sum(1) + (w.down * g.down).abs().sum(0)
-    heads = ((w.q * g.q).abs().reshape(w.n_kv, -1).sum(1) + (w.k * g.k).abs().reshape(w.n_kv, -1).sum(1)
-             + (w.v * g.v).abs().reshape(w.n_kv, -1).sum(1)
-             + per_group((w.o * g.o).abs().sum(0), w.n_kv))
+    heads = (
+        (w.q * g.q).abs().reshape(w.n_kv, -1).sum(1)
+        + (w.k * g.k).abs().reshape(w.n_kv, -1).sum(1)
+        + (w.v * g.v).abs().reshape(w.n_kv, -1).sum(1)
+        + per_group((w.o * g.o).abs().sum(0), w.n_kv)
+    )
     return Scores(mlp, heads)
 
 

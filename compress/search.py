@@ -13,6 +13,7 @@ Memory: the dense distribution is kept as its top-k log-probabilities plus the m
 proper distribution over k + 1 bins), for every `stride`-th position of a few calibration sequences:
 the full 49k-vocabulary fp32 logits of every position would not fit.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,8 +120,15 @@ def grid(width: int, step: int, extra: int | None) -> list[int]:
     return sorted(out, reverse=True)
 
 
-def allocate(curves: dict[int, dict[int, float]], cur: P.Shape, dense: P.Shape, dims: P.Dims,
-             c: CompressConfig, target: float, at_least: int = 0) -> P.Shape | None:
+def allocate(
+    curves: dict[int, dict[int, float]],
+    cur: P.Shape,
+    dense: P.Shape,
+    dims: P.Dims,
+    c: CompressConfig,
+    target: float,
+    at_least: int = 0,
+) -> P.Shape | None:
     """The widths with the least summed KL that remove at least `at_least` parameters and whose
     removed fraction is nearest `target` (within the tolerance; among those within a quarter of it of
     the nearest, the cheapest). Exact knapsack by dynamic programming over removed channels."""
@@ -162,9 +170,21 @@ def search_step(c: CompressConfig) -> int:
     return unit * max(1, c.search_step // unit)
 
 
-def kl_shape(model, fam: Family, batches: list, probe: KLProbe, alive: list[int], cur: P.Shape,
-             dense: P.Shape, dims: P.Dims, c: CompressConfig, target: float, uniform: P.Shape,
-             desc: str, log=print) -> tuple[P.Shape, dict]:
+def kl_shape(
+    model,
+    fam: Family,
+    batches: list,
+    probe: KLProbe,
+    alive: list[int],
+    cur: P.Shape,
+    dense: P.Shape,
+    dims: P.Dims,
+    c: CompressConfig,
+    target: float,
+    uniform: P.Shape,
+    desc: str,
+    log=print,
+) -> tuple[P.Shape, dict]:
     """Per-layer widths for `target` by measured KL (module docstring), from the model as it is (one
     search, so `cur` is what the probe's reference saw). Returns the shape and a record of the search:
     the curves, and the KL of the search's pick and of uniform widths, each cut and refitted in
@@ -199,15 +219,23 @@ def kl_shape(model, fam: Family, batches: list, probe: KLProbe, alive: list[int]
     kl_pick = _composed(model, fam, batches, probe, alive, cur, pick, orders, c) if pick is not None else None
     chosen = pick if kl_pick is not None and kl_pick < kl_uniform else uniform
     if pick is None:
-        log(f"{desc}: the width grid cannot remove {target:.1%} within ±{c.tolerance:.1%} without removing "
-            f"less than uniform widths do; keeping uniform widths")
+        log(
+            f"{desc}: the width grid cannot remove {target:.1%} within ±{c.tolerance:.1%} without removing "
+            f"less than uniform widths do; keeping uniform widths"
+        )
     else:
-        log(f"{desc}: KL to dense {kl_pick:.4f} (searched) vs {kl_uniform:.4f} (uniform); keeping "
-            f"{'searched' if chosen is pick else 'uniform'} widths")
-    rec = {"curves": {str(i): {str(w): sig(v) for w, v in cv.items()} for i, cv in curves.items()},
-           "kl_base": sig(base_kl), "kl_searched": None if kl_pick is None else sig(kl_pick),
-           "kl_uniform": sig(kl_uniform), "chosen": "searched" if chosen is pick else "uniform",
-           "probe_positions": sum(int(ids[:, ::probe.stride].numel()) for _, ids in probe.batches)}
+        log(
+            f"{desc}: KL to dense {kl_pick:.4f} (searched) vs {kl_uniform:.4f} (uniform); keeping "
+            f"{'searched' if chosen is pick else 'uniform'} widths"
+        )
+    rec = {
+        "curves": {str(i): {str(w): sig(v) for w, v in cv.items()} for i, cv in curves.items()},
+        "kl_base": sig(base_kl),
+        "kl_searched": None if kl_pick is None else sig(kl_pick),
+        "kl_uniform": sig(kl_uniform),
+        "chosen": "searched" if chosen is pick else "uniform",
+        "probe_positions": sum(int(ids[:, :: probe.stride].numel()) for _, ids in probe.batches),
+    }
     return chosen, rec
 
 
@@ -216,8 +244,17 @@ def sig(v: float) -> float:
     return float(f"{v:.4g}")
 
 
-def _composed(model, fam: Family, batches: list, probe: KLProbe, alive: list[int], cur: P.Shape, shape: P.Shape,
-              orders: dict[int, list[int]], c: CompressConfig) -> float:
+def _composed(
+    model,
+    fam: Family,
+    batches: list,
+    probe: KLProbe,
+    alive: list[int],
+    cur: P.Shape,
+    shape: P.Shape,
+    orders: dict[int, list[int]],
+    c: CompressConfig,
+) -> float:
     """KL to dense of `shape` cut layer by layer, each refit on the already-cut layers' outputs (as the
     final cut does); only the refitted weights of the layer at hand are held, and all is restored."""
     layers = get_module(model, fam.layers)

@@ -5,6 +5,7 @@ pipeline): memory is the weights plus one layer's activations plus the residual 
 calibration set, and a layer can be cut and refitted before its output feeds the next layer, so
 every layer is calibrated on the already-pruned model's activations.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from prunekit.offload import Spill, first_layer_inputs, placement
 @dataclass
 class Moments:
     """Per-channel first and second moments of one activation, summed over tokens (fp32/fp64)."""
+
     n: int = 0
     sum: torch.Tensor | None = None
     sumsq: torch.Tensor | None = None
@@ -53,12 +55,13 @@ class Moments:
 @dataclass
 class DomainStats:
     """What one domain's tokens say about one decoder layer."""
-    mlp: Moments = field(default_factory=Moments)    # input of down_proj (I channels)
-    attn: Moments = field(default_factory=Moments)   # input of o_proj (H * head_dim channels)
+
+    mlp: Moments = field(default_factory=Moments)  # input of down_proj (I channels)
+    attn: Moments = field(default_factory=Moments)  # input of o_proj (H * head_dim channels)
     tokens: int = 0
-    resid_sq: float = 0.0        # sum over tokens of ||h_in||^2: the scale a perturbation is judged against
-    delta_sq: float = 0.0        # sum over tokens of ||h_out - h_in||^2
-    one_minus_cos: float = 0.0   # sum over tokens of 1 - cos(h_in, h_out) (ShortGPT's Block Influence)
+    resid_sq: float = 0.0  # sum over tokens of ||h_in||^2: the scale a perturbation is judged against
+    delta_sq: float = 0.0  # sum over tokens of ||h_out - h_in||^2
+    one_minus_cos: float = 0.0  # sum over tokens of 1 - cos(h_in, h_out) (ShortGPT's Block Influence)
     mlp_gram: torch.Tensor | None = None  # X^T X of the down_proj input (fp64), when asked for
 
 
@@ -148,10 +151,13 @@ class LayerRunner:
                 getattr(ds, kind).add(args[0])
                 if grams and kind == "mlp":
                     grams_of.setdefault(cur["dom"], Gram()).add(args[0].reshape(-1, args[0].shape[-1]).float())
+
             return fn
 
-        hs = [getattr(mlp, self.fam.down).register_forward_pre_hook(hook("mlp")),
-              getattr(attn, self.fam.o).register_forward_pre_hook(hook("attn"))]
+        hs = [
+            getattr(mlp, self.fam.down).register_forward_pre_hook(hook("mlp")),
+            getattr(attn, self.fam.o).register_forward_pre_hook(hook("attn")),
+        ]
         outs = []
         try:
             with torch.no_grad(), self.place.layer(layer):
@@ -168,8 +174,13 @@ class LayerRunner:
         for dom, g in grams_of.items():
             stats.domains[dom].mlp_gram = g.result()
         if world()[1] > 1:
-            _sum_over_ranks(stats, getattr(mlp, self.fam.down).in_features, getattr(attn, self.fam.o).in_features,
-                            grams, self.place.device)
+            _sum_over_ranks(
+                stats,
+                getattr(mlp, self.fam.down).in_features,
+                getattr(attn, self.fam.o).in_features,
+                grams,
+                self.place.device,
+            )
         if advance:
             self.hidden = outs
         return stats
@@ -183,15 +194,21 @@ def _sum_over_ranks(stats: LayerStats, n_mlp: int, n_attn: int, grams: bool, dev
     for ds in stats.domains.values():
         for m, n in ((ds.mlp, n_mlp), (ds.attn, n_attn)):
             parts += [z(n) if m.sum is None else m.sum, z(n) if m.sumsq is None else m.sumsq]
-        parts.append(torch.tensor([ds.mlp.n, ds.attn.n, ds.tokens, ds.resid_sq, ds.delta_sq, ds.one_minus_cos],
-                                  dtype=torch.float64, device=device))
+        parts.append(
+            torch.tensor(
+                [ds.mlp.n, ds.attn.n, ds.tokens, ds.resid_sq, ds.delta_sq, ds.one_minus_cos],
+                dtype=torch.float64,
+                device=device,
+            )
+        )
     flat = all_sum(torch.cat(parts))
     at = 0
 
     def take(n: int) -> torch.Tensor:
         nonlocal at
         at += n
-        return flat[at - n:at]
+        return flat[at - n : at]
+
     for ds in stats.domains.values():
         for m, n in ((ds.mlp, n_mlp), (ds.attn, n_attn)):
             m.sum, m.sumsq = take(n), take(n)
@@ -199,8 +216,11 @@ def _sum_over_ranks(stats: LayerStats, n_mlp: int, n_attn: int, grams: bool, dev
         ds.mlp.n, ds.attn.n, ds.tokens = int(t[0]), int(t[1]), int(t[2])
         ds.resid_sq, ds.delta_sq, ds.one_minus_cos = t[3], t[4], t[5]
         if grams:
-            ds.mlp_gram = all_sum(ds.mlp_gram if ds.mlp_gram is not None else
-                                  torch.zeros(n_mlp, n_mlp, dtype=torch.float64, device=device))
+            ds.mlp_gram = all_sum(
+                ds.mlp_gram
+                if ds.mlp_gram is not None
+                else torch.zeros(n_mlp, n_mlp, dtype=torch.float64, device=device)
+            )
 
 
 GRAM_BLOCK = 512  # rows of a panel of Gram.add: small enough that skipping the lower triangle pays
@@ -277,8 +297,13 @@ def run_hooked(runner: "LayerRunner", i: int, hook) -> None:
 def consumer_inputs(runner: "LayerRunner", i: int, consumer) -> list[torch.Tensor]:
     """The input of `consumer` (a Linear inside layer i) for every batch, flattened to (tokens, in)."""
     caught = []
-    run_hooked(runner, i, consumer.register_forward_pre_hook(
-        lambda _m, args: caught.append(args[0].reshape(-1, args[0].shape[-1]).float())))
+    run_hooked(
+        runner,
+        i,
+        consumer.register_forward_pre_hook(
+            lambda _m, args: caught.append(args[0].reshape(-1, args[0].shape[-1]).float())
+        ),
+    )
     return caught
 
 
@@ -291,8 +316,9 @@ def token_weights(h: torch.Tensor) -> torch.Tensor:
     return w / w.mean()
 
 
-def consumer_grams(runner: "LayerRunner", i: int, consumer, targets: list[torch.Tensor] | None = None,
-                   relative: bool = False):
+def consumer_grams(
+    runner: "LayerRunner", i: int, consumer, targets: list[torch.Tensor] | None = None, relative: bool = False
+):
     """G = X^T X of `consumer`'s input over all batches, and C = X^T X_target when targets (the same
     consumer's inputs in the dense model, batch by batch) are given. fp64 accumulators. With
     `relative`, each token's row is weighted by token_weights of the layer's input."""
@@ -313,21 +339,34 @@ def consumer_grams(runner: "LayerRunner", i: int, consumer, targets: list[torch.
         # The dense refit target is refused under torchrun (compress/run.py): only the gram is summed.
         assert targets is None, "consumer_grams: cross grams are not summed over ranks"
         n = consumer.weight.shape[1]
-        acc["g"] = all_sum(acc["g"] if acc["g"] is not None else
-                           torch.zeros(n, n, dtype=torch.float64, device=consumer.weight.device))
+        acc["g"] = all_sum(
+            acc["g"] if acc["g"] is not None else torch.zeros(n, n, dtype=torch.float64, device=consumer.weight.device)
+        )
     return acc["g"], acc["c"]
 
 
 def _fast_products(runner: "LayerRunner", relative: bool) -> bool:
     """bf16 activations on a CPU with native bf16: products of bf16-exact inputs run on oneDNN's bf16 kernels
     with fp32's results, faster. Token weights make them inexact: those products stay fp32."""
-    return (runner.place.dtype == torch.bfloat16 and runner.place.device.type == "cpu" and not relative
-            and cpu_has_fast_bf16())
+    return (
+        runner.place.dtype == torch.bfloat16
+        and runner.place.device.type == "cpu"
+        and not relative
+        and cpu_has_fast_bf16()
+    )
 
 
-def consumer_normal(runner: "LayerRunner", i: int, consumer, keep: torch.Tensor,
-                    targets: list[torch.Tensor] | None = None, target_w: torch.Tensor | None = None,
-                    relative: bool = False, on_kept=None, gram: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+def consumer_normal(
+    runner: "LayerRunner",
+    i: int,
+    consumer,
+    keep: torch.Tensor,
+    targets: list[torch.Tensor] | None = None,
+    target_w: torch.Tensor | None = None,
+    relative: bool = False,
+    on_kept=None,
+    gram: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The refit's normal equations on the kept inputs K of `consumer` only: G_KK = X_K^T X_K and
     R = X_K^T Y, Y the output to preserve (the consumer's own output X W^T as the model computed it; with
     targets, the dense consumer's T W_dense^T), fp64 accumulators. The same system refit() builds from the
@@ -386,6 +425,7 @@ class CutCache:
     """What a cut layer's output needs, from the forward before the cut (mlp_normal_cached): per batch the
     kept down_proj inputs X_K and the residual the MLP adds to. Only the MLP is cut, so both are what the
     cut layer itself computes: its output is residual + down(X_K), with no second forward."""
+
     xk: list[torch.Tensor] | Spill  # a Spill (on disk) when offloading
     resid: list[torch.Tensor] | Spill
     stats: LayerStats | None  # the cut layer's statistics (the next round's), all but its output terms
@@ -403,11 +443,12 @@ class CutCache:
         kept columns `cols` (in the cut layer's channel order) of each batch, and the statistics are the kept
         channels' moments (the same as X_K's: a channel's moments do not depend on the others)."""
         self.cols = cols
-        for ds in (self.stats.domains.values() if self.stats is not None else ()):
+        for ds in self.stats.domains.values() if self.stats is not None else ():
             m = ds.mlp
             if m.n:
-                ds.mlp = Moments(m.n, m.sum.index_select(0, cols.to(m.sum.device)),
-                                 m.sumsq.index_select(0, cols.to(m.sum.device)))
+                ds.mlp = Moments(
+                    m.n, m.sum.index_select(0, cols.to(m.sum.device)), m.sumsq.index_select(0, cols.to(m.sum.device))
+                )
 
 
 def summed(stats: LayerStats, layer, fam: Family, device) -> LayerStats:
@@ -416,15 +457,26 @@ def summed(stats: LayerStats, layer, fam: Family, device) -> LayerStats:
     if world()[1] == 1:
         return stats
     import copy
+
     out = copy.deepcopy(stats)
-    _sum_over_ranks(out, getattr(getattr(layer, fam.mlp), fam.down).in_features,
-                    getattr(getattr(layer, fam.attn), fam.o).in_features, False, device)
+    _sum_over_ranks(
+        out,
+        getattr(getattr(layer, fam.mlp), fam.down).in_features,
+        getattr(getattr(layer, fam.attn), fam.o).in_features,
+        False,
+        device,
+    )
     return out
 
 
-def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relative: bool = False,
-                      with_stats: bool = False, gram: bool = True) -> tuple[tuple[torch.Tensor | None, torch.Tensor],
-                                                                              CutCache]:
+def mlp_normal_cached(
+    runner: "LayerRunner",
+    i: int,
+    keep: torch.Tensor,
+    relative: bool = False,
+    with_stats: bool = False,
+    gram: bool = True,
+) -> tuple[tuple[torch.Tensor | None, torch.Tensor], CutCache]:
     """consumer_normal for layer i's down_proj, plus a CutCache from the same forward. With `with_stats`, the
     cut layer's statistics too: its kept channels' moments are X_K's, its attention's are this forward's (the
     heads are not cut). Costs X_K's memory (tokens x kept channels in the compute dtype; on disk when
@@ -469,8 +521,9 @@ def mlp_normal_cached(runner: "LayerRunner", i: int, keep: torch.Tensor, relativ
     return normal, cache
 
 
-def cached_gram(runner: "LayerRunner", i: int, cache: CutCache, cols: torch.Tensor,
-                relative: bool = False) -> torch.Tensor:
+def cached_gram(
+    runner: "LayerRunner", i: int, cache: CutCache, cols: torch.Tensor, relative: bool = False
+) -> torch.Tensor:
     """G_KK = X_K^T X_K of layer i's down_proj from the inputs a gram-less mlp_normal_cached cached (all
     channels), K = `cols`: what consumer_normal would have summed in the pass, built once the layer's scores
     chose K. Must run before the stream advances (the token weights read the layer's input)."""
@@ -510,8 +563,13 @@ def advance_cut(runner: "LayerRunner", i: int, cache: CutCache) -> LayerStats | 
                 add_output_terms(stats.domains[dom], h, o)
             outs.append(o)
         if stats is not None and world()[1] > 1:
-            _sum_over_ranks(stats, down.in_features, getattr(getattr(layer, fam.attn), fam.o).in_features, False,
-                            runner.place.device)
+            _sum_over_ranks(
+                stats,
+                down.in_features,
+                getattr(getattr(layer, fam.attn), fam.o).in_features,
+                False,
+                runner.place.device,
+            )
     cache.close()
     runner.hidden = outs
     return stats
@@ -522,5 +580,5 @@ def make_batches(calib: dict[str, torch.Tensor], batch_size: int) -> list[tuple[
     out = []
     for dom, seqs in calib.items():
         for s in range(0, len(seqs), batch_size):
-            out.append((dom, seqs[s:s + batch_size]))
+            out.append((dom, seqs[s : s + batch_size]))
     return out

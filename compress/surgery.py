@@ -4,6 +4,7 @@ The refit keeps the architecture stock: after MLP channels (or heads) are remove
 that consumes them (down_proj, o_proj) is solved again by least squares on the calibration
 activations, W' = argmin ||X_K W'^T - X W^T||^2, using only X^T X. No bias, no new module.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ def slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     return out
 
 
-def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float,
-          cross: torch.Tensor | None = None) -> torch.Tensor:
+def refit(
+    weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float, cross: torch.Tensor | None = None
+) -> torch.Tensor:
     """Least-squares refit of a consumer weight (out, in) onto the kept inputs, in fp64.
 
     minimise ||X_K A^T - Y W^T||^2  =>  A^T = (G_KK + lam I)^-1 C_K: W^T, with G = X^T X and
@@ -43,7 +45,7 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: f
     keep = keep.to(g.device)
     gkk = g.index_select(0, keep).index_select(1, keep)
     c = g if cross is None else cross.double()
-    rhs = c.index_select(0, keep) @ weight.double().T                     # (K, out)
+    rhs = c.index_select(0, keep) @ weight.double().T  # (K, out)
     return refit_normal(gkk, rhs, ridge).to(weight.dtype)
 
 
@@ -72,8 +74,14 @@ def refit_normal(gkk: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Te
     return a_t.T.contiguous()
 
 
-def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: float,
-              protect: torch.Tensor | None = None, steps: int = 128) -> tuple[list[int], list[float]]:
+def obs_order(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    n_remove: int,
+    ridge: float,
+    protect: torch.Tensor | None = None,
+    steps: int = 128,
+) -> tuple[list[int], list[float]]:
     """Greedy Optimal Brain Surgeon over the inputs of a consumer (out, in), as ZipLM / OSSCAR select
     structures: the order in which inputs go, and what each removal costs given a refit.
 
@@ -87,7 +95,7 @@ def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: fl
     n = g.shape[0]
     lam = ridge * g.diagonal().median().clamp_min(1e-12)
     hinv = torch.linalg.inv(g + lam * torch.eye(n, dtype=g.dtype, device=g.device))
-    w = weight.double().to(g.device).clone()                 # (out, in)
+    w = weight.double().to(g.device).clone()  # (out, in)
     out = torch.zeros(n, dtype=torch.bool, device=g.device)
     if protect is not None:
         out[protect] = True
@@ -100,8 +108,8 @@ def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: fl
         k = min(block, n_remove - len(order))
         c, idx = cost.topk(k, largest=False)
         # Block OBS: remove S at once; compensate the rest with H^-1[S,S]^-1.
-        inv_ss = torch.linalg.inv(hinv[idx][:, idx])         # (k, k)
-        rows = inv_ss @ hinv[idx, :]                         # (k, in)
+        inv_ss = torch.linalg.inv(hinv[idx][:, idx])  # (k, k)
+        rows = inv_ss @ hinv[idx, :]  # (k, in)
         w -= w[:, idx] @ rows
         hinv -= hinv[:, idx] @ rows
         w[:, idx] = 0
@@ -113,8 +121,9 @@ def obs_order(weight: torch.Tensor, gram: torch.Tensor, n_remove: int, ridge: fl
     return order, costs
 
 
-def obs_keep(weight: torch.Tensor, gram: torch.Tensor, n_keep: int, ridge: float,
-             protect: torch.Tensor | None = None) -> list[int]:
+def obs_keep(
+    weight: torch.Tensor, gram: torch.Tensor, n_keep: int, ridge: float, protect: torch.Tensor | None = None
+) -> list[int]:
     """The inputs of a consumer to keep so that the least-squares refit loses the least (obs_order)."""
     return keep_after(obs_order(weight, gram, weight.shape[1] - n_keep, ridge, protect)[0], weight.shape[1], n_keep)
 
@@ -125,9 +134,16 @@ def keep_after(order: list[int], n: int, n_keep: int) -> list[int]:
     return [i for i in range(n) if i not in gone]
 
 
-def cut_mlp(mlp: nn.Module, fam: Family, keep: list[int], gram: torch.Tensor | None, ridge: float,
-            cross: torch.Tensor | None = None, target_weight: torch.Tensor | None = None,
-            normal: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+def cut_mlp(
+    mlp: nn.Module,
+    fam: Family,
+    keep: list[int],
+    gram: torch.Tensor | None,
+    ridge: float,
+    cross: torch.Tensor | None = None,
+    target_weight: torch.Tensor | None = None,
+    normal: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
     """Keep MLP channels `keep`; down_proj refitted from the full gram (and cross), or from the normal
     equations on the kept channels (stats.consumer_normal) when given."""
     idx = torch.tensor(keep, dtype=torch.long)
@@ -162,9 +178,18 @@ def head_rows(keep_groups: list[int], n_rep: int, hd: int) -> tuple[torch.Tensor
     return q_rows, kv_rows
 
 
-def cut_heads(attn: nn.Module, fam: Family, keep_groups: list[int], n_rep: int, hd: int,
-              gram: torch.Tensor | None, ridge: float, cross: torch.Tensor | None = None,
-              target_weight: torch.Tensor | None = None, normal: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+def cut_heads(
+    attn: nn.Module,
+    fam: Family,
+    keep_groups: list[int],
+    n_rep: int,
+    hd: int,
+    gram: torch.Tensor | None,
+    ridge: float,
+    cross: torch.Tensor | None = None,
+    target_weight: torch.Tensor | None = None,
+    normal: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
     """Keep whole KV groups (head_rows); o_proj refitted as cut_mlp refits down_proj."""
     q_rows, kv_rows = head_rows(keep_groups, n_rep, hd)
     o = getattr(attn, fam.o)
@@ -226,8 +251,9 @@ def sync_config(model, fam: Family) -> bool:
         if hasattr(cfg, "prunekit_layers"):
             del cfg.prunekit_layers
     else:
-        cfg.prunekit_layers = [{"intermediate_size": a, "num_attention_heads": b, "num_key_value_heads": c}
-                               for a, b, c in shapes]
+        cfg.prunekit_layers = [
+            {"intermediate_size": a, "num_attention_heads": b, "num_key_value_heads": c} for a, b, c in shapes
+        ]
     return uniform
 
 

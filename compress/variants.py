@@ -3,6 +3,7 @@
 The model is loaded once, the calibration and held-out sequences are built once, the dense model is
 evaluated once; each variant prunes a fresh copy and is evaluated on the same held-out text.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,9 @@ from .config import CompareConfig, CompressConfig
 from .iterate import prune
 from .recover import BetweenRounds, recover_after_cut, recovery_data
 
-RECOVER_TOKENS = 32768  # the recovered variants' budget unless compare --recover-tokens says otherwise (~6 min fp32, 2 cores)
+RECOVER_TOKENS = (
+    32768  # the recovered variants' budget unless compare --recover-tokens says otherwise (~6 min fp32, 2 cores)
+)
 
 # name -> (CompressConfig overrides, calibration domains or None for the whole mix). "ours" is the default
 # method; the rest change one thing at a time or are the baselines a reviewer asks for.
@@ -45,14 +48,18 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
     "ours-oneshot-recover": ({"rounds": 1, "recover_tokens": RECOVER_TOKENS}, None),
     # Prune, distil, prune again: the recovery split over the rounds (compare --rounds), same total tokens.
     "ours-iter-recover": ({"recover_tokens": RECOVER_TOKENS, "recover_at": "rounds"}, None),
-    "ours-kl-recover": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1,
-                         "recover_tokens": RECOVER_TOKENS}, None),
+    "ours-kl-recover": (
+        {"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1, "recover_tokens": RECOVER_TOKENS},
+        None,
+    ),
     "magnitude": ({"method": "magnitude", "rounds": 1, "compensate": False}, None),
     "wanda-sp": ({"method": "wanda-sp", "rounds": 1, "compensate": False}, None),
     "flap": ({"method": "flap", "rounds": 1, "compensate": False}, None),
     "taylor": ({"method": "taylor", "rounds": 1, "compensate": False}, None),
-    "block-influence": ({"method": "block-influence", "rounds": 1, "compensate": False,
-                         "structures": ("layers",)}, None),
+    "block-influence": (
+        {"method": "block-influence", "rounds": 1, "compensate": False, "structures": ("layers",)},
+        None,
+    ),
 }
 
 
@@ -70,10 +77,16 @@ def compare(cfg: CompareConfig, log=None) -> dict:
     tok = load_tokenizer(source)
     data = D.build(mix, tok)
     domains = list(data.heldout)
-    results = {"model": source, "mix": mix.name, "fingerprint": data.fingerprint,
-               "calib_tokens": sum(v.numel() for v in data.calib.values()),
-               "heldout_tokens": {d: int(v.numel()) for d, v in data.heldout.items()},
-               "dtype": str(dense.dtype), "threads": torch.get_num_threads(), "rows": []}
+    results = {
+        "model": source,
+        "mix": mix.name,
+        "fingerprint": data.fingerprint,
+        "calib_tokens": sum(v.numel() for v in data.calib.values()),
+        "heldout_tokens": {d: int(v.numel()) for d, v in data.heldout.items()},
+        "dtype": str(dense.dtype),
+        "threads": torch.get_num_threads(),
+        "rows": [],
+    }
     t = time.time()
     dense_ppl = per_domain(dense, data.heldout, base.batch_size)
     results["rows"].append({"variant": "dense", "ratio": 0.0, "ppl": dense_ppl, "seconds": time.time() - t})
@@ -81,8 +94,10 @@ def compare(cfg: CompareConfig, log=None) -> dict:
     for row, model in pruned_variants(dense, fam, mix, data, tok, cfg.ratios, variants, base, cfg.recover_tokens):
         row["ppl"] = per_domain(model, data.heldout, base.batch_size)
         results["rows"].append(row)
-        log(f"{row['ratio']:.0%} {row['variant']}: removed {row['removed_total']:.1%} in {row['seconds']:.0f} s: "
-            f"{fmt(row['ppl'])}")
+        log(
+            f"{row['ratio']:.0%} {row['variant']}: removed {row['removed_total']:.1%} in {row['seconds']:.0f} s: "
+            f"{fmt(row['ppl'])}"
+        )
         del model
         if out:
             write(results, domains, out)  # after every row, so a long run can be read as it goes
@@ -95,8 +110,9 @@ def check_variants(variants: list[str]) -> None:
         raise PrunekitError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}.")
 
 
-def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: CompressConfig,
-                    recover_tokens: int | None = None):
+def pruned_variants(
+    dense, fam, mix, data, tok, ratios, variants, base: CompressConfig, recover_tokens: int | None = None
+):
     """Yield (row, pruned model) for every ratio x variant, each pruned from a fresh copy of `dense`
     on the same calibration data (single-domain variants take their domain's share of it); the
     recovered variants then train toward `dense` on `recover_tokens` (default: RECOVER_TOKENS)."""
@@ -118,19 +134,30 @@ def pruned_variants(dense, fam, mix, data, tok, ratios, variants, base: Compress
                 recovery = between.record()
             elif s.recover_tokens:
                 recovery = recover_after_cut(model, dense, fam, rdata, s)
-            row = {"variant": name, "ratio": ratio, "seconds": round(time.time() - t, 1),
-                   "removed_total": rec["rounds"][-1]["removed_total"], "settings": rec["settings"],
-                   "mlp_widths": [len(k) if k is not None else 0 for k in rec["plan"]["mlp"]]}
+            row = {
+                "variant": name,
+                "ratio": ratio,
+                "seconds": round(time.time() - t, 1),
+                "removed_total": rec["rounds"][-1]["removed_total"],
+                "settings": rec["settings"],
+                "mlp_widths": [len(k) if k is not None else 0 for k in rec["plan"]["mlp"]],
+            }
             # The quick held-out perplexity after every round's cut (and after its recovery, when it trains).
-            row["rounds"] = [{k: r[k] for k in ("round", "removed_total", "quick_ppl", "quick_ppl_recovered") if k in r}
-                             for r in rec["rounds"]]
-            searches = [{k: r["search"][k] for k in ("chosen", "kl_searched", "kl_uniform")}
-                        for r in rec["rounds"] if "search" in r]
+            row["rounds"] = [
+                {k: r[k] for k in ("round", "removed_total", "quick_ppl", "quick_ppl_recovered") if k in r}
+                for r in rec["rounds"]
+            ]
+            searches = [
+                {k: r["search"][k] for k in ("chosen", "kl_searched", "kl_uniform")}
+                for r in rec["rounds"]
+                if "search" in r
+            ]
             if searches:
                 row["search"] = searches
             if recovery:
-                row["recovery"] = {k: recovery[k] for k in ("tokens", "steps", "seconds", "tokens_per_s",
-                                                             "kl_first", "kl_last")}
+                row["recovery"] = {
+                    k: recovery[k] for k in ("tokens", "steps", "seconds", "tokens_per_s", "kl_first", "kl_last")
+                }
             yield row, model
             del model, rec  # the caller's `del` cannot free what this suspended frame still holds
 
@@ -145,8 +172,9 @@ def markdown(results: dict, domains: list[str]) -> str:
     dense = next(r for r in results["rows"] if r["variant"] == "dense")
     for ratio in ratios:
         rows = {"dense": dense["ppl"]}
-        rows.update({f"{r['variant']} ({r['removed_total']:.1%})": r["ppl"]
-                     for r in results["rows"] if r["ratio"] == ratio})
+        rows.update(
+            {f"{r['variant']} ({r['removed_total']:.1%})": r["ppl"] for r in results["rows"] if r["ratio"] == ratio}
+        )
         lines += [f"### {ratio:.0%} of parameters removed", "", table(rows, domains), ""]
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ The stage's public entry (the Python API; the orchestrator, serve's users and be
     verify(VerifyConfig(artifact=ART)) -> dict                  transformers, onnxruntime, vLLM vs the reference
     format_table(report) -> str                                 the verify table
 """
+
 from .config import RUNTIMES, ExportConfig, VerifyConfig
 from .run import export
 from .checks import format_table, verify

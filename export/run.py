@@ -4,6 +4,7 @@ The artifact is self-describing: prunekit.json lists every file with its sha256,
 pruned, and the reference the runtimes are checked against (greedy tokens and first-step logits of the
 pruned model as prunekit loaded it, in fp32, computed before anything was converted).
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,8 +39,11 @@ NOT_HASHED = ("prunekit.json", "verify.json")
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in NOT_HASHED}
+    return {
+        str(p.relative_to(root)): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in NOT_HASHED
+    }
 
 
 def load_source(src: str, trust_remote_code: bool, allow_pickle: bool):
@@ -48,8 +52,10 @@ def load_source(src: str, trust_remote_code: bool, allow_pickle: bool):
     except PrunekitError:
         raise
     except Exception as e:  # safetensors header errors, size mismatches: all mean a bad checkpoint
-        raise PrunekitError(f"could not load {src}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
-                            "The checkpoint is corrupt or does not match its config; re-run compress.") from e
+        raise PrunekitError(
+            f"could not load {src}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
+            "The checkpoint is corrupt or does not match its config; re-run compress."
+        ) from e
 
 
 def reference(model, tok, prompts, n: int) -> tuple[dict, dict]:
@@ -59,8 +65,10 @@ def reference(model, tok, prompts, n: int) -> tuple[dict, dict]:
         t, first = torch_greedy(model, [p], n)
         tokens.append(t[0])
         logits.append(torch.from_numpy(first[0]))
-    return ({"prompts": list(prompts), "prompt_ids": ids, "tokens": tokens, "new_tokens": n},
-            {"first_logits": torch.stack(logits).contiguous()})
+    return (
+        {"prompts": list(prompts), "prompt_ids": ids, "tokens": tokens, "new_tokens": n},
+        {"first_logits": torch.stack(logits).contiguous()},
+    )
 
 
 def export(cfg: ExportConfig, prompts=PROMPTS, log=None, inputs_hash: str | None = None) -> Manifest:
@@ -83,23 +91,48 @@ def export(cfg: ExportConfig, prompts=PROMPTS, log=None, inputs_hash: str | None
             t = time.time()
             onnx_info = export_onnx(model, tmp / "onnx")
             point("export:onnx")
-            log(f"onnx: {len(onnx_info['op_types'])} standard op types, opset {onnx_info['opset']} "
-                f"({time.time() - t:.0f} s)")
+            log(
+                f"onnx: {len(onnx_info['op_types'])} standard op types, opset {onnx_info['opset']} "
+                f"({time.time() - t:.0f} s)"
+            )
         from safetensors.torch import save_file
+
         (tmp / REFERENCE).parent.mkdir()
         save_file(ref_tensors, str(tmp / REFERENCE))
         hf = write_hf(model.to(getattr(torch, stored)), tok, fam, tmp, cfg.layout)
         log(f"hf: {hf['layout']} layout{' (' + hf['reason'] + ')' if hf.get('reason') else ''}, {stored}")
         up = upstream.to_dict() if upstream is not None else {}
         manifest = Manifest(
-            stage="export", name=Path(cfg.out).name, family=fam.name, inputs_hash=inputs_hash,
-            architectures=list(getattr(model.config, "architectures", []) or []), **hf, dtype=stored,
+            stage="export",
+            name=Path(cfg.out).name,
+            family=fam.name,
+            inputs_hash=inputs_hash,
+            architectures=list(getattr(model.config, "architectures", []) or []),
+            **hf,
+            dtype=stored,
             onnx=onnx_info,
-            source={"path": source, "manifest": {k: up[k] for k in
-                    ("source_model", "source_hash", "method", "settings", "params", "quality", "recovery", "layout") if k in up}},
-            reference=ref_meta, files=file_hashes(tmp),
+            source={
+                "path": source,
+                "manifest": {
+                    k: up[k]
+                    for k in (
+                        "source_model",
+                        "source_hash",
+                        "method",
+                        "settings",
+                        "params",
+                        "quality",
+                        "recovery",
+                        "layout",
+                    )
+                    if k in up
+                },
+            },
+            reference=ref_meta,
+            files=file_hashes(tmp),
             versions={"prunekit": __version__, **package_versions("torch", "transformers", "onnx", "onnxruntime")},
-            export_s=round(time.time() - t0, 1))
+            export_s=round(time.time() - t0, 1),
+        )
         write_manifest(tmp, manifest)
     log(f"wrote {cfg.out} in {time.time() - t0:.0f} s; check it with: prunekit verify {cfg.out}")
     return manifest

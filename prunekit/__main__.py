@@ -1,4 +1,5 @@
 """`python -m prunekit` (also under torchrun): the same CLI as the `prunekit` script."""
+
 import os
 import sys
 

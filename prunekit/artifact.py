@@ -4,6 +4,7 @@ Every stage writes a directory with a `prunekit.json` manifest and reads only di
 manifests, never another stage's internals. The manifest has one schema (`Manifest`), one format
 version, and one reader and writer; an unknown format is refused with a message that says what to do.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ from .proc import pid_alive
 
 MANIFEST = "prunekit.json"
 FORMAT = "prunekit/1"
-FORMATS = (FORMAT,)          # formats this version reads
+FORMATS = (FORMAT,)  # formats this version reads
 STAGES = ("compress", "export")
 LAYOUTS = ("uniform", "decilm", "per-layer")
 
@@ -76,8 +77,9 @@ def check_out_dir(out: str | Path, force: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise PrunekitError(f"--out {out} exists and is not a directory; choose another path.")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise PrunekitError(f"--out {out} exists and is not empty; pass --force to replace it, "
-                            "or choose another directory.")
+        raise PrunekitError(
+            f"--out {out} exists and is not empty; pass --force to replace it, or choose another directory."
+        )
     return out
 
 
@@ -177,11 +179,12 @@ class Manifest:
     """prunekit.json. `compress` writes a pruned checkpoint's manifest, `export` an artifact's; the
     fields of the other stage stay None. Keys this version does not know are kept in `extra` and
     written back unchanged, so an older reader never drops what a newer writer recorded."""
+
     stage: str
     format: str = FORMAT
     name: str | None = None
-    layout: str | None = None                 # "uniform" (stock classes), "decilm" or "per-layer"
-    inputs_hash: str | None = None            # the step's inputs (see inputs_hash): what resume compares
+    layout: str | None = None  # "uniform" (stock classes), "decilm" or "per-layer"
+    inputs_hash: str | None = None  # the step's inputs (see inputs_hash): what resume compares
     # compress
     source_model: str | None = None
     source_hash: str | None = None
@@ -191,34 +194,38 @@ class Manifest:
     plan: dict | None = None
     params: dict | None = None
     quality: dict | None = None
-    recovery: dict | None = None              # distillation after the cut (--recover-tokens)
+    recovery: dict | None = None  # distillation after the cut (--recover-tokens)
     timings_s: dict | None = None
     peak_rss_mb: int | None = None
-    profile: dict | None = None               # wall time and peak memory per stage (prunekit.stages)
-    placement: dict | None = None             # device, compute dtype, offloading and why
+    profile: dict | None = None  # wall time and peak memory per stage (prunekit.stages)
+    placement: dict | None = None  # device, compute dtype, offloading and why
     threads: int | None = None
     # export
     family: str | None = None
     architectures: list | None = None
     reason: str | None = None
-    shipped_code: dict | None = None          # file name -> sha256 of code loaded with trust_remote_code
+    shipped_code: dict | None = None  # file name -> sha256 of code loaded with trust_remote_code
     dtype: str | None = None
     onnx: dict | None = None
-    source: dict | None = None                # the pruned checkpoint this was exported from
-    reference: dict | None = None             # prompts, prompt ids and greedy tokens verify compares with
-    files: dict | None = None                 # relative path -> sha256 of every file export wrote
-    verify: dict | None = None                # outcome of the last verify
+    source: dict | None = None  # the pruned checkpoint this was exported from
+    reference: dict | None = None  # prompts, prompt ids and greedy tokens verify compares with
+    files: dict | None = None  # relative path -> sha256 of every file export wrote
+    verify: dict | None = None  # outcome of the last verify
     export_s: float | None = None
     versions: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise PrunekitError(f"manifest format {self.format!r} is not one this prunekit reads "
-                                f"({', '.join(FORMATS)}); upgrade prunekit or rebuild the artifact with this one.")
+            raise PrunekitError(
+                f"manifest format {self.format!r} is not one this prunekit reads "
+                f"({', '.join(FORMATS)}); upgrade prunekit or rebuild the artifact with this one."
+            )
         if self.stage not in STAGES:
-            raise PrunekitError(f"manifest stage {self.stage!r} is unknown (expected one of {', '.join(STAGES)}); "
-                                "the manifest is corrupt, rebuild the artifact.")
+            raise PrunekitError(
+                f"manifest stage {self.stage!r} is unknown (expected one of {', '.join(STAGES)}); "
+                "the manifest is corrupt, rebuild the artifact."
+            )
         if self.layout is not None and self.layout not in LAYOUTS:
             raise PrunekitError(f"manifest layout {self.layout!r} is unknown; rebuild the artifact.")
 
@@ -227,8 +234,9 @@ class Manifest:
         if not isinstance(raw, dict):
             raise PrunekitError(f"{where} is not a JSON object; the manifest is corrupt, rebuild the artifact.")
         if "format" not in raw or "stage" not in raw:
-            raise PrunekitError(f"{where} has no format/stage field; it was not written by prunekit. "
-                                "Rebuild the artifact.")
+            raise PrunekitError(
+                f"{where} has no format/stage field; it was not written by prunekit. Rebuild the artifact."
+            )
         known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
         kw, extra = {}, dict(raw.get("extra") or {})
         for k, v in raw.items():
@@ -239,8 +247,10 @@ class Manifest:
                 continue
             want = _TYPES.get(k)
             if v is not None and want and not isinstance(v, want):
-                raise PrunekitError(f"{where}: field {k!r} should be {want.__name__ if isinstance(want, type) else 'a number'}"
-                                    f", got {type(v).__name__}; the manifest is corrupt, rebuild the artifact.")
+                raise PrunekitError(
+                    f"{where}: field {k!r} should be {want.__name__ if isinstance(want, type) else 'a number'}"
+                    f", got {type(v).__name__}; the manifest is corrupt, rebuild the artifact."
+                )
             kw[k] = v
         return cls(**kw, extra=extra)
 
@@ -251,13 +261,37 @@ class Manifest:
 
 
 _TYPES: dict[str, Any] = {
-    "stage": str, "format": str, "name": str, "layout": str, "inputs_hash": str, "source_model": str,
-    "source_hash": str, "family": str, "reason": str, "dtype": str,
-    "calibration": dict, "settings": dict, "plan": dict, "params": dict, "quality": dict, "recovery": dict, "timings_s": dict,
-    "profile": dict, "placement": dict,
-    "shipped_code": dict, "onnx": dict, "source": dict, "reference": dict, "files": dict, "verify": dict,
-    "versions": dict, "rounds": list, "architectures": list,
-    "peak_rss_mb": (int, float), "threads": int, "export_s": (int, float),
+    "stage": str,
+    "format": str,
+    "name": str,
+    "layout": str,
+    "inputs_hash": str,
+    "source_model": str,
+    "source_hash": str,
+    "family": str,
+    "reason": str,
+    "dtype": str,
+    "calibration": dict,
+    "settings": dict,
+    "plan": dict,
+    "params": dict,
+    "quality": dict,
+    "recovery": dict,
+    "timings_s": dict,
+    "profile": dict,
+    "placement": dict,
+    "shipped_code": dict,
+    "onnx": dict,
+    "source": dict,
+    "reference": dict,
+    "files": dict,
+    "verify": dict,
+    "versions": dict,
+    "rounds": list,
+    "architectures": list,
+    "peak_rss_mb": (int, float),
+    "threads": int,
+    "export_s": (int, float),
 }
 
 
@@ -287,8 +321,10 @@ def load_artifact(path: str | Path) -> tuple[Path, Manifest]:
         raise PrunekitError(f"artifact {art} does not exist; create it with `prunekit export PRUNED --out {art}`.")
     m = read_manifest(art)
     if m is None or m.stage != "export":
-        raise PrunekitError(f"{art} has no export manifest ({MANIFEST}); it is not a prunekit artifact. "
-                            "Create one with `prunekit export PRUNED --out DIR`.")
+        raise PrunekitError(
+            f"{art} has no export manifest ({MANIFEST}); it is not a prunekit artifact. "
+            "Create one with `prunekit export PRUNED --out DIR`."
+        )
     return art, m
 
 
@@ -316,13 +352,17 @@ def check_shipped_code(artifact: Path, manifest: Manifest) -> None:
         if not f.is_file():
             raise PrunekitError(f"{artifact}: shipped code {name} is missing; re-export the artifact.")
         if sha256_file(f) != digest:
-            raise PrunekitError(f"{artifact}: {name} does not match the sha256 recorded in prunekit.json "
-                                "(it was changed after export); refusing to run it with trust_remote_code. "
-                                "Re-export the artifact.")
+            raise PrunekitError(
+                f"{artifact}: {name} does not match the sha256 recorded in prunekit.json "
+                "(it was changed after export); refusing to run it with trust_remote_code. "
+                "Re-export the artifact."
+            )
     extra = [p.name for p in sorted(artifact.glob("*.py")) if p.name not in shipped]
     if extra:
-        raise PrunekitError(f"{artifact}: code files not recorded in prunekit.json: {', '.join(extra)}; "
-                            "refusing to load them. Re-export the artifact.")
+        raise PrunekitError(
+            f"{artifact}: code files not recorded in prunekit.json: {', '.join(extra)}; "
+            "refusing to load them. Re-export the artifact."
+        )
 
 
 def needs_remote_code(manifest: Manifest) -> bool:

@@ -1,5 +1,6 @@
 """Writing HF checkpoints that every stock loader reads, and reading back per-layer ones (layer shapes
 built from the family entry, so loading never depends on the stage that pruned the model)."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ def resize_layers(model, fam: Family, per_layer: list[dict]) -> None:
     hd = head_dim(model.config)
     layers = get_module(model, fam.layers)
     if len(per_layer) != len(layers):
-        raise PrunekitError(f"config lists {len(per_layer)} per-layer shapes for {len(layers)} layers; "
-                            "the checkpoint is corrupt, re-run compress.")
+        raise PrunekitError(
+            f"config lists {len(per_layer)} per-layer shapes for {len(layers)} layers; "
+            "the checkpoint is corrupt, re-run compress."
+        )
 
     def linear(old: nn.Linear, n_in: int, n_out: int) -> nn.Linear:
         return nn.Linear(n_in, n_out, bias=old.bias is not None, dtype=old.weight.dtype, device=old.weight.device)
@@ -74,8 +77,10 @@ def load_per_layer(source: str, config, dtype):
     # A tied LM head is not stored; anything else missing or extra means a corrupt checkpoint.
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise PrunekitError(f"{source}: weights do not match the per-layer plan (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]}); the checkpoint is corrupt.")
+        raise PrunekitError(
+            f"{source}: weights do not match the per-layer plan (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); the checkpoint is corrupt."
+        )
     if config.tie_word_embeddings:
         model.tie_weights()
     return model.to(torch.device("cpu"))

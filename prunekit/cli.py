@@ -1,5 +1,6 @@
 """`prunekit` command line (app layer): each command builds its stage's typed config once from the
 flags (which come from the config's own fields and defaults) and calls the stage's public entry."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,7 @@ from .pipeline import ArtifactsConfig, run_artifacts
 
 def _default_model(args) -> None:
     from .default_model import ensure_default_model
+
     print(ensure_default_model())
 
 
@@ -25,6 +27,7 @@ def _mix(args) -> None:
     from prunekit.compress import build_mix, load_mix
 
     from .loading import load_tokenizer
+
     mix = load_mix(args.calib, seq_len=args.seq_len, seed=args.seed)
     data = build_mix(mix, load_tokenizer(args.model))
     print(f"mix {mix.name}: seq_len {mix.seq_len}, seed {mix.seed}, fingerprint {data.fingerprint[:16]}")
@@ -78,18 +81,34 @@ def _run(entry, cls):
 
 # name, help, the config its flags come from, what runs it
 COMMANDS = (
-    ("artifacts", "the CI job: compress -> export -> verify -> summary, resumable", ArtifactsConfig,
-     _run(run_artifacts, ArtifactsConfig)),
-    ("compress", "prune a causal LM with the multi-domain iterative method", CompressConfig,
-     _run(compress, CompressConfig)),
+    (
+        "artifacts",
+        "the CI job: compress -> export -> verify -> summary, resumable",
+        ArtifactsConfig,
+        _run(run_artifacts, ArtifactsConfig),
+    ),
+    (
+        "compress",
+        "prune a causal LM with the multi-domain iterative method",
+        CompressConfig,
+        _run(compress, CompressConfig),
+    ),
     ("compare", "compare pruning methods side by side on held-out perplexity", CompareConfig, _compare),
-    ("export", "turn a pruned checkpoint into a deployable artifact (HF + ONNX)", ExportConfig,
-     _run(export, ExportConfig)),
+    (
+        "export",
+        "turn a pruned checkpoint into a deployable artifact (HF + ONNX)",
+        ExportConfig,
+        _run(export, ExportConfig),
+    ),
     ("verify", "run an artifact in transformers, onnxruntime and vLLM; compare to PyTorch", VerifyConfig, _verify),
     ("serve", "serve a verified artifact with vLLM's OpenAI-compatible server", ServeConfig, _serve),
     ("load", "bounded load test of an OpenAI-compatible server", LoadConfig, _load),
-    ("bench", "quality and speed of dense vs pruned, side by side (make bench)", BenchConfig,
-     _run(run_bench, BenchConfig)),
+    (
+        "bench",
+        "quality and speed of dense vs pruned, side by side (make bench)",
+        BenchConfig,
+        _run(run_bench, BenchConfig),
+    ),
 )
 
 

@@ -5,6 +5,7 @@ the config is built (so a bad value fails before any model loads, in the CLI and
 alike). The CLI derives its flags from the same fields (`add_args`), so `--help` shows the defaults
 that the code uses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,14 +16,33 @@ from typing import Any, Callable
 from .errors import PrunekitError
 
 
-def opt(default: Any = MISSING, help: str = "", *, type: Callable | None = None, choices=None,
-        flag: str | None = None, positional: bool = False, cli: bool = True, required: bool = False,
-        metavar: str | None = None, append: bool = False):
+def opt(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    type: Callable | None = None,
+    choices=None,
+    flag: str | None = None,
+    positional: bool = False,
+    cli: bool = True,
+    required: bool = False,
+    metavar: str | None = None,
+    append: bool = False,
+):
     """A config field. `type` parses the CLI string (default: the default's type; tuples are comma
     lists of their first element's type); `cli=False` keeps a field out of the command line;
     `append` makes a repeatable flag whose values collect into a tuple."""
-    md = {"help": help, "type": type, "choices": choices, "flag": flag, "positional": positional, "cli": cli,
-          "required": required, "metavar": metavar, "append": append}
+    md = {
+        "help": help,
+        "type": type,
+        "choices": choices,
+        "flag": flag,
+        "positional": positional,
+        "cli": cli,
+        "required": required,
+        "metavar": metavar,
+        "append": append,
+    }
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable config defaults: use a tuple")
     return field(default=default, metadata=md)
@@ -34,6 +54,7 @@ def comma_list(item: Callable = str) -> Callable[[str], tuple]:
             return tuple(item(x.strip()) for x in s.split(",") if x.strip())
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"{s!r} is not a comma list of {item.__name__}: {e}") from e
+
     parse.__name__ = f"comma list of {item.__name__}"
     return parse
 
@@ -67,13 +88,13 @@ def add_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -
             continue
         name = md.get("flag") or "--" + f.name.replace("_", "-")
         if md.get("append"):
-            parser.add_argument(name, dest=f.name, action="append", default=[], help=text,
-                                metavar=md.get("metavar"))
+            parser.add_argument(name, dest=f.name, action="append", default=[], help=text, metavar=md.get("metavar"))
             continue
         if isinstance(default, bool):
             if default:
-                parser.add_argument(md.get("flag") or f"--no-{f.name.replace('_', '-')}", dest=f.name,
-                                    action="store_false", help=text)
+                parser.add_argument(
+                    md.get("flag") or f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=text
+                )
             else:
                 parser.add_argument(name, dest=f.name, action="store_true", help=text)
             continue
@@ -92,8 +113,9 @@ def add_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -
             kw = {"default": default}
             if shown not in (None, ""):
                 text = f"{text} (default: {shown})" if text else f"default: {shown}"
-        parser.add_argument(name, dest=f.name, type=typ, choices=md.get("choices"), help=text,
-                            metavar=md.get("metavar"), **kw)
+        parser.add_argument(
+            name, dest=f.name, type=typ, choices=md.get("choices"), help=text, metavar=md.get("metavar"), **kw
+        )
 
 
 def from_args(cls, args: argparse.Namespace, **overrides):
@@ -114,15 +136,16 @@ def check(ok: bool, msg: str) -> None:
 
 
 def check_choice(name: str, value, choices) -> None:
-    check(value in choices, f"--{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}, "
-                            f"got {value!r}.")
+    check(value in choices, f"--{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}, got {value!r}.")
 
 
 def check_positive(name: str, value, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
-    check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-          f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+    check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.",
+    )
 
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")

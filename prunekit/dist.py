@@ -5,6 +5,7 @@ grams and perplexities are made of are all-reduced (gloo on CPU, NCCL on GPU), s
 totals, computes the same scores, plan and refit, and ends with the same weights; rank 0 writes the artifact.
 Outside torchrun (no WORLD_SIZE, or 1) every function here is the identity.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ def init_from_env(device: torch.device) -> int:
     if n <= 1:
         return 1
     import torch.distributed as dist
+
     global _created
     if not dist.is_initialized():
         if device.type == "cuda":
@@ -32,6 +34,7 @@ def init_from_env(device: torch.device) -> int:
 def world() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside a process group."""
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -47,6 +50,7 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     """The sum over ranks, in place (every rank gets the same bits)."""
     if world()[1] > 1:
         import torch.distributed as dist
+
         dist.all_reduce(t)
     return t
 
@@ -55,6 +59,7 @@ def all_sum_floats(*vals: float) -> list[float]:
     if world()[1] == 1:
         return list(vals)
     import torch.distributed as dist
+
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
     return all_sum(torch.tensor(vals, dtype=torch.float64, device=device)).tolist()
 
@@ -69,6 +74,7 @@ def from_rank0(obj):
     if world()[1] == 1:
         return obj
     import torch.distributed as dist
+
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -83,6 +89,7 @@ def finish() -> None:
     """Leave the process group that init_from_env made (one a caller made is the caller's to end)."""
     global _created
     import torch.distributed as dist
+
     if _created and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _created = False

@@ -1,4 +1,5 @@
 """The one module that reads the environment (paths, caches, offline data)."""
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,12 @@ def data_root() -> Path | None:
     env = os.environ.get("PRUNEKIT_DATA")
     if env:
         return Path(env).expanduser()
-    for cand in (REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "shared" / "data",
-                 Path.cwd() / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+    for cand in (
+        REPO_ROOT.parent / "shared" / "data",
+        REPO_ROOT / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+    ):
         if cand.is_dir():
             return cand
     return None
@@ -73,6 +78,7 @@ def set_threads(threads: int | None) -> int:
     """Set torch's intra-op thread count once, at a command's entry (None: leave torch's choice).
     Library functions never set it themselves. Returns the count in force."""
     import torch
+
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
@@ -95,6 +101,7 @@ def compute_dtype(device: str = "auto") -> str:
         return env
     try:
         import torch
+
         if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
             # Pre-Ampere GPUs (V100, T4) have no bf16 units: fp32 there.
             return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
@@ -106,6 +113,7 @@ def compute_dtype(device: str = "auto") -> str:
 def package_versions(*names: str) -> dict[str, str]:
     """Installed versions of the named distributions (absent ones are left out), for manifests."""
     from importlib.metadata import PackageNotFoundError, version
+
     out = {}
     for name in names:
         try:

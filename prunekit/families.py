@@ -4,6 +4,7 @@ Each entry says where the prunable groups live inside a decoder layer and which 
 rewrites. Everything else (plans, surgery, export) reads these entries instead of hard-coding names,
 so adding a family is adding an entry here plus a tiny fixture in tests/ (a test enforces that).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ from .errors import PrunekitError
 @dataclass(frozen=True)
 class Family:
     name: str
-    architectures: tuple[str, ...]   # config.architectures values that map here
-    model_type: str                  # config.model_type written by the stock class
-    layers: str = "model.layers"     # attribute path of the decoder layer list
+    architectures: tuple[str, ...]  # config.architectures values that map here
+    model_type: str  # config.model_type written by the stock class
+    layers: str = "model.layers"  # attribute path of the decoder layer list
     attn: str = "self_attn"
     q: str = "q_proj"
     k: str = "k_proj"
@@ -28,9 +29,9 @@ class Family:
     down: str = "down_proj"
     input_norm: str = "input_layernorm"
     post_attn_norm: str = "post_attention_layernorm"
-    final_norm: str = "model.norm"   # the norm before the LM head
-    qkv_bias: bool = False           # Qwen2 has biases on q/k/v: they are sliced with the heads
-    qk_norm: bool = False            # Qwen3 normalises q and k per head (shape head_dim: never sliced)
+    final_norm: str = "model.norm"  # the norm before the LM head
+    qkv_bias: bool = False  # Qwen2 has biases on q/k/v: they are sliced with the heads
+    qk_norm: bool = False  # Qwen3 normalises q and k per head (shape head_dim: never sliced)
     # Config keys that hold one value per layer and must follow a layer removal.
     per_layer_keys: tuple[str, ...] = field(default=("layer_types",))
     # Class-name stem in export/shipped/modeling_prunekit.py (per-layer artifacts).
@@ -45,8 +46,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", ("LlamaForCausalLM", "MistralForCausalLM"), "llama"),
-    "qwen2": Family("qwen2", ("Qwen2ForCausalLM",), "qwen2", qkv_bias=True, shipped="Qwen2",
-                    derived_head_dim=True),
+    "qwen2": Family("qwen2", ("Qwen2ForCausalLM",), "qwen2", qkv_bias=True, shipped="Qwen2", derived_head_dim=True),
     "qwen3": Family("qwen3", ("Qwen3ForCausalLM",), "qwen3", qk_norm=True, shipped="Qwen3", decilm=False),
 }
 
@@ -69,7 +69,8 @@ def family_for_config(config) -> Family:
                 return fam
     raise PrunekitError(
         f"unsupported architecture {archs or mt!r}: prunekit supports "
-        f"{', '.join(supported_architectures())}. Pick a model of one of these families.")
+        f"{', '.join(supported_architectures())}. Pick a model of one of these families."
+    )
 
 
 def get_module(root, path: str):

@@ -1,6 +1,7 @@
 """Fault injection for the kill tests (tests/test_kill.py): with PRUNEKIT_KILL_AT=<point> set, the process
 SIGKILLs itself when it reaches that point, so a test can prove that a kill there loses nothing. Unset
 (always, outside those tests) each point is one dictionary lookup."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ and worker processes would live on, holding cores, gigabytes and the port. This 
 leader, watches its parent and kills the group (itself included) once the parent is gone. It imports
 nothing heavy: it starts in a few tens of milliseconds.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,6 +43,7 @@ def _stop_the_rest(grace: float = 10) -> None:
     """The command has exited; stop what it left in the group (an engine process it did not reap), so that
     nothing outlives the guard: SIGTERM, then SIGKILL after `grace` seconds."""
     from prunekit.proc import group_alive
+
     me = os.getpid()
     rest = [p for p in group_alive(me) if p != me]
     for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -3,6 +3,7 @@
 Safe by default: trust_remote_code is off unless asked for, and pickle weights (*.bin, *.pt) are
 refused unless the user opts in, because unpickling runs arbitrary code.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ def resolve_source(src: str | Path) -> tuple[str, bool]:
     s = str(src)
     if s in ("", "default"):
         from .default_model import ensure_default_model
+
         return str(ensure_default_model()), True
     p = Path(s).expanduser()
     if p.exists():
@@ -30,8 +32,9 @@ def resolve_source(src: str | Path) -> tuple[str, bool]:
         return str(p), True
     looks_local = s.startswith((".", "/", "~")) or s.count("/") != 1 or not HUB_ID.match(s)
     if looks_local:
-        raise PrunekitError(f"model path {s} does not exist. Pass an existing local HF directory "
-                            "or a hub id of the form org/name.")
+        raise PrunekitError(
+            f"model path {s} does not exist. Pass an existing local HF directory or a hub id of the form org/name."
+        )
     return s, False
 
 
@@ -58,8 +61,10 @@ def check_safetensors(f: Path) -> None:
 
 def check_local_dir(path: Path, allow_pickle: bool) -> None:
     if not (path / "config.json").is_file():
-        raise PrunekitError(f"{path} has no config.json, so it is not a Hugging Face model directory. "
-                            "Pass the directory that save_pretrained wrote.")
+        raise PrunekitError(
+            f"{path} has no config.json, so it is not a Hugging Face model directory. "
+            "Pass the directory that save_pretrained wrote."
+        )
     files = [f.name for f in path.iterdir() if f.is_file()]
     if any(f.endswith(".safetensors") for f in files):
         for f in sorted(files):
@@ -70,18 +75,22 @@ def check_local_dir(path: Path, allow_pickle: bool) -> None:
             try:
                 shards = set(json.loads(index.read_text())["weight_map"].values())
             except (ValueError, KeyError, AttributeError, TypeError) as e:
-                raise PrunekitError(f"{index} is not a valid safetensors index ({e}); re-download or re-save "
-                                    "the checkpoint.") from e
+                raise PrunekitError(
+                    f"{index} is not a valid safetensors index ({e}); re-download or re-save the checkpoint."
+                ) from e
             missing = sorted(shards - set(files))
             if missing:
-                raise PrunekitError(f"{path} lacks weight shard(s) {', '.join(missing[:3])} that its index lists; "
-                                    "the download or copy is incomplete.")
+                raise PrunekitError(
+                    f"{path} lacks weight shard(s) {', '.join(missing[:3])} that its index lists; "
+                    "the download or copy is incomplete."
+                )
         return
     pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if pickles and not allow_pickle:
         raise PrunekitError(
             f"{path} holds only pickle weights ({', '.join(sorted(pickles)[:3])}); loading them can run "
-            "arbitrary code. Convert them to safetensors, or pass --allow-pickle if you trust the source.")
+            "arbitrary code. Convert them to safetensors, or pass --allow-pickle if you trust the source."
+        )
     if not pickles:
         raise PrunekitError(f"{path} has no weights (*.safetensors); the checkpoint is incomplete.")
 
@@ -92,26 +101,36 @@ def load_config(src: str | Path, trust_remote_code: bool = False, check_family: 
 
     source, is_local = resolve_source(src)
     if is_local and not (Path(source) / "config.json").is_file():
-        raise PrunekitError(f"{source} has no config.json, so it is not a Hugging Face model directory. "
-                            "Pass the directory that save_pretrained wrote.")
+        raise PrunekitError(
+            f"{source} has no config.json, so it is not a Hugging Face model directory. "
+            "Pass the directory that save_pretrained wrote."
+        )
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise PrunekitError(f"could not load the config of {source!r}: {e}. Check the hub id and your "
-                            "network, or pass a local directory.") from e
+        raise PrunekitError(
+            f"could not load the config of {source!r}: {e}. Check the hub id and your "
+            "network, or pass a local directory."
+        ) from e
     except ValueError as e:
         if "trust_remote_code" in str(e):
-            raise PrunekitError(f"{source} needs custom code to load; pass --trust-remote-code only if you "
-                                "have read that code.") from e
+            raise PrunekitError(
+                f"{source} needs custom code to load; pass --trust-remote-code only if you have read that code."
+            ) from e
         raise PrunekitError(f"could not read the config of {source}: {e}") from e
     if check_family:
         family_for_config(config)
     return config, source, is_local
 
 
-def load_model(src: str | Path = "default", dtype: str = "auto", device: str = "cpu",
-               trust_remote_code: bool = False, allow_pickle: bool = False,
-               check_family: bool = True):
+def load_model(
+    src: str | Path = "default",
+    dtype: str = "auto",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    check_family: bool = True,
+):
     """Load a causal LM for pruning or evaluation. Returns (model, family or None, source).
 
     dtype "auto" is bf16 where this machine runs it natively, else fp32 (see env.compute_dtype)."""
@@ -120,6 +139,7 @@ def load_model(src: str | Path = "default", dtype: str = "auto", device: str = "
 
     if dtype == "auto":
         from .env import compute_dtype
+
         dtype = compute_dtype()
     if dtype not in DTYPES:
         raise PrunekitError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
@@ -128,13 +148,17 @@ def load_model(src: str | Path = "default", dtype: str = "auto", device: str = "
         check_local_dir(Path(source), allow_pickle)
     if getattr(config, "prunekit_layers", None):
         from .checkpoint import load_per_layer
+
         model = load_per_layer(source, config, getattr(torch, dtype))
         model.to(device).eval()
         return model, family_for_config(model.config), source
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True)
+            source,
+            dtype=getattr(torch, dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
     except OSError as e:
         raise PrunekitError(f"could not load the weights of {source!r}: {e}") from e
     model.to(device).eval()
@@ -149,5 +173,7 @@ def load_tokenizer(src: str | Path, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise PrunekitError(f"could not load the tokenizer of {source!r}: {e}. The model directory "
-                            "needs its tokenizer files (tokenizer.json, tokenizer_config.json).") from e
+        raise PrunekitError(
+            f"could not load the tokenizer of {source!r}: {e}. The model directory "
+            "needs its tokenizer files (tokenizer.json, tokenizer_config.json)."
+        ) from e

@@ -2,6 +2,7 @@
 matter: base_model, license, library_name, pipeline_tag, tags, datasets) comes from the source model and the
 manifests; its body says how the model was pruned, its held-out quality next to the dense model's, how to
 run it on each stock runtime, and the verify table."""
+
 from __future__ import annotations
 
 import re
@@ -45,11 +46,13 @@ def source_card(source: str) -> dict:
         m = _HUB_CACHE.search(str(p.resolve()) + "/")
         return {**meta, **({"hub_id": f"{m.group(1)}/{m.group(2)}"} if m else {})}
     from .loading import HUB_ID
+
     if p.exists() or not HUB_ID.match(source):  # a file, a moved directory: no hub id to name
         return {}
     meta = {}
     try:  # a hub id: its card only if it is already in the local cache
         from huggingface_hub import try_to_load_from_cache
+
         hit = try_to_load_from_cache(source, "README.md")
         if isinstance(hit, str):
             meta = read_front_matter(Path(hit).read_text(errors="replace"))
@@ -68,8 +71,15 @@ def metadata(a: Manifest, c: Manifest | None, src: dict) -> dict:
             meta[key] = src[key]
     meta["library_name"] = "transformers"
     meta["pipeline_tag"] = "text-generation"
-    tags = ["prunekit", "pruned", "structured-pruning", a.family or "", "onnx" if a.onnx else "",
-            "custom_code" if a.shipped_code else "", "vllm"]
+    tags = [
+        "prunekit",
+        "pruned",
+        "structured-pruning",
+        a.family or "",
+        "onnx" if a.onnx else "",
+        "custom_code" if a.shipped_code else "",
+        "vllm",
+    ]
     meta["tags"] = [t for t in tags if t]
     domains = ((c.calibration or {}).get("mix") or {}).get("domains", []) if c else []
     hubs = sorted({d["source"]["hub"] for d in domains if (d.get("source") or {}).get("hub")})
@@ -89,10 +99,12 @@ def _plan_lines(c: Manifest | None) -> str:
     w = f"{widths[0]}" if len(widths) == 1 else f"{min(widths)} to {max(widths)}"
     mix = (c.calibration or {}).get("mix") or {}
     doms = ", ".join(f"{d['name']} ({d['samples']})" for d in mix.get("domains", []))
-    return (f"- Plan: {len(plan.get('kept_layers', []))} of {n_layers} layers kept; MLP width {w}; "
-            f"KV groups per layer {min(kv) if kv else '?'} to {max(kv) if kv else '?'}; "
-            f"structures {', '.join(cons.get('structures', [])) or '?'}, widths aligned to {cons.get('align', '?')}.\n"
-            f"- Calibration mix `{mix.get('name', '?')}`: {doms or '?'} sequences of {mix.get('seq_len', '?')} tokens.\n")
+    return (
+        f"- Plan: {len(plan.get('kept_layers', []))} of {n_layers} layers kept; MLP width {w}; "
+        f"KV groups per layer {min(kv) if kv else '?'} to {max(kv) if kv else '?'}; "
+        f"structures {', '.join(cons.get('structures', [])) or '?'}, widths aligned to {cons.get('align', '?')}.\n"
+        f"- Calibration mix `{mix.get('name', '?')}`: {doms or '?'} sequences of {mix.get('seq_len', '?')} tokens.\n"
+    )
 
 
 def readme(art: Path, a: Manifest, c: Manifest | None, report: dict, src: dict | None = None) -> str:
@@ -101,8 +113,11 @@ def readme(art: Path, a: Manifest, c: Manifest | None, report: dict, src: dict |
     q = ((c.quality if c else None) or {}).get("heldout_ppl", {})
     dense, pruned = q.get("dense", {}), q.get("pruned", {})
     rows = "\n".join(f"| {d} | {dense[d]:.2f} | {pruned[d]:.2f} |" for d in dense if d in pruned)
-    vr = "\n".join(f"| {k} | {'yes' if r['loads'] else 'no'} | {r.get('max_abs_logit_diff', float('nan')):.2e} | "
-                   f"{r.get('greedy_match', '-')} |" for k, r in report["runtimes"].items())
+    vr = "\n".join(
+        f"| {k} | {'yes' if r['loads'] else 'no'} | {r.get('max_abs_logit_diff', float('nan')):.2e} | "
+        f"{r.get('greedy_match', '-')} |"
+        for k, r in report["runtimes"].items()
+    )
     code = ", ".join(a.shipped_code or {})
     trc = f" (it ships {code}; prunekit checks its sha256 before passing --trust-remote-code)" if code else ""
     remote = ", trust_remote_code=True" if code else ""
@@ -110,27 +125,37 @@ def readme(art: Path, a: Manifest, c: Manifest | None, report: dict, src: dict |
     st = (c.settings if c else None) or {}
     r = (c.recovery if c else None) or {}
     between = " in equal shares after each round's cut" if r.get("at") == "rounds" else ""
-    rec = (f" Then distilled from the dense model on {r['tokens']:,} calibration-mix tokens{between} ({r['steps']} "
-           "steps; the pruned column is after it)." if r else "")
+    rec = (
+        f" Then distilled from the dense model on {r['tokens']:,} calibration-mix tokens{between} ({r['steps']} "
+        "steps; the pruned column is after it)."
+        if r
+        else ""
+    )
     ratio = 1 - p["pruned_total"] / p["dense_total"] if p.get("dense_total") else float("nan")
     meta = metadata(a, c, src)
-    refit = (", the weights that read a cut channel or head refitted by least squares on the cut model's own "
-             "activations" if st.get("compensate") else "")
-    lic = (f"Licence: `{meta['license']}`, the source model's." if meta.get("license") else
-           "Licence: the source model states none that prunekit could read; check its terms before publishing.")
+    refit = (
+        ", the weights that read a cut channel or head refitted by least squares on the cut model's own activations"
+        if st.get("compensate")
+        else ""
+    )
+    lic = (
+        f"Licence: `{meta['license']}`, the source model's."
+        if meta.get("license")
+        else "Licence: the source model states none that prunekit could read; check its terms before publishing."
+    )
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     return f"""---
 {front}---
 
 # {a.name}
 
-{meta.get('base_model') or (c.source_model if c else '?')} with {ratio:.1%} of its parameters removed by prunekit
-({p.get('dense_total', 0):,} -> {p.get('pruned_total', 0):,}): whole MLP channels, attention heads or layers,
+{meta.get("base_model") or (c.source_model if c else "?")} with {ratio:.1%} of its parameters removed by prunekit
+({p.get("dense_total", 0):,} -> {p.get("pruned_total", 0):,}): whole MLP channels, attention heads or layers,
 no sparse weights, so every stock runtime runs it at its smaller size. {lic}
 
 ## How it was made
 
-- Method `{st.get('method', '?')}`, {st.get('rounds', '?')} calibration rounds{refit}.{rec}
+- Method `{st.get("method", "?")}`, {st.get("rounds", "?")} calibration rounds{refit}.{rec}
 {_plan_lines(c)}- Layout: **{a.layout}**{trc}.
 
 ## Run it
@@ -155,7 +180,7 @@ and returns `logits` and `present.N.key|value` (optimum's names).
 |---|---|---|
 {rows}
 
-## Verified ({report['prompts']} prompts x {report['new_tokens']} greedy tokens against PyTorch)
+## Verified ({report["prompts"]} prompts x {report["new_tokens"]} greedy tokens against PyTorch)
 
 | runtime | loads | max abs logit diff | greedy match |
 |---|---|---|---|

@@ -12,6 +12,7 @@ finished, so later layers are calibrated on what will be written.
 The placement rides on the model (`model.prunekit_place`), so the code that runs layers (statistics, cut,
 perplexity) asks the model rather than threading an argument through every call.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,7 @@ ATTR = "prunekit_place"
 @dataclass
 class Placement:
     device: torch.device
-    dtype: torch.dtype                    # compute dtype
+    dtype: torch.dtype  # compute dtype
     home_dtype: torch.dtype | None = None  # None: no offloading, the whole model is at the compute place
     fam: Family | None = None
     _live: dict = field(default_factory=dict)  # id(module) -> nesting depth of layer() on it
@@ -121,6 +122,7 @@ def release(tensors: list[torch.Tensor]) -> int:
     if not maps:
         return 0
     import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     page = os.sysconf("SC_PAGE_SIZE")
     done = 0
@@ -147,6 +149,7 @@ class Spill:
 
     def __init__(self) -> None:
         import tempfile
+
         self._f = tempfile.TemporaryFile(prefix="prunekit-spill-")
         self._at: list[tuple[int, int, torch.Size, torch.dtype, torch.device] | None] = []
         self._end = 0  # where the next tensor goes
@@ -228,8 +231,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise PrunekitError("--device cuda: this machine has no CUDA device torch can use (torch "
-                            f"{torch.__version__}); use --device cpu or auto.")
+        raise PrunekitError(
+            "--device cuda: this machine has no CUDA device torch can use (torch "
+            f"{torch.__version__}); use --device cpu or auto."
+        )
     if device not in ("cpu", "cuda"):
         raise PrunekitError(f"--device {device!r} is not one of cpu, cuda, auto.")
     return torch.device(device)
@@ -249,8 +254,15 @@ def free_bytes(device: torch.device) -> int:
     return 1 << 62  # unknown: assume it fits
 
 
-def decide(offload: str, n_params: int | None, compute: torch.dtype, stored: torch.dtype, device: torch.device,
-           needs_whole_model: str | None, sharing: int = 1) -> tuple[torch.dtype | None, str]:
+def decide(
+    offload: str,
+    n_params: int | None,
+    compute: torch.dtype,
+    stored: torch.dtype,
+    device: torch.device,
+    needs_whole_model: str | None,
+    sharing: int = 1,
+) -> tuple[torch.dtype | None, str]:
     """(home dtype or None for no offloading, why). `auto` offloads when the model at the compute place
     would take more than half of the device's free memory (the rest is for activations, grams and the
     held-out logits), counting `sharing` processes that load it on the same device or host, and only where
@@ -262,8 +274,10 @@ def decide(offload: str, n_params: int | None, compute: torch.dtype, stored: tor
         return None, "--offload off"
     if offload == "on":
         if needs_whole_model:
-            raise PrunekitError(f"--offload on runs one decoder layer at a time, but {needs_whole_model} needs the "
-                                "whole model at once: use --offload off (or auto), or drop that setting.")
+            raise PrunekitError(
+                f"--offload on runs one decoder layer at a time, but {needs_whole_model} needs the "
+                "whole model at once: use --offload off (or auto), or drop that setting."
+            )
         return home, "--offload on"
     name = str(compute).replace("torch.", "")
     if device.type == "cpu" and home == compute:
@@ -273,15 +287,23 @@ def decide(offload: str, n_params: int | None, compute: torch.dtype, stored: tor
     size = n_params * compute.itemsize * sharing
     free = free_bytes(device)
     if size <= free // 2:
-        return None, f"the model takes {size / 2**30:.1f} GiB in {name}{per(sharing)}, " \
-                     f"{free / 2**30:.1f} GiB free on {device.type}: fits"
+        return (
+            None,
+            f"the model takes {size / 2**30:.1f} GiB in {name}{per(sharing)}, "
+            f"{free / 2**30:.1f} GiB free on {device.type}: fits",
+        )
     if needs_whole_model:
-        raise PrunekitError(f"the model takes {size / 2**30:.1f} GiB in {name}{per(sharing)} with "
-                            f"{free / 2**30:.1f} GiB free on {device.type}, too much to hold at once, and "
-                            f"{needs_whole_model} needs it whole: drop that setting to prune layer by layer "
-                            "(--offload on), or use a machine with more memory.")
-    return home, f"the model takes {size / 2**30:.1f} GiB in {name}{per(sharing)}, more than half " \
-                 f"of the {free / 2**30:.1f} GiB free on {device.type}: one layer at a time"
+        raise PrunekitError(
+            f"the model takes {size / 2**30:.1f} GiB in {name}{per(sharing)} with "
+            f"{free / 2**30:.1f} GiB free on {device.type}, too much to hold at once, and "
+            f"{needs_whole_model} needs it whole: drop that setting to prune layer by layer "
+            "(--offload on), or use a machine with more memory."
+        )
+    return (
+        home,
+        f"the model takes {size / 2**30:.1f} GiB in {name}{per(sharing)}, more than half "
+        f"of the {free / 2**30:.1f} GiB free on {device.type}: one layer at a time",
+    )
 
 
 def per(sharing: int) -> str:

@@ -1,4 +1,5 @@
 """Perplexity over token windows, shared by compress (held-out check per round and at the end) and bench."""
+
 from __future__ import annotations
 
 import math
@@ -33,19 +34,19 @@ def head_nll_many(hs: list[torch.Tensor], targets: list[torch.Tensor], head: tor
     picked = [torch.zeros(h.shape[0], device=h.device) for h in hs]
     targets = [t.to(h0.device) for t in targets]
     for v0 in range(0, w.shape[0], VOCAB_CHUNK):
-        wc = w[v0:v0 + VOCAB_CHUNK].to(h0.device, h0.dtype)
-        bc = None if b is None else b[v0:v0 + VOCAB_CHUNK].to(h0.device, h0.dtype)
+        wc = w[v0 : v0 + VOCAB_CHUNK].to(h0.device, h0.dtype)
+        bc = None if b is None else b[v0 : v0 + VOCAB_CHUNK].to(h0.device, h0.dtype)
         for i, (h, t) in enumerate(zip(hs, targets)):
             for a in range(0, h.shape[0], TOKEN_BLOCK):
-                z = h[a:a + TOKEN_BLOCK] @ wc.T
+                z = h[a : a + TOKEN_BLOCK] @ wc.T
                 if bc is not None:
                     z = z + bc
                 z = z.float()
-                lse[i][a:a + TOKEN_BLOCK] = torch.logaddexp(lse[i][a:a + TOKEN_BLOCK], torch.logsumexp(z, dim=-1))
-                tb = t[a:a + TOKEN_BLOCK]
+                lse[i][a : a + TOKEN_BLOCK] = torch.logaddexp(lse[i][a : a + TOKEN_BLOCK], torch.logsumexp(z, dim=-1))
+                tb = t[a : a + TOKEN_BLOCK]
                 inside = (tb >= v0) & (tb < v0 + wc.shape[0])
                 idx = (tb - v0).clamp(0, wc.shape[0] - 1)
-                picked[i][a:a + TOKEN_BLOCK] += torch.where(inside, z.gather(1, idx[:, None])[:, 0], 0.0)
+                picked[i][a : a + TOKEN_BLOCK] += torch.where(inside, z.gather(1, idx[:, None])[:, 0], 0.0)
     return float(sum((l_ - p).sum() for l_, p in zip(lse, picked)))
 
 
@@ -53,8 +54,12 @@ def _chunkable(model) -> bool:
     """Whether the logits are the plain LM head of the base model's last hidden state (no softcapping or
     scaling that a chunked head would have to repeat)."""
     cfg = model.config
-    return (getattr(model, "base_model", None) is not None and isinstance(model.get_output_embeddings(), torch.nn.Linear)
-            and getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None)
+    return (
+        getattr(model, "base_model", None) is not None
+        and isinstance(model.get_output_embeddings(), torch.nn.Linear)
+        and getattr(cfg, "final_logit_softcapping", None) is None
+        and getattr(cfg, "logit_scale", None) is None
+    )
 
 
 def nll(model, seqs: torch.Tensor, batch_size: int = 4, tick: Callable[[], object] | None = None) -> tuple[float, int]:
@@ -86,15 +91,18 @@ def _nll(model, seqs: torch.Tensor, batch_size: int, tick) -> tuple[float, int]:
     total, count = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(seqs), batch_size):
-            ids = place.put(seqs[s:s + batch_size])
+            ids = place.put(seqs[s : s + batch_size])
             tgt = ids[:, 1:]
             if _chunkable(model):
                 h = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
                 total += head_nll(h.reshape(-1, h.shape[-1]), tgt.reshape(-1), model.get_output_embeddings())
             else:
                 logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-                total += float(torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum"))
+                total += float(
+                    torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum"
+                    )
+                )
             count += tgt.numel()
             tick()
     return total, count
@@ -127,8 +135,9 @@ def perplexity(model, seqs: torch.Tensor, batch_size: int = 4, tick: Callable[[]
     return math.exp(total / max(count, 1))
 
 
-def per_domain(model, heldout: dict[str, torch.Tensor], batch_size: int = 4,
-               desc: str = "held-out perplexity") -> dict[str, float]:
+def per_domain(
+    model, heldout: dict[str, torch.Tensor], batch_size: int = 4, desc: str = "held-out perplexity"
+) -> dict[str, float]:
     """Perplexity per domain, with a progress bar: a 0.5B model's held-out set takes minutes on a CPU. It counts
     batches, or where the model is offloaded layers and the LM head (all of a domain's sequences pass a layer at
     once)."""

@@ -6,6 +6,7 @@ complete output is there with the same hash, and rebuilds anything else (every s
 atomically, so "complete" is simply "its manifest exists"). App layer: it calls the stages' public
 entries only.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,18 @@ class ArtifactsConfig(Config):
     model: str = opt("default", "hub id or local HF directory to prune")
     calib: str = opt("default", "calibration mix YAML (default: the packaged 6-domain mix)")
     ratio: float = opt(0.2, "fraction of parameters to remove")
-    mode: str = opt("uniform", "uniform (stock checkpoint) or per-layer (widths searched by measured KL; "
-                    "about 6x the prune time; needs shipped code to load)", choices=("uniform", "per-layer"))
+    mode: str = opt(
+        "uniform",
+        "uniform (stock checkpoint) or per-layer (widths searched by measured KL; "
+        "about 6x the prune time; needs shipped code to load)",
+        choices=("uniform", "per-layer"),
+    )
     rounds: int = opt(2, "calibration rounds (1: one-shot)")
-    recover_tokens: int = opt(0, "after the cut, distil from the dense model on this many calibration-mix tokens "
-                              "(0: off; see prunekit compress --help)")
+    recover_tokens: int = opt(
+        0,
+        "after the cut, distil from the dense model on this many calibration-mix tokens "
+        "(0: off; see prunekit compress --help)",
+    )
     out: str = opt("artifacts", "artifacts go to OUT/<name>/")
     name: str | None = opt(None, "artifact name (default: <model>-pruned-<percent>)")
     runtimes: tuple[str, ...] = opt(RUNTIMES, "runtimes verify checks")
@@ -51,18 +59,32 @@ class ArtifactsConfig(Config):
     def validate(self) -> None:
         self.compress_config()  # the compress fields are checked as compress checks them
         VerifyConfig(artifact=".", runtimes=self.runtimes, kv_cache_gib=self.kv_cache_gib)
-        check(self.name is None or ("/" not in self.name and self.name not in ("", ".", "..")),
-              f"--name {self.name!r} must be a plain directory name.")
+        check(
+            self.name is None or ("/" not in self.name and self.name not in ("", ".", "..")),
+            f"--name {self.name!r} must be a plain directory name.",
+        )
         check_positive("threads", self.threads)
 
     def compress_config(self) -> CompressConfig:
-        kw = {"model": self.model, "calib": self.calib, "ratio": self.ratio, "mode": self.mode, "rounds": self.rounds,
-              "recover_tokens": self.recover_tokens, "threads": self.threads}
+        kw = {
+            "model": self.model,
+            "calib": self.calib,
+            "ratio": self.ratio,
+            "mode": self.mode,
+            "rounds": self.rounds,
+            "recover_tokens": self.recover_tokens,
+            "threads": self.threads,
+        }
         return CompressConfig(**{**kw, **mode_settings(self.mode)})
 
     def artifact_name(self) -> str:
         from .loading import resolve_source
-        base = Path(resolve_source(self.model)[0]).name if self.model == "default" else self.model.rstrip("/").split("/")[-1]
+
+        base = (
+            Path(resolve_source(self.model)[0]).name
+            if self.model == "default"
+            else self.model.rstrip("/").split("/")[-1]
+        )
         suffix = ("-per-layer" if self.mode == "per-layer" else "") + ("-recovered" if self.recover_tokens else "")
         return self.name or f"{base}-pruned-{round(self.ratio * 100)}{suffix}"
 
@@ -72,17 +94,35 @@ def compress_hash(cfg: CompressConfig) -> str:
     packaged default included, is a changed input even when --calib names the same path)."""
     # The recovery's settings count only when it runs, --recover-at only when not the default: artifacts built
     # before they existed stay valid.
-    off = ("recover_tokens", "recover_lr", "recover_batch", "recover_at") if not cfg.recover_tokens else \
-        ("recover_at",) if cfg.recover_at == "end" else ()
+    off = (
+        ("recover_tokens", "recover_lr", "recover_batch", "recover_at")
+        if not cfg.recover_tokens
+        else ("recover_at",)
+        if cfg.recover_at == "end"
+        else ()
+    )
     # Where the dense evaluation came from (--no-eval-cache) does not change the output. The revision does:
     # an artifact that older code cut from the same settings is not reused.
-    return inputs_hash({"step": "compress", **cfg.to_dict(exclude=("out", "force", "threads", "eval_cache", *off)),
-                        "mix": load_mix(cfg.calib).spec(), "revision": REVISION})
+    return inputs_hash(
+        {
+            "step": "compress",
+            **cfg.to_dict(exclude=("out", "force", "threads", "eval_cache", *off)),
+            "mix": load_mix(cfg.calib).spec(),
+            "revision": REVISION,
+        }
+    )
 
 
-def build_artifact(art: Path, export_cfg: ExportConfig, compress_cfg: CompressConfig | None = None,
-                   runtimes: tuple[str, ...] = (), kv_cache_gib: float = 1.0, threads: int | None = None,
-                   rebuild: bool = False, log=None) -> tuple[Manifest | None, Manifest, dict | None, dict]:
+def build_artifact(
+    art: Path,
+    export_cfg: ExportConfig,
+    compress_cfg: CompressConfig | None = None,
+    runtimes: tuple[str, ...] = (),
+    kv_cache_gib: float = 1.0,
+    threads: int | None = None,
+    rebuild: bool = False,
+    log=None,
+) -> tuple[Manifest | None, Manifest, dict | None, dict]:
     """compress (when compress_cfg is given; its out is the pruned checkpoint, which export reads),
     export into `art`, verify on `runtimes` (none: skip). Returns (compress manifest, artifact
     manifest, verify report, seconds per step)."""
@@ -125,8 +165,9 @@ def build_artifact(art: Path, export_cfg: ExportConfig, compress_cfg: CompressCo
             report = json.loads((art / "verify.json").read_text())
         else:
             log(f"verify on {', '.join(runtimes)}")
-            report = verify(VerifyConfig(artifact=str(art), runtimes=runtimes, kv_cache_gib=kv_cache_gib,
-                                         threads=threads), log=log)
+            report = verify(
+                VerifyConfig(artifact=str(art), runtimes=runtimes, kv_cache_gib=kv_cache_gib, threads=threads), log=log
+            )
             a = read_manifest(art)
     timings["verify"] = round(time.time() - t, 1)
     return c, a, report, timings
@@ -141,8 +182,16 @@ def run_artifacts(cfg: ArtifactsConfig, compress_cfg: CompressConfig | None = No
     root = Path(cfg.out)
     pruned, art = root / ".work" / name / "pruned", root / name
     ccfg = (compress_cfg or cfg.compress_config()).replace(out=str(pruned), model=cfg.model)
-    c, a, report, timings = build_artifact(art, ExportConfig(model=str(pruned), out=str(art)), ccfg, cfg.runtimes,
-                                           cfg.kv_cache_gib, cfg.threads, cfg.rebuild, log)
+    c, a, report, timings = build_artifact(
+        art,
+        ExportConfig(model=str(pruned), out=str(art)),
+        ccfg,
+        cfg.runtimes,
+        cfg.kv_cache_gib,
+        cfg.threads,
+        cfg.rebuild,
+        log,
+    )
     log(format_table(report))
     write_text_atomic(art / "README.md", readme(art, a, c, report))
     summary = {"artifact": str(art), "passed": report["passed"], "timings_s": timings}

@@ -1,6 +1,7 @@
 """Child processes that leave nothing behind: each runs in its own process group, and the whole group
 is stopped when it ends, times out or the caller is interrupted (vLLM starts engine-core and worker
 processes that would otherwise outlive a killed parent and hold a core and gigabytes of memory)."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,10 @@ def start_group(cmd: list[str], **kw) -> subprocess.Popen:
     """Popen of `cmd` in a new process group led by prunekit.guard, which kills the group if this process
     dies without stopping it (SIGKILL, OOM killer). The group's id is the returned process's pid."""
     import sys
-    return subprocess.Popen([sys.executable, "-m", "prunekit.guard", str(os.getpid()), *cmd],
-                            start_new_session=True, **kw)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "prunekit.guard", str(os.getpid()), *cmd], start_new_session=True, **kw
+    )
 
 
 def run_group(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
@@ -65,7 +68,7 @@ def group_alive(pgid: int) -> list[int]:
             stat = (d / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if int(fields[2]) == pgid and fields[0] != "Z":
             alive.append(int(d.name))
     return alive

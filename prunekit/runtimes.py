@@ -6,6 +6,7 @@ Each greedy loop takes a batch of equal-length prompts (token ids), decodes `n` 
 logits [B, vocab]). bench times the same loops; their step generators (torch_steps, OrtLM.steps, vllm_steps)
 let it interleave two models' steps.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,8 +29,11 @@ def torch_steps(model, prompts: list[list[int]], device: str = "cpu"):
     mask = torch.ones(b, t, dtype=torch.long, device=device)
     step_ids, pos = ids, torch.arange(t, device=device).expand(b, t)
     for i in itertools.count():
-        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                       use_cache=True).logits[:, -1].float()
+        logits = (
+            model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            .logits[:, -1]
+            .float()
+        )
         nxt = logits.argmax(-1, keepdim=True)
         yield nxt, logits
         step_ids, pos = nxt, torch.full((b, 1), t + i, device=device)
@@ -54,8 +58,9 @@ class OrtLM:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
-        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        so.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -72,8 +77,9 @@ class OrtLM:
         mask = np.ones((b, t), np.int64)
         step_ids, pos = ids, np.broadcast_to(np.arange(t, dtype=np.int64), (b, t))
         for i in itertools.count():
-            res = self.session.run(None, {"input_ids": step_ids, "attention_mask": mask,
-                                          "position_ids": np.ascontiguousarray(pos), **past})
+            res = self.session.run(
+                None, {"input_ids": step_ids, "attention_mask": mask, "position_ids": np.ascontiguousarray(pos), **past}
+            )
             logits = res[0][:, -1]
             nxt = logits.argmax(-1)[:, None].astype(np.int64)
             yield nxt, logits
@@ -90,16 +96,30 @@ class OrtLM:
         return np.concatenate(out, 1).tolist(), first
 
 
-def vllm_engine(model: str, dtype: str, max_model_len: int, trust_remote_code: bool = False,
-                kv_cache_gib: float = 1.0, enforce_eager: bool = True, **kw):
+def vllm_engine(
+    model: str,
+    dtype: str,
+    max_model_len: int,
+    trust_remote_code: bool = False,
+    kv_cache_gib: float = 1.0,
+    enforce_eager: bool = True,
+    **kw,
+):
     """vLLM's offline engine with the settings these machines need. Call it in a process of its own:
     vLLM spawns workers (the caller needs a __main__ guard) and holds its KV cache for the process's life."""
     from vllm import LLM
 
-    return LLM(model=model, dtype=dtype, max_model_len=max_model_len, trust_remote_code=trust_remote_code,
-               enforce_eager=enforce_eager,
-               # vLLM on CPU fails without an explicit KV cache size (it misreads free memory).
-               kv_cache_memory_bytes=int(kv_cache_gib * 2**30), seed=0, **kw)
+    return LLM(
+        model=model,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        trust_remote_code=trust_remote_code,
+        enforce_eager=enforce_eager,
+        # vLLM on CPU fails without an explicit KV cache size (it misreads free memory).
+        kv_cache_memory_bytes=int(kv_cache_gib * 2**30),
+        seed=0,
+        **kw,
+    )
 
 
 def vllm_generate(llm, prompts: list[list[int]], n: int, logprobs: int | None = None):

@@ -16,6 +16,7 @@ by arithmetic or by everything else, and the sum over stages at the machine's ma
 the run's work can take there. Counting intercepts every tensor operation of the process's main thread (a few
 microseconds each), so it is off unless asked for.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,6 +65,7 @@ def _trim() -> None:
     if _libc is None:
         try:
             import ctypes
+
             _libc = ctypes.CDLL("libc.so.6")
             _libc.malloc_trim.argtypes = [ctypes.c_size_t]
         except (OSError, AttributeError):
@@ -82,6 +84,7 @@ def _peak_mb() -> float:
 
 def _cuda():
     import torch
+
     return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
@@ -117,8 +120,8 @@ class Stages:
         self.flop: dict[str, float] = {}  # per stage; "(no stage)" for products outside every stage
         self._mode = None
         self.rows: dict[str, dict] = {}
-        self.per_stage = True   # False once a reset of the high-water mark failed
-        self.peak_mb = 0.0      # the whole run's peak (the kernel's mark is reset, so it is kept here)
+        self.per_stage = True  # False once a reset of the high-water mark failed
+        self.peak_mb = 0.0  # the whole run's peak (the kernel's mark is reset, so it is kept here)
         self._open: list[str] = []
         self._t0 = 0.0
 
@@ -191,12 +194,21 @@ class Stages:
             row["seconds"] += time.perf_counter() - self._t0
             row["peak_rss_mb"] = max(row["peak_rss_mb"], _peak_mb())
             row["calls"] += 1
-        rows = [{**r, "seconds": round(r["seconds"], 1), "peak_rss_mb": round(r["peak_rss_mb"]),
-                 **({"peak_device_mb": round(r["peak_device_mb"])} if "peak_device_mb" in r else {}),
-                 **({"tflop": round(self.flop.get(r["stage"], 0.0) / 1e12, 3)} if self.count else {})}
-                for r in live.values()]
-        out = {"stages": rows, "peak_rss_mb": round(max([self.peak_mb, _peak_mb()])),
-               "peak_is_per_stage": self.per_stage}
+        rows = [
+            {
+                **r,
+                "seconds": round(r["seconds"], 1),
+                "peak_rss_mb": round(r["peak_rss_mb"]),
+                **({"peak_device_mb": round(r["peak_device_mb"])} if "peak_device_mb" in r else {}),
+                **({"tflop": round(self.flop.get(r["stage"], 0.0) / 1e12, 3)} if self.count else {}),
+            }
+            for r in live.values()
+        ]
+        out = {
+            "stages": rows,
+            "peak_rss_mb": round(max([self.peak_mb, _peak_mb()])),
+            "peak_is_per_stage": self.per_stage,
+        }
         if self.count:
             out["tflop"] = round(sum(self.flop.values()) / 1e12, 3)
             out["tflop_outside_stages"] = round(self.flop.get("(no stage)", 0.0) / 1e12, 3)
@@ -206,19 +218,28 @@ class Stages:
         rec = self.record()
         dev = any("peak_device_mb" in r for r in rec["stages"])
         fl = self.count
-        head = ("| stage | seconds | peak RSS MB |" + (" peak device MB |" if dev else "")
-                + (" TFLOP | TFLOP/s |" if fl else ""))
+        head = (
+            "| stage | seconds | peak RSS MB |"
+            + (" peak device MB |" if dev else "")
+            + (" TFLOP | TFLOP/s |" if fl else "")
+        )
         lines = [head, "|---|---:|---:|" + ("---:|" if dev else "") + ("---:|---:|" if fl else "")]
 
         def rate(tflop: float, s: float) -> str:
             return f"{tflop / s:.3f}" if s > 0 else "-"
+
         for r in rec["stages"]:
-            lines.append(f"| {r['stage']} | {r['seconds']:.1f} | {r['peak_rss_mb']} |"
-                         + (f" {r.get('peak_device_mb', '-')} |" if dev else "")
-                         + (f" {r['tflop']:.2f} | {rate(r['tflop'], r['seconds'])} |" if fl else ""))
+            lines.append(
+                f"| {r['stage']} | {r['seconds']:.1f} | {r['peak_rss_mb']} |"
+                + (f" {r.get('peak_device_mb', '-')} |" if dev else "")
+                + (f" {r['tflop']:.2f} | {rate(r['tflop'], r['seconds'])} |" if fl else "")
+            )
         total = sum(r["seconds"] for r in rec["stages"])
-        lines.append(f"| total | {total:.1f} | {rec['peak_rss_mb']} |" + (" |" if dev else "")
-                     + (f" {rec['tflop']:.2f} | {rate(rec['tflop'], total)} |" if fl else ""))
+        lines.append(
+            f"| total | {total:.1f} | {rec['peak_rss_mb']} |"
+            + (" |" if dev else "")
+            + (f" {rec['tflop']:.2f} | {rate(rec['tflop'], total)} |" if fl else "")
+        )
         if not rec["peak_is_per_stage"]:
             lines.append("(peaks are the process's up to each stage's end: this system cannot reset the mark)")
         return "\n".join(lines)

@@ -6,6 +6,7 @@ held-out windows of 512 per domain; no zero-shot tasks). Rows go to OUT.json as 
 Usage: .venv/bin/python scripts/recover_budgets.py OUT.json RATIOS TOKENS[,TOKENS...] [WIKITEXT_WINDOWS]
   e.g. scripts/recover_budgets.py runs/budgets.json 0.2,0.4 8192,32768,110592 16
 """
+
 import copy
 import json
 import sys
@@ -38,15 +39,29 @@ rows: list[dict] = []
 
 
 def score(name: str, ratio: float, model, extra: dict) -> None:
-    q = evaluate_model(model, tok, root, grid.seq_len, windows, grid.domain_samples, tasks=(), log=lambda m: None, domains=domains)
-    row = {"model": name, "ratio": ratio, "wikitext2": q["wikitext2"]["ppl"], "domains": q["domains"],
-           "geomean": geomean(q["domains"].values()), **extra}
+    q = evaluate_model(
+        model, tok, root, grid.seq_len, windows, grid.domain_samples, tasks=(), log=lambda m: None, domains=domains
+    )
+    row = {
+        "model": name,
+        "ratio": ratio,
+        "wikitext2": q["wikitext2"]["ppl"],
+        "domains": q["domains"],
+        "geomean": geomean(q["domains"].values()),
+        **extra,
+    }
     rows.append(row)
     out.write_text(json.dumps({"cpu": cpu_name(), "dtype": str(dense.dtype), "threads": 2, "rows": rows}, indent=1))
-    print(f"{name} at {ratio:.0%}: wikitext2 {row['wikitext2']:.2f}, geomean {row['geomean']:.2f}, "
-          + ", ".join(f"{d} {v:.2f}" for d, v in q["domains"].items())
-          + (f" | {extra['tokens']} tokens, {extra['seconds']} s, {extra['tokens_per_s']} tokens/s" if "tokens" in extra else ""),
-          flush=True)
+    print(
+        f"{name} at {ratio:.0%}: wikitext2 {row['wikitext2']:.2f}, geomean {row['geomean']:.2f}, "
+        + ", ".join(f"{d} {v:.2f}" for d, v in q["domains"].items())
+        + (
+            f" | {extra['tokens']} tokens, {extra['seconds']} s, {extra['tokens_per_s']} tokens/s"
+            if "tokens" in extra
+            else ""
+        ),
+        flush=True,
+    )
 
 
 score("dense", 0.0, dense, {})
@@ -57,6 +72,10 @@ for ratio in ratios:
             m = copy.deepcopy(cut)
             s = base.replace(ratio=ratio, recover_tokens=tokens)
             rec = recover_after_cut(m, dense, fam, recovery_data(mix, tok, s), s)
-            score(f"recover {tokens}", ratio, m, {k: rec[k] for k in ("tokens", "steps", "seconds", "tokens_per_s",
-                                                                      "kl_first", "kl_last")})
+            score(
+                f"recover {tokens}",
+                ratio,
+                m,
+                {k: rec[k] for k in ("tokens", "steps", "seconds", "tokens_per_s", "kl_first", "kl_last")},
+            )
             del m

@@ -3,6 +3,7 @@ screening mix (32 x 256 tokens), recovered from the same starting point by each 
 
 Usage: .venv/bin/python scripts/recover_sweep.py TOKENS RATIO LR:BATCH [LR:BATCH ...]
 """
+
 import copy
 import sys
 
@@ -15,10 +16,14 @@ from prunekit.loading import load_model, load_tokenizer
 from prunekit.perplexity import geomean, per_domain
 
 
-
 def show(name: str, ppl: dict, extra: str = "") -> None:
-    print(f"{name}{extra}", {k: round(v, 2) for k, v in ppl.items()}, "geomean", round(geomean(ppl.values()), 2),
-          flush=True)
+    print(
+        f"{name}{extra}",
+        {k: round(v, 2) for k, v in ppl.items()},
+        "geomean",
+        round(geomean(ppl.values()), 2),
+        flush=True,
+    )
 
 
 set_threads(2)
@@ -36,6 +41,9 @@ for _, cut in pruned_variants(dense, fam, mix, data, tok, [ratio], ["ours"], bas
         m = copy.deepcopy(cut)
         s = base.replace(recover_tokens=tokens, recover_lr=lr, recover_batch=batch)
         rec = recover_after_cut(m, dense, fam, recovery_data(mix, tok, s), s)
-        show(f"lr {lr} batch {batch}", per_domain(m, data.heldout, 4),
-             f": {rec['tokens']} tokens, {rec['seconds']} s, {rec['tokens_per_s']} tokens/s, "
-             f"KL {rec['kl_first']} -> {rec['kl_last']}")
+        show(
+            f"lr {lr} batch {batch}",
+            per_domain(m, data.heldout, 4),
+            f": {rec['tokens']} tokens, {rec['seconds']} s, {rec['tokens_per_s']} tokens/s, "
+            f"KL {rec['kl_first']} -> {rec['kl_last']}",
+        )

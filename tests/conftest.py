@@ -7,6 +7,7 @@ Tiers (every test has exactly one; `make test-fast` runs unit):
   integration  tiny exported artifacts on the three runtimes (ONNX export, vLLM), the shared data sets
   slow         the real default model
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(int(os.environ.get("PRUNEKIT_TEST_THREADS", "2")))
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=128)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=256,
+    max_position_embeddings=128,
+)
 
 # One tiny config per supported architecture name; test_every_architecture_has_a_tiny_model fails if
 # a registered architecture has no entry here (and export/verify run over all of them).
@@ -42,7 +51,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         marks = tiers & {m.name for m in item.iter_markers()}
         if len(marks) != 1:
-            raise pytest.UsageError(f"{item.nodeid} needs exactly one tier marker of {sorted(tiers)}, has {sorted(marks)}")
+            raise pytest.UsageError(
+                f"{item.nodeid} needs exactly one tier marker of {sorted(tiers)}, has {sorted(marks)}"
+            )
 
 
 def tiny_model(arch: str, seed: int = 0, **overrides):
@@ -80,12 +91,14 @@ def tiny_dir(tmp_path, family_name):
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     from prunekit.default_model import ensure_default_model
+
     return ensure_default_model(verbose=False)
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     from prunekit import env
+
     root = env.data_root()
     if root is None:
         # CI lays out ../shared/data: a missing folder there is a broken setup, not a reason to skip.
@@ -131,8 +144,10 @@ def tiny_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
     return tok
 
 
@@ -150,8 +165,9 @@ def tiny_checkpoint(out: Path, family: str, widths=None, groups=None, seed: int 
         fam = family_for_config(model.config)
         dims = Dims.of(model.config, fam)
         for i, layer in enumerate(get_module(model, fam.layers)):
-            S.apply_layer(layer, fam, dims, list(range(widths[i])) if widths else None,
-                          list(range(groups[i])) if groups else None)
+            S.apply_layer(
+                layer, fam, dims, list(range(widths[i])) if widths else None, list(range(groups[i])) if groups else None
+            )
         S.sync_config(model, fam)
     save_model(model, out)
     save_tokenizer(tiny_tokenizer(), out)
@@ -162,9 +178,9 @@ def tiny_checkpoint(out: Path, family: str, widths=None, groups=None, seed: int 
 
 WORDS = {
     "prose": "the a river city winter light old house road market song child morning letter garden "
-             "window story stone bridge quiet long green small across under between after before".split(),
+    "window story stone bridge quiet long green small across under between after before".split(),
     "code": "def return if else for in range while import class self None True False print len "
-            "x y i n value result items key + - * = == ( ) : [ ] ,".split(),
+    "x y i n value result items key + - * = == ( ) : [ ] ,".split(),
 }
 
 
@@ -181,8 +197,14 @@ def tiny_mix(root: Path, records: int = 120, seq_len: int = 32, total: int = 8) 
                 text = " ".join(rng.choice(words) for _ in range(rng.randint(12, 30)))
                 f.write(json.dumps({"text": f"{i}: {text}"}) + "\n")
         domains[name] = {"source": f"{name}.jsonl", "template": "{text}", "weight": 1}
-    spec = {"name": "tiny", "seq_len": seq_len, "seed": 0, "total_samples": total, "eval_samples": 2,
-            "domains": domains}
+    spec = {
+        "name": "tiny",
+        "seq_len": seq_len,
+        "seed": 0,
+        "total_samples": total,
+        "eval_samples": 2,
+        "domains": domains,
+    }
     (root / "mix.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return root / "mix.yaml"
 
@@ -190,6 +212,7 @@ def tiny_mix(root: Path, records: int = 120, seq_len: int = 32, total: int = 8) 
 def tiny_src(out: Path, arch: str = "llama", **overrides) -> Path:
     """A tiny random checkpoint with the tiny tokenizer, ready for compress."""
     from prunekit.checkpoint import save_tokenizer
+
     model = tiny_model(arch, vocab_size=320, **overrides)
     model.save_pretrained(out)
     save_tokenizer(tiny_tokenizer(), out)

@@ -1,4 +1,5 @@
 """Atomic artifact directories: nothing half-written, nothing lost."""
+
 import json
 
 import pytest
@@ -54,11 +55,22 @@ def test_manifest_roundtrip_keeps_unknown_keys(tmp_path):
 # A manifest as prunekit/1 wrote it before the typed schema (keys and nesting of the old writers,
 # including the pipeline's resume tag), abbreviated to the fields readers use.
 OLD_EXPORT = {
-    "format": "prunekit/1", "stage": "export", "name": "tiny", "family": "llama",
-    "architectures": ["LlamaForCausalLM"], "layout": "uniform", "reason": "", "shipped_code": {},
-    "dtype": "float32", "onnx": None, "source": {"path": "/x/pruned", "manifest": {"params": {"dense_total": 10}}},
+    "format": "prunekit/1",
+    "stage": "export",
+    "name": "tiny",
+    "family": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "layout": "uniform",
+    "reason": "",
+    "shipped_code": {},
+    "dtype": "float32",
+    "onnx": None,
+    "source": {"path": "/x/pruned", "manifest": {"params": {"dense_total": 10}}},
     "reference": {"prompts": ["a"], "prompt_ids": [[1]], "tokens": [[2]], "new_tokens": 1},
-    "files": {"config.json": "0" * 64}, "verify": None, "versions": {"prunekit": "0.1.0"}, "export_s": 1.5,
+    "files": {"config.json": "0" * 64},
+    "verify": None,
+    "versions": {"prunekit": "0.1.0"},
+    "export_s": 1.5,
     "bench": {"model": "default", "ratio": 0.2},
 }
 
@@ -73,12 +85,15 @@ def test_old_prunekit1_manifest_reads_and_writes_back(tmp_path):
     assert again == {k: v for k, v in OLD_EXPORT.items() if v is not None}
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"format": "prunekit/2"}, "upgrade prunekit"),
-    ({"stage": "train"}, "stage 'train'"),
-    ({"layout": "sparse"}, "layout 'sparse'"),
-    ({"files": ["a"]}, "'files' should be dict"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"format": "prunekit/2"}, "upgrade prunekit"),
+        ({"stage": "train"}, "stage 'train'"),
+        ({"layout": "sparse"}, "layout 'sparse'"),
+        ({"files": ["a"]}, "'files' should be dict"),
+    ],
+)
 def test_manifest_refuses_unknown_versions_and_wrong_types(tmp_path, change, match):
     (tmp_path / "prunekit.json").write_text(json.dumps({**OLD_EXPORT, **change}))
     with pytest.raises(PrunekitError, match=match):
@@ -112,6 +127,7 @@ def test_atomic_dir_gives_plain_permissions(tmp_path):
     import stat
 
     from prunekit.artifact import atomic_dir
+
     with atomic_dir(tmp_path / "out") as tmp:
         f = tmp / "w.bin"
         f.write_bytes(b"x")

@@ -1,5 +1,6 @@
 """Bad input, as a user would type it, across every command: each exits 2 with a message that names the
 problem, prints no traceback, writes nothing, loads no model weights, and does so within seconds."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,10 @@ def inputs(tmp_path_factory):
     src = tiny_src(d / "src")
     mix = tiny_mix(d / "mix")
     first = next(iter(yaml.safe_load(mix.read_text())["domains"]))
-    export(ExportConfig(model=str(tiny_checkpoint(d / "ckpt", "llama")), out=str(d / "art"), tokens=2, onnx=False),
-           log=lambda m: None)
+    export(
+        ExportConfig(model=str(tiny_checkpoint(d / "ckpt", "llama")), out=str(d / "art"), tokens=2, onnx=False),
+        log=lambda m: None,
+    )
     shutil.copytree(d / "art", d / "unverified")
     assert verify(VerifyConfig(artifact=str(d / "art"), runtimes=("transformers",)), log=lambda m: None)["passed"]
     busy = socket.socket()
@@ -65,9 +68,13 @@ def inputs(tmp_path_factory):
     busy.listen()
     dom = lambda key, value: lambda s: s["domains"][first].__setitem__(key, value)  # noqa: E731
     paths = {
-        "SRC": str(src), "MIX": str(mix), "ART": str(d / "art"), "UNVERIFIED": str(d / "unverified"),
+        "SRC": str(src),
+        "MIX": str(mix),
+        "ART": str(d / "art"),
+        "UNVERIFIED": str(d / "unverified"),
         "BUSY": str(busy.getsockname()[1]),
-        "TRUNC": _variant(src, "trunc", _truncate), "PICKLE": _variant(src, "pickle", _pickle_only),
+        "TRUNC": _variant(src, "trunc", _truncate),
+        "PICKLE": _variant(src, "pickle", _pickle_only),
         "BADCFG": _variant(src, "badcfg", lambda p: (p / "config.json").write_text("{not json")),
         "TAMPERED": _variant(d / "art", "tampered", _tamper),
         "MISTRAL": str(tiny_src(d / "mistral", "MistralForCausalLM", sliding_window=16)),
@@ -103,17 +110,26 @@ CASES = [
     ("tolerance out of range", C + ["--tolerance", "2"], "--tolerance must be in (0, 1)"),
     ("per-layer with layer removal", C + ["--mode", "per-layer", "--structures", "layers"], "per-layer mode chooses"),
     ("unreachable target", C[:-2] + ["--ratio", "0.9"], "the nearest reachable is"),
-    ("per-layer sliding-window model", ["compress", "--model", "MISTRAL", "--calib", "MIX", "--out", "OUT",
-                                        "--mode", "per-layer"], "sliding-window attention"),
+    (
+        "per-layer sliding-window model",
+        ["compress", "--model", "MISTRAL", "--calib", "MIX", "--out", "OUT", "--mode", "per-layer"],
+        "sliding-window attention",
+    ),
     ("model that does not exist", ["compress", "--model", "./no/such/model", "--out", "OUT"], "does not exist"),
     ("pickle weights only", ["compress", "--model", "PICKLE", "--calib", "MIX", "--out", "OUT"], "pickle weights"),
     ("truncated safetensors", ["compress", "--model", "TRUNC", "--calib", "MIX", "--out", "OUT"], "cut short"),
-    ("config that is not JSON", ["compress", "--model", "BADCFG", "--calib", "MIX", "--out", "OUT"],
-     "not a valid JSON file"),
+    (
+        "config that is not JSON",
+        ["compress", "--model", "BADCFG", "--calib", "MIX", "--out", "OUT"],
+        "not a valid JSON file",
+    ),
     ("--out exists and is not empty", C[:5] + ["--out", "FULL"], "pass --force"),
     ("mix file missing", ["compress", "--model", "SRC", "--calib", "nope.yaml", "--out", "OUT"], "does not exist"),
-    ("mix weight negative", ["compress", "--model", "SRC", "--calib", "NEGW", "--out", "OUT"],
-     "`weight` must be a number >= 0, got -1"),
+    (
+        "mix weight negative",
+        ["compress", "--model", "SRC", "--calib", "NEGW", "--out", "OUT"],
+        "`weight` must be a number >= 0, got -1",
+    ),
     ("mix weight not a number", ["mix", "--calib", "STRW", "--model", "SRC"], "`weight` must be a number"),
     ("mix weights all zero", ["mix", "--calib", "ALLZERO", "--model", "SRC"], "no domain has calibration samples"),
     ("mix total_samples 0", ["mix", "--calib", "TOTAL0", "--model", "SRC"], "`total_samples` must be an integer >= 1"),
@@ -122,9 +138,25 @@ CASES = [
     ("mix key misspelt", ["mix", "--calib", "TYPO", "--model", "SRC"], "unknown key(s) ['wieght']"),
     ("mix source missing", ["mix", "--calib", "NOFILE", "--model", "SRC"], "nope.jsonl not found"),
     ("mix template field", ["mix", "--calib", "TEMPLATE", "--model", "SRC"], "template field 'nosuchfield'"),
-    ("compress with a template that misses its records",
-     ["compress", "--model", "SRC", "--calib", "TEMPLATE", "--out", "OUT", "--ratio-of", "decoder", "--align", "32",
-      "--ratio", "0.17"], "template field 'nosuchfield'"),
+    (
+        "compress with a template that misses its records",
+        [
+            "compress",
+            "--model",
+            "SRC",
+            "--calib",
+            "TEMPLATE",
+            "--out",
+            "OUT",
+            "--ratio-of",
+            "decoder",
+            "--align",
+            "32",
+            "--ratio",
+            "0.17",
+        ],
+        "template field 'nosuchfield'",
+    ),
     ("export of nothing", ["export", "./no/such/ckpt", "--out", "OUT"], "does not exist"),
     ("export of a truncated checkpoint", ["export", "TRUNC", "--out", "OUT"], "cut short"),
     ("export of a data folder", ["export", "MIX_DIR", "--out", "OUT"], "has no config.json"),
@@ -165,6 +197,7 @@ def test_bad_input_exits_2_before_any_work(inputs, argv, match, tmp_path, monkey
 
     def no_weights(*a, **k):
         raise AssertionError("model weights were loaded for a bad input")
+
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
     monkeypatch.setattr(checkpoint, "load_per_layer", no_weights)
     monkeypatch.chdir(tmp_path)

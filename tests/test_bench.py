@@ -1,5 +1,6 @@
 """bench: the zero-shot scorer against a direct computation (the whole quick
 run on tiny artifacts is in test_shared_data.py: it needs the data sets)."""
+
 from __future__ import annotations
 
 
@@ -23,9 +24,17 @@ def test_batched_loglikelihoods_match_one_by_one():
     from prunekit.bench.zeroshot import encode_pair, loglikelihoods
 
     model, tok = tiny_model("llama", vocab_size=320), tiny_tokenizer()
-    pairs = [encode_pair(tok, c, x) for c, x in (("Question: why?\nAnswer:", " because"), ("A", " b c d e f"),
-                                                 ("The cat sat on the ", "mat."), ("x" * 40, " y"),
-                                                 ("Is it", "?"), ("Is it", "!"))]
+    pairs = [
+        encode_pair(tok, c, x)
+        for c, x in (
+            ("Question: why?\nAnswer:", " because"),
+            ("A", " b c d e f"),
+            ("The cat sat on the ", "mat."),
+            ("x" * 40, " y"),
+            ("Is it", "?"),
+            ("Is it", "!"),
+        )
+    ]
     assert pairs[2][1][0] == tok(" ", add_special_tokens=False).input_ids[0]  # trailing space moved
     assert pairs[4][0] == pairs[5][0] and len(pairs[4][1]) == 1  # one input, two one-token continuations
     got = loglikelihoods(model, pairs, batch_size=3)
@@ -56,10 +65,16 @@ def test_acc_and_acc_norm_follow_lm_eval():
     docs = [Doc(["Q"] * 2, [" a", " a much longer answer"], 0), Doc(["Q"] * 2, [" b", " bb"], 1)]
     res = evaluate(model, tok, docs)
     from prunekit.bench.zeroshot import encode_pair, loglikelihoods
+
     ll = loglikelihoods(model, [encode_pair(tok, c, x) for d in docs for c, x in zip(d.contexts, d.continuations)])
     acc = sum(int(max(range(2), key=lambda j: ll[2 * i + j]) == d.gold) for i, d in enumerate(docs)) / 2
-    norm = sum(int(max(range(2), key=lambda j: ll[2 * i + j] / len(d.continuations[j].strip())) == d.gold)
-               for i, d in enumerate(docs)) / 2
+    norm = (
+        sum(
+            int(max(range(2), key=lambda j: ll[2 * i + j] / len(d.continuations[j].strip())) == d.gold)
+            for i, d in enumerate(docs)
+        )
+        / 2
+    )
     assert {k: res[k] for k in ("n", "acc", "acc_norm")} == {"n": 2, "acc": acc, "acc_norm": norm}
     assert sum(res["correct"]) / 2 == acc and sum(res["correct_norm"]) / 2 == norm
 
@@ -76,22 +91,37 @@ def test_standard_errors_and_paired_differences():
 
     assert stderr([1, 0, 1, 1]) == pytest.approx(0.25) and math.isnan(stderr([1]))
     dense = [1] * 300 + [0] * 200
-    pruned = [0] * 30 + [1] * 270 + [0] * 200      # 30 of dense's right answers lost, nothing else changes
+    pruned = [0] * 30 + [1] * 270 + [0] * 200  # 30 of dense's right answers lost, nothing else changes
     d = paired_diff({"correct": dense}, {"correct": pruned})
     assert d["diff"] == pytest.approx(-0.06) and d["stderr"] < stderr(dense) / 2
     assert verdict(d) == "worse" and verdict({"diff": -0.01, "stderr": 0.02}) == "tie"
     assert paired_diff({"correct": dense}, {"correct": pruned[:10]}) is None  # not the same documents
     m = mean_diff([d, {"diff": 0.0, "stderr": d["stderr"]}])
-    assert m["diff"] == pytest.approx(-0.03) and m["stderr"] == pytest.approx(d["stderr"] / 2 ** 0.5)
+    assert m["diff"] == pytest.approx(-0.03) and m["stderr"] == pytest.approx(d["stderr"] / 2**0.5)
 
     def q(correct):
-        return {"wikitext2": {"ppl": 10.0, "tokens": 100, "seq_len": 512, "stride": 512}, "domains": {"web": 9.0},
-                "zeroshot": {"piqa": {"n": len(correct), "acc": sum(correct) / len(correct),
-                                      "acc_stderr": stderr(correct), "correct": correct}},
-                "mean_acc": sum(correct) / len(correct)}
-    res = {"profile": {"task_limit": None},
-           "models": {"dense": {"params": 10, "quality": q(dense)}, "20%": {"params": 8, "quality": q(pruned)},
-                      "same": {"params": 9, "quality": q(dense[:-1] + [1])}}}
+        return {
+            "wikitext2": {"ppl": 10.0, "tokens": 100, "seq_len": 512, "stride": 512},
+            "domains": {"web": 9.0},
+            "zeroshot": {
+                "piqa": {
+                    "n": len(correct),
+                    "acc": sum(correct) / len(correct),
+                    "acc_stderr": stderr(correct),
+                    "correct": correct,
+                }
+            },
+            "mean_acc": sum(correct) / len(correct),
+        }
+
+    res = {
+        "profile": {"task_limit": None},
+        "models": {
+            "dense": {"params": 10, "quality": q(dense)},
+            "20%": {"params": 8, "quality": q(pruned)},
+            "same": {"params": 9, "quality": q(dense[:-1] + [1])},
+        },
+    }
     text = "\n".join(quality_tables(res))
     assert "| 20% | -0.060 ±0.011 worse | **-0.060 ±0.011 worse** |" in text
     assert "| same | +0.002 ±0.002 tie |" in text and "0.600 ±0.022" in text
@@ -107,8 +137,11 @@ def test_result_folders_name_the_cpu_matmul_class(monkeypatch):
     assert machine_slug({**epyc, "isa": ""}) == "epyc-2c"
     assert machine_slug({**epyc, "isa": "avx512bf16"}) == "epyc-avx512bf16-2c"
     assert machine_slug({**epyc, "isa": "amx", "gpu": "NVIDIA H200"}) == "h200-2c"
-    for flags, isa in (("fpu avx2 fma", ""), ("avx2 avx512f avx512_bf16", "avx512bf16"),
-                       ("avx512_bf16 amx_bf16 amx_tile", "amx")):
+    for flags, isa in (
+        ("fpu avx2 fma", ""),
+        ("avx2 avx512f avx512_bf16", "avx512bf16"),
+        ("avx512_bf16 amx_bf16 amx_tile", "amx"),
+    ):
         monkeypatch.setattr(env, "_cpuinfo", lambda f=flags: "flags\t\t: " + f)
         assert env.cpu_isa() == isa
     assert env.cpu_text("AMD EPYC", "avx512bf16") == "AMD EPYC (AVX512-BF16)"

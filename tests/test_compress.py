@@ -1,4 +1,5 @@
 """`prunekit compress` end to end on tiny models and the tiny mix (unit), and the default model (slow)."""
+
 import json
 
 import pytest
@@ -21,8 +22,20 @@ def src(tmp_path_factory):
 def cfg(src, out, **kw) -> CompressConfig:
     # The tiny model's embeddings dwarf its decoder, so targets are fractions of the decoder.
     model, mix = src
-    base = dict(model=str(model), calib=str(mix), out=str(out), ratio=0.2, ratio_of="decoder", align=32,
-                structures=("mlp", "heads"), tolerance=0.06, rounds=2, quick_eval=0, seed=0, dtype="float32")
+    base = dict(
+        model=str(model),
+        calib=str(mix),
+        out=str(out),
+        ratio=0.2,
+        ratio_of="decoder",
+        align=32,
+        structures=("mlp", "heads"),
+        tolerance=0.06,
+        rounds=2,
+        quick_eval=0,
+        seed=0,
+        dtype="float32",
+    )
     return CompressConfig(**{**base, **kw})
 
 
@@ -83,6 +96,7 @@ def test_dense_evaluation_is_kept_across_runs_of_the_same_source(src, tmp_path, 
     other = tmp_path / "other-src"
     shutil.copytree(src[0], other)
     from safetensors.torch import load_file, save_file
+
     w = next(other.glob("*.safetensors"))
     t = load_file(w)
     t = {k: v * 1.01 if "down_proj" in k else v for k, v in t.items()}
@@ -100,8 +114,9 @@ def test_tiny_per_layer_and_layers(src, tmp_path):
     assert m.layout == "per-layer"
     model, _, _ = load_model(tmp_path / "p", dtype="float32")
     assert sum(p.numel() for p in model.parameters()) == m.params["pruned_total"]
-    m = compress(cfg(src, tmp_path / "l", structures=("layers",), method="block-influence", ratio=0.25, rounds=1),
-                 log=quiet)
+    m = compress(
+        cfg(src, tmp_path / "l", structures=("layers",), method="block-influence", ratio=0.25, rounds=1), log=quiet
+    )
     assert len(m.plan["kept_layers"]) == 3
 
 
@@ -109,8 +124,20 @@ def test_tiny_per_layer_and_layers(src, tmp_path):
 def test_tiny_kl_allocation(src, tmp_path):
     """The searched allocation: per-layer widths from measured KL, on the align grid, within the
     target, with the search recorded; and the composed KL it keeps is never above uniform's."""
-    m = compress(cfg(src, tmp_path / "k", mode="per-layer", structures=("mlp",), selection="obs",
-                     allocation="kl", search_step=64, rounds=1, ratio=0.3), log=quiet)
+    m = compress(
+        cfg(
+            src,
+            tmp_path / "k",
+            mode="per-layer",
+            structures=("mlp",),
+            selection="obs",
+            allocation="kl",
+            search_step=64,
+            rounds=1,
+            ratio=0.3,
+        ),
+        log=quiet,
+    )
     s = m.rounds[0]["search"]
     assert s["kl_base"] == pytest.approx(0.0, abs=1e-6)  # the probe's reference is the model it starts from
     assert s["kl_uniform"] > 0 and s["kl_after_cut"] > 0 and s["chosen"] in ("searched", "uniform")
@@ -166,17 +193,20 @@ def test_existing_out_refused_before_work(src, tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("argv,match", [
-    (["--ratio", "1.5"], "--ratio"),
-    (["--structures", "mlp,experts"], "unknown structure"),
-    (["--method", "block-influence"], "block-influence"),
-    (["--rounds", "0"], "--rounds"),
-    (["--tolerance", "0"], "--tolerance"),
-    (["--align", "-64"], "--align"),
-    (["--mode", "per-layer", "--structures", "layers"], "per-layer mode"),
-    (["--model", "/nonexistent/model"], "does not exist"),
-    (["--calib", "/nonexistent/mix.yaml"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--ratio", "1.5"], "--ratio"),
+        (["--structures", "mlp,experts"], "unknown structure"),
+        (["--method", "block-influence"], "block-influence"),
+        (["--rounds", "0"], "--rounds"),
+        (["--tolerance", "0"], "--tolerance"),
+        (["--align", "-64"], "--align"),
+        (["--mode", "per-layer", "--structures", "layers"], "per-layer mode"),
+        (["--model", "/nonexistent/model"], "does not exist"),
+        (["--calib", "/nonexistent/mix.yaml"], "does not exist"),
+    ],
+)
 def test_cli_bad_inputs(tmp_path, argv, match, capsys):
     rc = main(["compress", "--out", str(tmp_path / "o"), *argv])
     assert rc == 2
@@ -192,6 +222,7 @@ def test_bad_config_fails_before_any_model_loads(monkeypatch, tmp_path):
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
+
     for mod in (R, V):
         monkeypatch.setattr(mod, "load_model", boom)
         monkeypatch.setattr(mod.D, "load_mix", boom)
@@ -202,16 +233,26 @@ def test_bad_config_fails_before_any_model_loads(monkeypatch, tmp_path):
 @pytest.mark.unit
 def test_unknown_domain_is_named(src, tmp_path, capsys):
     model, mix = src
-    rc = main(["compress", "--model", str(model), "--calib", str(mix), "--domains", "klingon",
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        ["compress", "--model", str(model), "--calib", str(mix), "--domains", "klingon", "--out", str(tmp_path / "o")]
+    )
     assert rc == 2 and "not in the mix" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 @pytest.mark.unit
 def test_compare_runs_variants_on_one_budget(src, tmp_path):
     model, mix = src
-    c = CompareConfig(model=str(model), calib=str(mix), ratios=(0.25,), variants=("ours-oneshot", "ours-c4only",
-                      "magnitude"), seed=0, ratio_of="decoder", align=32, tolerance=0.06, out=str(tmp_path))
+    c = CompareConfig(
+        model=str(model),
+        calib=str(mix),
+        ratios=(0.25,),
+        variants=("ours-oneshot", "ours-c4only", "magnitude"),
+        seed=0,
+        ratio_of="decoder",
+        align=32,
+        tolerance=0.06,
+        out=str(tmp_path),
+    )
     with pytest.raises(PrunekitError, match="not in the mix"):  # ours-c4only calibrates on the mix's `web`
         compare(c, log=quiet)
     res = compare(c.replace(variants=("ours-oneshot", "magnitude")), log=quiet)
@@ -232,8 +273,13 @@ def test_artifacts_pipeline_builds_then_resumes(src, tmp_path):
 
     # The source's own card states a licence (a README only: it changes no input of any step).
     (src[0] / "README.md").write_text("---\nlicense: mit\nlanguage:\n- en\n- de\n---\n# tiny\n")
-    a = ArtifactsConfig(model=str(src[0]), out=str(tmp_path / "artifacts"), name="tiny",
-                        runtimes=("transformers", "onnxruntime"), threads=2)
+    a = ArtifactsConfig(
+        model=str(src[0]),
+        out=str(tmp_path / "artifacts"),
+        name="tiny",
+        runtimes=("transformers", "onnxruntime"),
+        threads=2,
+    )
     c = cfg(src, "unused", rounds=1)
     logs: list[str] = []
     summary = run_artifacts(a, c, log=logs.append)
@@ -243,6 +289,7 @@ def test_artifacts_pipeline_builds_then_resumes(src, tmp_path):
     assert "prunekit serve" in readme and "| prose |" in readme and "| onnxruntime | yes |" in readme
     # A Hub model card: its metadata from the source's card and config, and the mix's datasets.
     from prunekit.model_card import read_front_matter
+
     meta = read_front_matter(readme)
     assert meta["license"] == "mit" and meta["language"] == ["en", "de"]
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"

@@ -1,4 +1,5 @@
 """The converted default model is a trained model, not random weights."""
+
 import math
 
 import pytest

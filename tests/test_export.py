@@ -1,4 +1,5 @@
 """export and verify on tiny random checkpoints: every layout, every runtime, and the refusals."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,18 @@ from prunekit.errors import PrunekitError
 from prunekit.export import ExportConfig, VerifyConfig, verify
 
 # decilm: MLP widths differ, attention the same in every layer; per-layer: query heads differ too.
-LAYOUTS = {"uniform": dict(widths=[192] * 3), "decilm": dict(widths=[64, 256, 128]),
-           "per-layer": dict(widths=[64, 256, 128], groups=[1, 2, 1])}
+LAYOUTS = {
+    "uniform": dict(widths=[192] * 3),
+    "decilm": dict(widths=[64, 256, 128]),
+    "per-layer": dict(widths=[64, 256, 128], groups=[1, 2, 1]),
+}
 # The layout vLLM runs each with: its own class for the stock architecture, DeciLM, or its Transformers backend.
 VLLM_CLASS = {"decilm": "DeciLMForCausalLM", "per-layer": "TransformersForCausalLM"}
 
 
 def export(src, out, **kw):
     from prunekit.export import export as run_export
+
     return run_export(ExportConfig(model=str(src), out=str(out), tokens=kw.pop("tokens", 8), **kw), log=lambda m: None)
 
 
@@ -42,8 +47,10 @@ def artifact(tmp_path_factory):
 
 # Every architecture in the stock and per-layer layouts; DeciLM for the two families it holds (Mistral
 # shares Llama's code on both sides, Qwen3 cannot be held: test_layout_choice).
-CASES = [(a, lay) for a in sorted(ARCH_CONFIGS) for lay in ("uniform", "per-layer")] + \
-    [("LlamaForCausalLM", "decilm"), ("Qwen2ForCausalLM", "decilm")]
+CASES = [(a, lay) for a in sorted(ARCH_CONFIGS) for lay in ("uniform", "per-layer")] + [
+    ("LlamaForCausalLM", "decilm"),
+    ("Qwen2ForCausalLM", "decilm"),
+]
 # vLLM (a server start each, about a minute of the CI run on 2 cores) where its code differs: its own class for
 # Llama, Qwen2 and Qwen3 (Mistral runs Llama's), DeciLM for both families, and the Transformers backend that
 # every per-layer artifact runs on, for Qwen2 (biases, untied head) and Qwen3 (q/k norm, tied head).
@@ -86,8 +93,14 @@ def test_artifact_contents_and_hashes(artifact):
     m = json.loads((artifact / "prunekit.json").read_text())
     assert m["stage"] == "export" and m["layout"] == "per-layer" and "inputs_hash" not in m
     assert (artifact / "onnx" / "model.onnx").is_file() and (artifact / "onnx" / "model.onnx.data").is_file()
-    assert {"model.safetensors", "config.json", "tokenizer.json", "modeling_prunekit.py",
-            "onnx/model.onnx", "reference/logits.safetensors"} <= set(m["files"])
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "modeling_prunekit.py",
+        "onnx/model.onnx",
+        "reference/logits.safetensors",
+    } <= set(m["files"])
     for name, digest in m["files"].items():
         assert sha256_file(artifact / name) == digest, name
     assert m["shipped_code"]["modeling_prunekit.py"] == m["files"]["modeling_prunekit.py"]
@@ -111,9 +124,12 @@ def test_onnx_graph_uses_only_standard_domains(artifact, tmp_path):
     ops = check_domains(artifact / "onnx" / "model.onnx")
     assert "MatMul" in ops
     node = helper.make_node("FusedMatMul", ["a", "b"], ["c"], domain="com.microsoft")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 2])
-                                            for n in "ab"],
-                              [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [2, 2])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 2]) for n in "ab"],
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [2, 2])],
+    )
     bad = tmp_path / "bad.onnx"
     onnx.save(helper.make_model(graph), bad)
     with pytest.raises(PrunekitError, match="com.microsoft::FusedMatMul"):
@@ -194,12 +210,15 @@ def test_heads_cut_where_stock_vllm_would_misread_go_decilm(tmp_path):
     assert report["runtimes"]["vllm"]["model_class"] == "DeciLMForCausalLM"
 
 
-@pytest.mark.parametrize("arch,shape,prefer,layout,why", [
-    ("Qwen3ForCausalLM", "decilm", "auto", "per-layer", "q/k norm"),
-    ("LlamaForCausalLM", "per-layer", "auto", "per-layer", "query heads differ"),
-    ("LlamaForCausalLM", "decilm", "per-layer", "per-layer", "asked for"),
-    ("MistralForCausalLM", "decilm", "auto", "decilm", "DeciLM"),
-])
+@pytest.mark.parametrize(
+    "arch,shape,prefer,layout,why",
+    [
+        ("Qwen3ForCausalLM", "decilm", "auto", "per-layer", "q/k norm"),
+        ("LlamaForCausalLM", "per-layer", "auto", "per-layer", "query heads differ"),
+        ("LlamaForCausalLM", "decilm", "per-layer", "per-layer", "asked for"),
+        ("MistralForCausalLM", "decilm", "auto", "decilm", "DeciLM"),
+    ],
+)
 def test_layout_choice(tmp_path, arch, shape, prefer, layout, why):
     """Export picks the layout the plan needs, says why, and `--layout per-layer` overrides DeciLM."""
     src = tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS[shape])
@@ -215,6 +234,7 @@ def test_sliding_window_without_layer_types_is_refused(tmp_path):
 
     from prunekit.export.hf import layout_of
     from prunekit.families import FAMILIES
+
     src = tiny_checkpoint(tmp_path / "src", "MistralForCausalLM", **LAYOUTS["decilm"])
     config = AutoConfig.from_pretrained(src)
     config.sliding_window = 64
@@ -230,8 +250,16 @@ def test_config_without_head_dim_exports(tmp_path):
 
     from conftest import tiny_tokenizer
     from prunekit.checkpoint import save_model, save_tokenizer
-    cfg = transformers.Qwen2Config(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=320, max_position_embeddings=128)
+
+    cfg = transformers.Qwen2Config(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=320,
+        max_position_embeddings=128,
+    )
     cfg.architectures = ["Qwen2ForCausalLM"]
     assert getattr(cfg, "head_dim", None) is None
     save_model(transformers.Qwen2ForCausalLM(cfg).eval(), tmp_path / "src")

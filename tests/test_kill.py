@@ -2,6 +2,7 @@
 left to pile up, no process left running, no port held; the same command run again succeeds, and
 `artifacts` reuses the steps that had completed. The kill points inside compress and export come from
 PRUNEKIT_KILL_AT (prunekit/faults.py); verify and serve are killed from outside while vLLM runs."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def src(tmp_path_factory):
 
 def prunekit(argv: list[str], kill_at: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PRUNEKIT_KILL_AT": kill_at or ""}
-    return subprocess.run([sys.executable, "-m", "prunekit", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "prunekit", *argv], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def leftovers(d: Path) -> list[str]:
@@ -43,7 +45,7 @@ def descendants(pid: int) -> set[int]:
         except (OSError, ValueError):
             continue
         if p.name.isdigit():
-            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(p.name))
+            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(p.name))
     out, todo = set(), [pid]
     while todo:
         for c in children.get(todo.pop(), []):
@@ -54,6 +56,7 @@ def descendants(pid: int) -> set[int]:
 
 def running(pids: set[int]) -> set[int]:
     from prunekit.proc import pid_alive
+
     return {p for p in pids if pid_alive(p)}
 
 
@@ -66,8 +69,27 @@ def wait_gone(pids: set[int], timeout: float = 20) -> set[int]:
 
 def compress_argv(src, out: Path) -> list[str]:
     model, mix = src
-    return ["compress", "--model", model, "--calib", mix, "--out", str(out), "--ratio", "0.2", "--ratio-of",
-            "decoder", "--align", "32", "--rounds", "2", "--dtype", "float32", "--threads", "2"]
+    return [
+        "compress",
+        "--model",
+        model,
+        "--calib",
+        mix,
+        "--out",
+        str(out),
+        "--ratio",
+        "0.2",
+        "--ratio-of",
+        "decoder",
+        "--align",
+        "32",
+        "--rounds",
+        "2",
+        "--dtype",
+        "float32",
+        "--threads",
+        "2",
+    ]
 
 
 def test_compress_killed_at_each_point_then_rerun(src, tmp_path):
@@ -98,8 +120,25 @@ def test_export_killed_keeps_the_previous_artifact(tmp_path):
 
 def test_artifacts_killed_in_export_reuses_compress(src, tmp_path):
     model, mix = src
-    argv = ["artifacts", "--model", model, "--calib", mix, "--ratio", "0.2", "--rounds", "1", "--out",
-            str(tmp_path / "out"), "--name", "tiny", "--runtimes", "transformers,onnxruntime", "--threads", "2"]
+    argv = [
+        "artifacts",
+        "--model",
+        model,
+        "--calib",
+        mix,
+        "--ratio",
+        "0.2",
+        "--rounds",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        "--name",
+        "tiny",
+        "--runtimes",
+        "transformers,onnxruntime",
+        "--threads",
+        "2",
+    ]
     r = prunekit(argv, kill_at="export:onnx")
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert (tmp_path / "out" / ".work" / "tiny" / "pruned" / "prunekit.json").is_file()
@@ -113,16 +152,23 @@ def test_artifacts_killed_in_export_reuses_compress(src, tmp_path):
 @pytest.fixture(scope="module")
 def verified(tmp_path_factory):
     from prunekit.export import ExportConfig, VerifyConfig, export, verify
+
     d = tmp_path_factory.mktemp("kill-art")
-    export(ExportConfig(model=str(tiny_checkpoint(d / "src", "llama")), out=str(d / "art"), tokens=4, onnx=False),
-           log=lambda m: None)
+    export(
+        ExportConfig(model=str(tiny_checkpoint(d / "src", "llama")), out=str(d / "art"), tokens=4, onnx=False),
+        log=lambda m: None,
+    )
     assert verify(VerifyConfig(artifact=str(d / "art"), runtimes=("transformers",)), log=lambda m: None)["passed"]
     return d / "art"
 
 
 def _start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "prunekit", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "prunekit", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> set[int]:
@@ -150,6 +196,7 @@ def test_verify_killed_during_vllm_leaves_no_process(verified):
             if argv[1:3] == [b"-m", b"prunekit.export.vllm_run"] and descendants(k):
                 return True
         return False
+
     kids = _kill_when(proc, engine_up)
     assert len(kids) >= 3  # guard, worker, engine
     assert wait_gone(kids) == set(), "vLLM processes outlived the killed verify"
@@ -160,18 +207,32 @@ def test_serve_killed_frees_the_port(verified):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = _start(["serve", str(verified), "--port", str(port), "--kv-cache-gib", "0.05", "--max-model-len", "128",
-                   "--dtype", "float32"])
+    proc = _start(
+        [
+            "serve",
+            str(verified),
+            "--port",
+            str(port),
+            "--kv-cache-gib",
+            "0.05",
+            "--max-model-len",
+            "128",
+            "--dtype",
+            "float32",
+        ]
+    )
 
     def healthy() -> bool:
         try:
             return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
         except OSError:
             return False
+
     kids = _kill_when(proc, healthy)
     assert wait_gone(kids) == set(), "the vLLM server outlived the killed `prunekit serve`"
     from prunekit.errors import PrunekitError
     from prunekit.serve.server import port_free
+
     # Nothing listens any more (binds as a server would: TIME_WAIT is no obstacle). The last holder's exit and
     # the kernel closing its socket are not one instant: once in a full `make test` on an AMX VM the bind
     # failed right after every process was gone, and passed alone. A port still held after 10 s is a leak.
@@ -189,8 +250,9 @@ def test_serve_killed_frees_the_port(verified):
 def test_a_killed_swap_puts_the_previous_output_back(tmp_path):
     from prunekit.artifact import check_out_dir
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     old, tmp = tmp_path / f".art.old-{dead}-abcdefgh", tmp_path / f".art.tmp-{dead}-ijklmnop"
     for d in (old, tmp):
         d.mkdir()

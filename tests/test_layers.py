@@ -1,5 +1,6 @@
 """The layers point one way (DESIGN.md): core <- stages <- app. Every import statement counts,
 including those inside functions, relative ones resolved against their package."""
+
 from __future__ import annotations
 
 import ast

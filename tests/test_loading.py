@@ -1,4 +1,5 @@
 """Safe model loading: local dirs, hub ids, and every bad input named in the foundation issue."""
+
 import json
 
 import pytest

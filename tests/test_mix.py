@@ -1,4 +1,5 @@
 """The calibration mix: determinism, disjoint splits, and clear errors for bad specs."""
+
 import json
 
 import pytest
@@ -37,8 +38,10 @@ def qa_file(tmp_path):
 
 
 def test_template_seed_and_packing(tmp_path, qa_file):
-    p = mix_file(tmp_path, {"qa": {"source": str(qa_file), "template": "Q: {question} A: {answer}",
-                                   "samples": 4, "eval_samples": 2}})
+    p = mix_file(
+        tmp_path,
+        {"qa": {"source": str(qa_file), "template": "Q: {question} A: {answer}", "samples": 4, "eval_samples": 2}},
+    )
     a = D.build(D.load_mix(p), WordTok())
     b = D.build(D.load_mix(p), WordTok())
     c = D.build(D.load_mix(p, seed=1), WordTok())
@@ -77,25 +80,30 @@ def test_check_disjoint_detects_overlap():
 
 
 def test_weights_split_total(tmp_path, qa_file):
-    d = {"a": {"source": str(qa_file), "template": "{question}", "weight": 3},
-         "b": {"source": str(qa_file), "template": "{answer}", "weight": 1}}
+    d = {
+        "a": {"source": str(qa_file), "template": "{question}", "weight": 3},
+        "b": {"source": str(qa_file), "template": "{answer}", "weight": 1},
+    }
     mix = D.load_mix(mix_file(tmp_path, d, total_samples=8))
     assert [x.samples for x in mix.domains] == [6, 2]
 
 
-@pytest.mark.parametrize("domain,match", [
-    ({"source": "qa.jsonl", "template": "{question}", "samples": 1, "tempalte": "x"}, "unknown key"),
-    ({"source": "missing.jsonl", "template": "{question}", "samples": 1}, "not found"),
-    ({"source": "empty.jsonl", "template": "{question}", "samples": 1}, "no records"),
-    ({"source": "qa.jsonl", "template": "{question} {solution}", "samples": 1}, "solution"),
-    ({"source": "qa.jsonl", "template": "{question}", "samples": 500}, "tokens but"),
-    ({"source": "qa.jsonl", "samples": 1}, "missing `template`"),
-    ({"source": "qa.xml", "template": "{question}", "samples": 1}, "unsupported type"),
-    ({"source": "broken.jsonl", "template": "{question}", "samples": 1}, "line 2 is not JSON"),
-    ({"source": "list.jsonl", "template": "{question}", "samples": 1}, "line 1 is a JSON list"),
-    ({"source": "array.jsonl", "template": "{question}", "samples": 1}, "one JSON array"),
-    ({"source": "latin1.jsonl", "template": "{question}", "samples": 1}, "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "domain,match",
+    [
+        ({"source": "qa.jsonl", "template": "{question}", "samples": 1, "tempalte": "x"}, "unknown key"),
+        ({"source": "missing.jsonl", "template": "{question}", "samples": 1}, "not found"),
+        ({"source": "empty.jsonl", "template": "{question}", "samples": 1}, "no records"),
+        ({"source": "qa.jsonl", "template": "{question} {solution}", "samples": 1}, "solution"),
+        ({"source": "qa.jsonl", "template": "{question}", "samples": 500}, "tokens but"),
+        ({"source": "qa.jsonl", "samples": 1}, "missing `template`"),
+        ({"source": "qa.xml", "template": "{question}", "samples": 1}, "unsupported type"),
+        ({"source": "broken.jsonl", "template": "{question}", "samples": 1}, "line 2 is not JSON"),
+        ({"source": "list.jsonl", "template": "{question}", "samples": 1}, "line 1 is a JSON list"),
+        ({"source": "array.jsonl", "template": "{question}", "samples": 1}, "one JSON array"),
+        ({"source": "latin1.jsonl", "template": "{question}", "samples": 1}, "not UTF-8"),
+    ],
+)
 def test_bad_specs_name_the_domain(tmp_path, qa_file, domain, match):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "qa.xml").write_text("<x/>")
@@ -124,7 +132,8 @@ def test_jsonl_records_are_what_datasets_reads(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [{"text": "caf\u00e9 \u4e2d\u6587", "n": 1}, {"text": "two\nlines", "n": 2}, {"text": "x", "n": 3}]
     f = tmp_path / "d.jsonl"
-    f.write_text("\ufeff" + json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\r\n" + json.dumps(rows[2]),
-                 encoding="utf-8")  # a byte-order mark, a blank line, CRLF, no final newline
+    f.write_text(
+        "\ufeff" + json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\r\n" + json.dumps(rows[2]), encoding="utf-8"
+    )  # a byte-order mark, a blank line, CRLF, no final newline
     ours = D._jsonl(f, D.Domain("web", D.Source(path=str(f)), "{text}", samples=1, eval_samples=0))
     assert ours == rows == list(datasets.load_dataset("json", data_files=str(f), split="train"))

@@ -1,5 +1,6 @@
 """The Dockerfile and the CI workflow reuse the one install script and the Makefile (Docker itself is
 not available on these machines, so what can be checked is checked here)."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,9 @@ def test_dockerfile_reuses_setup_and_runs_unprivileged():
     assert users and users[-1] not in ("root", "0")
     assert 'ENTRYPOINT ["prunekit"]' in text
     # setup.sh runs before anything else of the image's commands is installed
-    assert steps.index(next(ln for ln in steps if ln.startswith("USER "))) < \
-        steps.index(next(ln for ln in steps if ln.startswith("RUN scripts/setup.sh")))
+    assert steps.index(next(ln for ln in steps if ln.startswith("USER "))) < steps.index(
+        next(ln for ln in steps if ln.startswith("RUN scripts/setup.sh"))
+    )
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "runs", "artifacts", ".git"} <= set(ignored)
 
@@ -101,23 +103,46 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, data_root):
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("work", "results", "__pycache__"))
         else:
             shutil.copy(ROOT / name, src / name)
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "absent from the `packages` configuration" not in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
     wheel = next((tmp_path / "dist").glob("prunekit-*.whl"))
     site = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     tok = tiny_src(tmp_path / "tok")
     env = {**__import__("os").environ, "PYTHONPATH": str(site), "PRUNEKIT_DATA": str(data_root)}
-    code = ("import prunekit, prunekit.export.hf as h, sys; from prunekit.cli import main; "
-            "print(prunekit.__file__, h.__file__); sys.exit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "mix", "--calib", "default", "--model", str(tok)], cwd=elsewhere,
-                       env=env, capture_output=True, text=True)
+    code = (
+        "import prunekit, prunekit.export.hf as h, sys; from prunekit.cli import main; "
+        "print(prunekit.__file__, h.__file__); sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "mix", "--calib", "default", "--model", str(tok)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[0].startswith(str(site)) and r.stdout.split()[1].startswith(str(site))
     assert "mix default-6domain" in r.stdout and list(elsewhere.iterdir()) == []

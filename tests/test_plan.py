@@ -1,4 +1,5 @@
 """Plans respect the deployment constraints, and impossible targets name the nearest reachable one."""
+
 import pytest
 import torch
 
@@ -16,8 +17,10 @@ DENSE = P.Shape([(1536, 3)] * 30)
 
 def scores(comparable=True, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [Scores(torch.rand(1536, generator=g), torch.rand(3, generator=g), float(torch.rand(1, generator=g)),
-                   comparable) for _ in range(30)]
+    return [
+        Scores(torch.rand(1536, generator=g), torch.rand(3, generator=g), float(torch.rand(1, generator=g)), comparable)
+        for _ in range(30)
+    ]
 
 
 def test_dense_param_count_matches_smollm2():
@@ -41,8 +44,9 @@ def test_mlp_widths_without_scores_are_the_widths_scores_choose(target, final):
     as with any scores, since removing more channels never costs less."""
     c = CompressConfig(ratio=0.4, structures=("mlp",), align=64, tolerance=0.02)
     for comparable, seed in ((True, 0), (False, 1)):
-        assert P.uniform_shape(DENSE, DENSE, DIMS, c, target, None, final) == \
-            P.uniform_shape(DENSE, DENSE, DIMS, c, target, scores(comparable, seed), final)
+        assert P.uniform_shape(DENSE, DENSE, DIMS, c, target, None, final) == P.uniform_shape(
+            DENSE, DENSE, DIMS, c, target, scores(comparable, seed), final
+        )
 
 
 def test_ratio_of_decoder_removes_more_of_the_decoder():
@@ -113,12 +117,16 @@ def test_schedules():
         P.schedule(0.4, 0)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(ratio=1.2), "--ratio"), (dict(ratio=0.2, ratio_of="all"), "--ratio-of"),
-    (dict(ratio=0.2, structures=("mlp", "experts")), "unknown structure"),
-    (dict(ratio=0.2, mode="per-layer", structures=("layers",)), "per-layer"),
-    (dict(ratio=0.2, align=0), "--align"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(ratio=1.2), "--ratio"),
+        (dict(ratio=0.2, ratio_of="all"), "--ratio-of"),
+        (dict(ratio=0.2, structures=("mlp", "experts")), "unknown structure"),
+        (dict(ratio=0.2, mode="per-layer", structures=("layers",)), "per-layer"),
+        (dict(ratio=0.2, align=0), "--align"),
+    ],
+)
 def test_bad_constraints(kw, match):
     with pytest.raises(PrunekitError, match=match):
         CompressConfig(**kw).validate()

@@ -1,4 +1,5 @@
 """Recovery by distillation (--recover-tokens) on tiny models and the tiny mix."""
+
 import copy
 import json
 
@@ -48,8 +49,9 @@ def test_recover_keeps_a_bf16_model_bf16_and_its_rope_tables_fp32():
     teacher.model.rotary_emb.inv_freq.data = teacher.model.rotary_emb.inv_freq.float()  # as a loaded bf16 model has it
     student.model.rotary_emb.inv_freq.data = teacher.model.rotary_emb.inv_freq.clone()
     rope = {n: (b.dtype, b.clone()) for n, b in student.named_buffers() if b.is_floating_point()}
-    rec = recover(student, teacher, family_for_config(student.config), torch.randint(0, 320, (2, 16)),
-                  RecoverSettings(batch=2))
+    rec = recover(
+        student, teacher, family_for_config(student.config), torch.randint(0, 320, (2, 16)), RecoverSettings(batch=2)
+    )
     assert rec["precision"].startswith("bf16") and all(p.dtype == torch.bfloat16 for p in student.parameters())
     for n, b in student.named_buffers():
         if n in rope:
@@ -93,9 +95,20 @@ def test_compress_records_the_recovery(tmp_path):
 
     src = tiny_src(tmp_path / "model", intermediate_size=256, num_hidden_layers=4)
     mix = tiny_mix(tmp_path / "mix")
-    c = CompressConfig(model=str(src), calib=str(mix), out=str(tmp_path / "out"), ratio=0.2, ratio_of="decoder",
-                       align=32, rounds=1, quick_eval=0, seed=0, dtype="float32", recover_tokens=100,
-                       recover_batch=2)
+    c = CompressConfig(
+        model=str(src),
+        calib=str(mix),
+        out=str(tmp_path / "out"),
+        ratio=0.2,
+        ratio_of="decoder",
+        align=32,
+        rounds=1,
+        quick_eval=0,
+        seed=0,
+        dtype="float32",
+        recover_tokens=100,
+        recover_batch=2,
+    )
     m = compress(c, log=lambda _: None)
     r = m.recovery
     assert r["sequences"] == 4 and r["tokens"] == 4 * 32 and r["steps"] == 2  # 100 tokens -> 4 whole sequences
@@ -112,9 +125,21 @@ def test_compress_records_the_recovery(tmp_path):
 def test_recovery_between_rounds_trains_after_every_cut(tmp_path):
     src = tiny_src(tmp_path / "model", intermediate_size=256, num_hidden_layers=4)
     mix = tiny_mix(tmp_path / "mix")
-    c = CompressConfig(model=str(src), calib=str(mix), out=str(tmp_path / "out"), ratio=0.3, ratio_of="decoder",
-                       align=32, rounds=2, quick_eval=1, seed=0, dtype="float32", recover_tokens=6 * 32,
-                       recover_batch=2, recover_at="rounds")
+    c = CompressConfig(
+        model=str(src),
+        calib=str(mix),
+        out=str(tmp_path / "out"),
+        ratio=0.3,
+        ratio_of="decoder",
+        align=32,
+        rounds=2,
+        quick_eval=1,
+        seed=0,
+        dtype="float32",
+        recover_tokens=6 * 32,
+        recover_batch=2,
+        recover_at="rounds",
+    )
     m = compress(c, log=lambda _: None)
     r = m.recovery
     assert r["at"] == "rounds" and [(x["round"], x["tokens"]) for x in r["rounds"]] == [(1, 96), (2, 96)]
@@ -133,12 +158,17 @@ def test_recovery_between_rounds_trains_after_every_cut(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("kw, match", [({"recover_at": "middle"}, "--recover-at"),
-                                       ({"recover_at": "rounds", "recover_tokens": 64, "rounds": 1}, "--rounds 2"),
-                                       ({"recover_at": "rounds", "rounds": 2}, "--recover-tokens N"),
-                                       ({"recover_tokens": -1}, "--recover-tokens"),
-                                       ({"recover_lr": 0.0}, "--recover-lr"),
-                                       ({"recover_batch": 0}, "--recover-batch")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"recover_at": "middle"}, "--recover-at"),
+        ({"recover_at": "rounds", "recover_tokens": 64, "rounds": 1}, "--rounds 2"),
+        ({"recover_at": "rounds", "rounds": 2}, "--recover-tokens N"),
+        ({"recover_tokens": -1}, "--recover-tokens"),
+        ({"recover_lr": 0.0}, "--recover-lr"),
+        ({"recover_batch": 0}, "--recover-batch"),
+    ],
+)
 def test_recover_options_are_checked(kw, match):
     with pytest.raises(PrunekitError, match=match):
         CompressConfig(out="x", **kw)

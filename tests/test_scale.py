@@ -1,4 +1,5 @@
 """Scale: the per-stage profile, the chunked LM head, weights offloaded layer by layer, --device."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,6 @@ import torch
 from conftest import tiny_mix, tiny_model, tiny_tokenizer
 from prunekit.compress import CompressConfig, compress
 from prunekit.errors import PrunekitError
-
-
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,20 @@ def figures(m) -> dict:
 
 def cfg(src, out, **kw) -> CompressConfig:
     model, mix = src
-    base = dict(model=str(model), calib=str(mix), out=str(out), ratio=0.2, ratio_of="decoder", align=32,
-                structures=("mlp", "heads"), tolerance=0.06, rounds=2, quick_eval=2, seed=0, dtype="float32")
+    base = dict(
+        model=str(model),
+        calib=str(mix),
+        out=str(out),
+        ratio=0.2,
+        ratio_of="decoder",
+        align=32,
+        structures=("mlp", "heads"),
+        tolerance=0.06,
+        rounds=2,
+        quick_eval=2,
+        seed=0,
+        dtype="float32",
+    )
     return CompressConfig(**{**base, **kw})
 
 
@@ -54,13 +65,15 @@ def test_head_nll_is_the_full_vocabulary_cross_entropy():
         # A head kept in another dtype (offloaded, bf16 at home) is cast per chunk to the hidden states' dtype.
         home = torch.nn.Linear(16, head.out_features).to(torch.bfloat16)
         home.load_state_dict(head.state_dict())
-        ref16 = float(torch.nn.functional.cross_entropy(h @ home.weight.float().T + home.bias.float(), tgt,
-                                                        reduction="sum"))
+        ref16 = float(
+            torch.nn.functional.cross_entropy(h @ home.weight.float().T + home.bias.float(), tgt, reduction="sum")
+        )
         assert head_nll(h, tgt, home) == pytest.approx(ref16, rel=1e-5)
 
 
 class _Bar:
     """Stands in for tqdm in prunekit.perplexity: records each bar's total and how far it got."""
+
     seen: list = []
 
     def __init__(self, total, unit, **kw):
@@ -86,8 +99,13 @@ def test_offloaded_compress_matches_the_whole_model_one(bf16_src, tmp_path, monk
     # Every held-out evaluation shows progress, by batch or (offloaded) by layer and LM head, and its bar ends full.
     assert {b.unit for b in _Bar.seen} == {"batch", "step"}
     assert all(b.total > 0 and b.n == b.total for b in _Bar.seen), [(b.n, b.total) for b in _Bar.seen]
-    assert on.placement == {"device": "cpu", "dtype": "float32", "offload": True, "why": "--offload on",
-                            "home_dtype": "bfloat16"}
+    assert on.placement == {
+        "device": "cpu",
+        "dtype": "float32",
+        "offload": True,
+        "why": "--offload on",
+        "home_dtype": "bfloat16",
+    }
     assert off.placement["offload"] is False
     assert on.plan == off.plan
     # Dense: the same bf16 weights upcast, layer by layer or all at once.
@@ -96,6 +114,7 @@ def test_offloaded_compress_matches_the_whole_model_one(bf16_src, tmp_path, monk
     for d, v in off.quality["heldout_ppl"]["pruned"].items():
         assert on.quality["heldout_ppl"]["pruned"][d] == pytest.approx(v, rel=1e-2)
     from safetensors.torch import load_file
+
     a, b = load_file(tmp_path / "off" / "model.safetensors"), load_file(tmp_path / "on" / "model.safetensors")
     assert a.keys() == b.keys() and all(t.dtype == torch.bfloat16 for t in b.values())
     for k in a:  # within a few bf16 steps of each other
@@ -104,12 +123,20 @@ def test_offloaded_compress_matches_the_whole_model_one(bf16_src, tmp_path, monk
     # in round 1's cut pass), plus the statistics runner's start in round 1.
     on_disk = json.loads((tmp_path / "on" / "prunekit.json").read_text())
     stages = {s["stage"]: s for s in on_disk["profile"]["stages"]}
-    assert list(stages) == ["load", "mix", "dense eval", "statistics", "scores", "cut and refit", "round eval",
-                            "pruned eval", "save"]
+    assert list(stages) == [
+        "load",
+        "mix",
+        "dense eval",
+        "statistics",
+        "scores",
+        "cut and refit",
+        "round eval",
+        "pruned eval",
+        "save",
+    ]
     assert stages["scores"]["calls"] == 2 * 4 and stages["statistics"]["calls"] == 2 * 4 + 1
     assert [r["statistics_carried"] for r in on.rounds] == [False, True]
-    assert on_disk["peak_rss_mb"] == on_disk["profile"]["peak_rss_mb"] >= max(
-        s["peak_rss_mb"] for s in stages.values())
+    assert on_disk["peak_rss_mb"] == on_disk["profile"]["peak_rss_mb"] >= max(s["peak_rss_mb"] for s in stages.values())
 
 
 @pytest.mark.unit
@@ -126,8 +153,7 @@ def test_offload_with_fp32_weights_changes_nothing(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("setting", [dict(method="taylor"), dict(recover_tokens=256),
-                                     dict(refit_target="dense")])
+@pytest.mark.parametrize("setting", [dict(method="taylor"), dict(recover_tokens=256), dict(refit_target="dense")])
 def test_offload_refuses_what_needs_the_whole_model(bf16_src, tmp_path, setting):
     with pytest.raises(PrunekitError, match="--offload on runs one decoder layer at a time"):
         compress(cfg(bf16_src, tmp_path / "x", offload="on", **setting), log=lambda m: None)
@@ -244,16 +270,64 @@ def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path, structur
     # 4e-5 apart), which the refit's solve amplifies; the test is about the summed statistics, not threading.
     threads = torch.get_num_threads()
     try:
-        one = compress(cfg(src, tmp_path / "one", quick_eval=0, threads=1, structures=(structures,),
-                           ratio=float(ratio), tolerance=float(tolerance)), log=lambda m: None)
+        one = compress(
+            cfg(
+                src,
+                tmp_path / "one",
+                quick_eval=0,
+                threads=1,
+                structures=(structures,),
+                ratio=float(ratio),
+                tolerance=float(tolerance),
+            ),
+            log=lambda m: None,
+        )
     finally:
         torch.set_num_threads(threads)  # compress sets it for the process: give later tests theirs back
-    args = ["--model", str(src[0]), "--calib", str(src[1]), "--out", str(tmp_path / "two"), "--ratio", ratio,
-            "--ratio-of", "decoder", "--align", "32", "--structures", structures, "--tolerance", tolerance,
-            "--rounds", "2", "--seed", "0", "--dtype", "float32", "--threads", "1"]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "prunekit", "compress", *args], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "--model",
+        str(src[0]),
+        "--calib",
+        str(src[1]),
+        "--out",
+        str(tmp_path / "two"),
+        "--ratio",
+        ratio,
+        "--ratio-of",
+        "decoder",
+        "--align",
+        "32",
+        "--structures",
+        structures,
+        "--tolerance",
+        tolerance,
+        "--rounds",
+        "2",
+        "--seed",
+        "0",
+        "--dtype",
+        "float32",
+        "--threads",
+        "1",
+    ]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "prunekit",
+            "compress",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("wrote ") == 1  # rank 0 only
     two = json.loads((tmp_path / "two" / "prunekit.json").read_text())
@@ -268,17 +342,46 @@ def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path, structur
     if structures == "heads":
         return
     # What needs the whole model is refused before any work, on every rank.
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "prunekit", "compress", *args[:5], str(tmp_path / "three"), *args[6:],
-                        "--method", "taylor"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "prunekit",
+            "compress",
+            *args[:5],
+            str(tmp_path / "three"),
+            *args[6:],
+            "--method",
+            "taylor",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode != 0 and "needs the whole model at once: run it in one process" in r.stderr
     assert not (tmp_path / "three").exists()
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("kw", [dict(structures=("mlp", "heads"), selection="obs", structures_note="heads"),
-                                dict(structures=("layers",), ratio=0.5, tolerance=0.3, rounds=3,
-                                     method="block-influence", structures_note="a layer removed in round 1")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(structures=("mlp", "heads"), selection="obs", structures_note="heads"),
+        dict(
+            structures=("layers",),
+            ratio=0.5,
+            tolerance=0.3,
+            rounds=3,
+            method="block-influence",
+            structures_note="a layer removed in round 1",
+        ),
+    ],
+)
 def test_next_rounds_statistics_from_the_cut_pass_equal_a_fresh_pass(tmp_path, monkeypatch, kw):
     """The cut pass scores each cut layer for the next round (saving one pass over the calibration set per
     round); the result is the same, bit for bit, as the statistics pass it replaces."""
@@ -303,8 +406,14 @@ def test_next_rounds_statistics_from_the_cut_pass_equal_a_fresh_pass(tmp_path, m
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("kw", [dict(structures=("mlp",)), dict(structures=("mlp",), offload="on", dtype="auto"),
-                                dict(structures=("mlp", "heads"), rounds=3, weighting="relative")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(structures=("mlp",)),
+        dict(structures=("mlp",), offload="on", dtype="auto"),
+        dict(structures=("mlp", "heads"), rounds=3, weighting="relative"),
+    ],
+)
 def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypatch, kw):
     """A layer whose MLP alone is cut advances the stream from what its one forward cached (residual +
     down(X_K)) instead of a second forward: the same plan, quality and weights as with the second forward
@@ -320,6 +429,7 @@ def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypa
     def counted(*args, **k):
         calls["n"] += 1
         return orig(*args, **k)
+
     monkeypatch.setattr(I, "_cut_layer_cached", counted)
     monkeypatch.setattr(I, "CACHED_CUT", False)
     b = compress(cfg(bf16_src, tmp_path / "b", **kw), log=lambda m: None)
@@ -340,10 +450,10 @@ def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypa
 # fp32 on every CPU kind (the offloaded weights stay bf16 at home): in bf16 compute the two routes round the kept
 # inputs differently (a gather of the cached ones, a forward of the permuted layer), and a tiny random model's
 # near-tied channels then flip in later layers (seen on an AVX512-BF16 EPYC): exact plans are an fp32 claim.
-@pytest.mark.parametrize("kw", [dict(structures=("mlp",)),
-                                dict(structures=("mlp",), offload="on", dtype="float32", weighting="relative")])
-def test_first_round_scored_in_its_cut_pass_equals_a_statistics_forward_per_layer(bf16_src, tmp_path, monkeypatch,
-                                                                                   kw):
+@pytest.mark.parametrize(
+    "kw", [dict(structures=("mlp",)), dict(structures=("mlp",), offload="on", dtype="float32", weighting="relative")]
+)
+def test_first_round_scored_in_its_cut_pass_equals_a_statistics_forward_per_layer(bf16_src, tmp_path, monkeypatch, kw):
     """With no scores carried from an earlier round, each layer is scored in the cut pass on the stream it is
     cut on, from the same forward that caches its MLP inputs for the refit: no statistics pass over the model
     before the cut, and the same plan and weights (to rounding) as a statistics forward of the layer's own
@@ -357,6 +467,7 @@ def test_first_round_scored_in_its_cut_pass_equals_a_statistics_forward_per_laye
     def counted(self, *args, **k):
         collects["n"] += 1
         return orig(self, *args, **k)
+
     monkeypatch.setattr(I.LayerRunner, "collect", counted)
     a = compress(cfg(bf16_src, tmp_path / "a", **kw), log=lambda m: None)
     assert collects["n"] == 0  # no statistics forward at all: round 1 scores in its cut, later rounds carry
@@ -370,7 +481,7 @@ def test_first_round_scored_in_its_cut_pass_equals_a_statistics_forward_per_laye
     for k in x:
         # The kept inputs gathered from the cached ones, not a forward of the permuted layer: the same values
         # up to the matmuls' blocking, so a bf16 weight may round one step (2^-8 of its value) the other way.
-        assert (x[k].float() - y[k].float()).abs().max() <= 2 ** -7 * y[k].float().abs().max(), k
+        assert (x[k].float() - y[k].float()).abs().max() <= 2**-7 * y[k].float().abs().max(), k
 
 
 @pytest.mark.unit
@@ -451,9 +562,28 @@ def test_compress_scale_reports_each_setting_from_a_fresh_process(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     out = tmp_path / "out"
     s = "offload=on,rounds=1,samples=8"
-    assert main(["--shape", "tiny", "--settings", f"{s};offload=off,rounds=1,samples=8;{s},eval-cache=on",
-                 "--ratio", "0.22", "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(out),
-                 "--tokenizer", str(tmp_path / "tok"), "--products"]) == 0
+    assert (
+        main(
+            [
+                "--shape",
+                "tiny",
+                "--settings",
+                f"{s};offload=off,rounds=1,samples=8;{s},eval-cache=on",
+                "--ratio",
+                "0.22",
+                "--threads",
+                "1",
+                "--workdir",
+                str(tmp_path / "work"),
+                "--out",
+                str(out),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+                "--products",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "compress-scale.json").read_text())
     assert [r["setting"] for r in rows] == [s, "offload=off,rounds=1,samples=8", f"{s},eval-cache=on"]
     assert [r["placement"]["offload"] for r in rows] == [True, False, True]
@@ -517,6 +647,7 @@ def test_normal_equations_of_a_bf16_layer():
     def seen(_m, a, o) -> None:  # returns None: a forward hook's value would replace the output
         xs.append(a[0].reshape(-1, a[0].shape[-1]).double())
         ys.append(o.reshape(-1, o.shape[-1]).double())
+
     hook = down.register_forward_hook(seen)
     try:
         gkk, r = consumer_normal(runner, 0, down, torch.arange(200))

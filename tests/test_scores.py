@@ -1,4 +1,5 @@
 """Scorers rank what they should, and every method runs through the rounds on a tiny model."""
+
 import pytest
 import torch
 
@@ -18,8 +19,17 @@ D, I, KV, HD, REP = 8, 6, 2, 2, 2
 def weights(seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return SC.LayerWeights(r(I, D), r(I, D), r(D, I), r(KV * REP * HD, D), r(KV * HD, D), r(KV * HD, D),
-                           r(D, KV * REP * HD), n_kv=KV, head_dim=HD)
+    return SC.LayerWeights(
+        r(I, D),
+        r(I, D),
+        r(D, I),
+        r(KV * REP * HD, D),
+        r(KV * HD, D),
+        r(KV * HD, D),
+        r(D, KV * REP * HD),
+        n_kv=KV,
+        head_dim=HD,
+    )
 
 
 def domain(mlp_x, attn_x, resid=1.0):
@@ -84,8 +94,16 @@ def test_every_method_prunes_a_tiny_model(method):
     fam = family_for_config(model.config)
     calib = {"a": torch.randint(0, 256, (4, 16)), "b": torch.randint(0, 256, (4, 16))}
     structures = {"block-influence": ("layers",), "obs": ("mlp",)}.get(method, ("mlp", "heads"))
-    s = CompressConfig(method=method, rounds=2, quick_eval=0, ratio=0.25, ratio_of="decoder",
-                       structures=structures, align=16, tolerance=0.1)
+    s = CompressConfig(
+        method=method,
+        rounds=2,
+        quick_eval=0,
+        ratio=0.25,
+        ratio_of="decoder",
+        structures=structures,
+        align=16,
+        tolerance=0.1,
+    )
     rec = prune(model, fam, calib, {}, s, log=lambda m: None)
     assert abs(rec["rounds"][-1]["removed_decoder"] - 0.25) <= 0.1
     assert sum(p.numel() for p in model.parameters()) == rec["params"]["pruned_total"]
@@ -117,14 +135,30 @@ def test_relative_token_weights_discount_massive_tokens():
     assert t.mean().item() == pytest.approx(1.0) and t[0] < 1e-3 * t[1] and torch.allclose(t[1:], t[1].expand(3))
 
 
-@pytest.mark.parametrize("over", [dict(selection="obs"), dict(selection="obs", weighting="relative"),
-                                  dict(method="obs", selection="obs", mode="per-layer")])
+@pytest.mark.parametrize(
+    "over",
+    [
+        dict(selection="obs"),
+        dict(selection="obs", weighting="relative"),
+        dict(method="obs", selection="obs", mode="per-layer"),
+    ],
+)
 def test_obs_variants_prune_a_tiny_model(over):
     model = tiny_model("llama", num_hidden_layers=4)
     fam = family_for_config(model.config)
     calib = {"a": torch.randint(0, 256, (4, 16)), "b": torch.randint(0, 256, (4, 16))}
-    s = CompressConfig(**{"rounds": 2, "quick_eval": 0, "ratio": 0.25, "ratio_of": "decoder", "structures": ("mlp",),
-                          "align": 16, "tolerance": 0.1, **over})
+    s = CompressConfig(
+        **{
+            "rounds": 2,
+            "quick_eval": 0,
+            "ratio": 0.25,
+            "ratio_of": "decoder",
+            "structures": ("mlp",),
+            "align": 16,
+            "tolerance": 0.1,
+            **over,
+        }
+    )
     rec = prune(model, fam, calib, {}, s, log=lambda m: None)
     assert abs(rec["rounds"][-1]["removed_decoder"] - 0.25) <= 0.1
     assert sum(p.numel() for p in model.parameters()) == rec["params"]["pruned_total"]

@@ -1,4 +1,5 @@
 """The KL width search's pure parts: the knapsack over measured curves and the probe's sampling."""
+
 import pytest
 import torch
 
@@ -10,8 +11,17 @@ DIMS = P.Dims(hidden=8, vocab=10, head_dim=4, n_rep=1, tied=True, qkv_bias=False
 
 
 def _cfg(**kw):
-    base = dict(out="x", ratio_of="decoder", align=4, tolerance=0.02, mode="per-layer", selection="obs", rounds=1,
-                allocation="kl", structures=("mlp",))
+    base = dict(
+        out="x",
+        ratio_of="decoder",
+        align=4,
+        tolerance=0.02,
+        mode="per-layer",
+        selection="obs",
+        rounds=1,
+        allocation="kl",
+        structures=("mlp",),
+    )
     return CompressConfig(**{**base, **kw})
 
 
@@ -40,8 +50,12 @@ def test_grid_and_probe_batches():
     assert grid(1536, 256, 512) == [1280, 1024, 768, 512, 256]
     assert grid(1536, 256, 1024) == [1280, 1024, 768, 512]
     assert grid(1536, 256, 1088) == [1280, 1088, 1024, 768]
-    batches = [("a", torch.zeros(4, 3)), ("a", torch.ones(4, 3)), ("b", torch.full((2, 3), 2.0)),
-               ("c", torch.full((4, 3), 3.0))]
+    batches = [
+        ("a", torch.zeros(4, 3)),
+        ("a", torch.ones(4, 3)),
+        ("b", torch.full((2, 3), 2.0)),
+        ("c", torch.full((4, 3), 3.0)),
+    ]
     got = probe_batches(batches, 8)
     # An equal share (3) from every domain, across a domain's batches; a short domain gives what it has.
     assert [(d, len(x)) for d, x in got] == [("a", 3), ("b", 2), ("c", 3)]

@@ -1,4 +1,5 @@
 """serve: a tiny artifact behind vLLM's OpenAI server, the load client, and the refusals."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,24 @@ def as_old_prunekit1(art) -> None:
     that such an artifact still verifies and serves."""
     m = json.loads((art / "prunekit.json").read_text())
     m.pop("inputs_hash", None)
-    order = ("format", "stage", "name", "family", "architectures", "layout", "reason", "shipped_code", "dtype",
-             "onnx", "source", "reference", "files", "verify", "versions", "export_s")
+    order = (
+        "format",
+        "stage",
+        "name",
+        "family",
+        "architectures",
+        "layout",
+        "reason",
+        "shipped_code",
+        "dtype",
+        "onnx",
+        "source",
+        "reference",
+        "files",
+        "verify",
+        "versions",
+        "export_s",
+    )
     old = {k: m.get(k) for k in order}
     old["bench"] = {"model": "default", "ratio": 0.2, "mode": "uniform"}
     (art / "prunekit.json").write_text(json.dumps(old, indent=2, sort_keys=False, default=str) + "\n")
@@ -75,8 +92,14 @@ def test_server_answers_as_verify_and_stops_cleanly(verified, tmp_path):
 
     # The reference is fp32: pin the server to fp32 too (auto picks bf16 on AMX machines, where the random
     # tiny model's near-tied logits flip).
-    opt = ServeConfig(artifact=str(verified), port=free_port(), api_key="s3cret", kv_cache_gib=0.05,
-                      max_model_len=128, dtype="float32")
+    opt = ServeConfig(
+        artifact=str(verified),
+        port=free_port(),
+        api_key="s3cret",
+        kv_cache_gib=0.05,
+        max_model_len=128,
+        dtype="float32",
+    )
     with Server(opt, log_path=tmp_path / "vllm.log") as srv:
         pgid = srv.proc.pid
         assert srv.url.startswith("http://127.0.0.1:")
@@ -85,15 +108,33 @@ def test_server_answers_as_verify_and_stops_cleanly(verified, tmp_path):
             post(srv.url + "/v1/completions", {"model": "art", "prompt": "hi", "max_tokens": 2})
         assert e.value.code == 401
         for ids, expected in zip(ref["prompt_ids"], ref["tokens"]):
-            out = post(srv.url + "/v1/completions", {"model": "art", "prompt": ids, "max_tokens": 8, "temperature": 0,
-                                                     "ignore_eos": True, "return_token_ids": True}, "s3cret")
+            out = post(
+                srv.url + "/v1/completions",
+                {
+                    "model": "art",
+                    "prompt": ids,
+                    "max_tokens": 8,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                    "return_token_ids": True,
+                },
+                "s3cret",
+            )
             assert out["choices"][0]["token_ids"] == expected
-        out = post(srv.url + "/v1/chat/completions", {"model": "art", "messages": messages, "max_tokens": 8,
-                                                      "temperature": 0, "ignore_eos": True, "return_token_ids": True},
-                   "s3cret")
+        out = post(
+            srv.url + "/v1/chat/completions",
+            {
+                "model": "art",
+                "messages": messages,
+                "max_tokens": 8,
+                "temperature": 0,
+                "ignore_eos": True,
+                "return_token_ids": True,
+            },
+            "s3cret",
+        )
         assert out["choices"][0]["token_ids"] == chat_ref
-        load = run_load(LoadConfig(url=srv.url, model="art", concurrency=2, requests=6, max_tokens=8,
-                                   api_key="s3cret"))
+        load = run_load(LoadConfig(url=srv.url, model="art", concurrency=2, requests=6, max_tokens=8, api_key="s3cret"))
         assert load["errors"] == 0 and load["requests"] == 6 and load["output_tokens"] == 6 * 8, load
         assert load["ttft_p50_s"] <= load["latency_p50_s"]
     assert srv.proc.returncode is not None and group_alive(pgid) == []  # nothing of the server is left running
@@ -106,8 +147,10 @@ def test_serve_refuses_unverified_failed_and_tampered(verified, tmp_path):
     shutil.copytree(verified, art)
     m = json.loads((art / "prunekit.json").read_text())
     check_artifact(art, allow_unverified=False)  # the verified one is accepted
-    for verify_state, match in ((None, "has not been verified"), ({"passed": False, "runtimes": {"vllm": False}},
-                                                                     "failed verify \\(vllm\\)")):
+    for verify_state, match in (
+        (None, "has not been verified"),
+        ({"passed": False, "runtimes": {"vllm": False}}, "failed verify \\(vllm\\)"),
+    ):
         (art / "prunekit.json").write_text(json.dumps({**m, "verify": verify_state}))
         with pytest.raises(PrunekitError, match=match):
             check_artifact(art, allow_unverified=False)

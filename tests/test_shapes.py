@@ -1,4 +1,5 @@
 """bench --shapes: cuts of random-weight models in real shapes, built as real artifacts and timed by the worker."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,6 +46,7 @@ def test_paired_timing_interleaves_steps_and_skips_the_prefill():
                 calls.append(name)
                 time.sleep(step_s)
                 yield
+
         return Loaded(None, steps, 10, 0.0)
 
     a, b = stepper("a", 0.2, 0.02), stepper("b", 0.0, 0.01)
@@ -61,9 +63,22 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
     from prunekit.bench.shapes import run_shapes
 
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
-    res = run_shapes(["tiny"], ["dense", "40%", "30% per-layer"], ("torch",), tmp_path / "out", tmp_path / "work",
-                     repeats=1, threads=2, prompt_len=8, new_tokens=6, batch=2, tokenizer=str(tmp_path / "tok"),
-                     profile="40%", log=lambda m: None, paired=2)
+    res = run_shapes(
+        ["tiny"],
+        ["dense", "40%", "30% per-layer"],
+        ("torch",),
+        tmp_path / "out",
+        tmp_path / "work",
+        repeats=1,
+        threads=2,
+        prompt_len=8,
+        new_tokens=6,
+        batch=2,
+        tokenizer=str(tmp_path / "tok"),
+        profile="40%",
+        log=lambda m: None,
+        paired=2,
+    )
     dense, cut, per_layer = res["rows"]
     assert "paired" not in dense  # each cut against dense, in one process, step by step in turn
     for r in (cut, per_layer):
@@ -72,6 +87,7 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
         assert pr["batch"]["min"] <= pr["batch"]["median"] <= pr["batch"]["max"]
     assert "| tiny | 40% | torch |" in (tmp_path / "out" / "shapes.md").read_text()
     from prunekit.bench.phases import series  # the steadiness check: one process, rounds of batch decode
+
     ser = series(cut["artifact"], ["torch"], 0.01, 2, 2, 8, 4, log=lambda m: None)
     assert len(ser["tok_s"]["torch"]) == len(ser["seconds"]) >= 1 and ser["tok_s"]["torch"][0] > 0
     assert (dense["layout"], cut["layout"], per_layer["layout"]) == ("uniform", "uniform", "decilm")
@@ -80,6 +96,7 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
     assert "| tiny | 30% per-layer | decilm |" in (tmp_path / "out" / "shapes.md").read_text()
     assert (tmp_path / "out" / "shapes-speedup.png").stat().st_size > 0
     from prunekit.bench.profile import CATEGORIES
+
     for label in ("dense", "40%"):  # the profiler's parts add up to its wall time per token
         row = res["profile"]["rows"]["torch"][label]
         # Per-token parts are differences of a long and a short profiled run: at this tiny shape the decoder's
@@ -102,8 +119,9 @@ def test_vllm_pairs_two_engines_in_one_process(tmp_path):
     from prunekit.bench.shapes import build, pair_speedups, parse_cut
 
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
-    arts = [build("tiny", parse_cut(c), tmp_path, False, lambda m: None, str(tmp_path / "tok"))
-            for c in ("dense", "40%")]
+    arts = [
+        build("tiny", parse_cut(c), tmp_path, False, lambda m: None, str(tmp_path / "tok")) for c in ("dense", "40%")
+    ]
     p = replace(PROFILES["quick"], prompt_len=8, new_tokens=6, batch=2)
     res = speed_once("vllm", arts[1], p, 2, "float32", pair_with=arts[0], pairs=2)
     pr = pair_speedups(res)
@@ -119,8 +137,18 @@ def test_gpu_decode_rehearses_on_the_cpu(tmp_path):
 
     from prunekit.bench.gpu_decode import bytes_per_step, markdown, run
 
-    res = run(["tiny"], [0.0, 0.2], prompt_len=8, n=4, batch=2, repeats=1, compiled_batches=[], out=tmp_path,
-              dev="cpu", log=lambda m: None)
+    res = run(
+        ["tiny"],
+        [0.0, 0.2],
+        prompt_len=8,
+        n=4,
+        batch=2,
+        repeats=1,
+        compiled_batches=[],
+        out=tmp_path,
+        dev="cpu",
+        log=lambda m: None,
+    )
     dense, cut = res["rows"]
     assert cut["width"] < dense["width"] and cut["params"] < dense["params"]
     for r in res["rows"]:
@@ -132,6 +160,7 @@ def test_gpu_decode_rehearses_on_the_cpu(tmp_path):
     assert "| tiny | 20% |" in markdown(res)
 
     from prunekit.bench.gpu_decode import build
+
     model, width, _ = build("tiny", 0.0, "cpu")
     c = model.config  # untied: the LM head is read, the input embedding only gathered
     w = sum(p.numel() * 2 for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n)

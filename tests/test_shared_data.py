@@ -1,5 +1,6 @@
 """What needs the shared data sets (../shared/data or $PRUNEKIT_DATA): the packaged default mix, the
 zero-shot loaders, the WikiText-2 protocol, and a whole quick bench run on tiny artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ def test_task_loaders_read_the_shared_data(data_root):
     from prunekit.bench.zeroshot import TASKS
 
     sizes = {name: len(load(data_root)) for name, load in TASKS.items()}
-    assert sizes == {"piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172, "boolq": 3270,
-                     "winogrande": 1267, "openbookqa": 500}
+    assert sizes == {
+        "piqa": 1838,
+        "hellaswag": 10042,
+        "arc_easy": 2376,
+        "arc_challenge": 1172,
+        "boolq": 3270,
+        "winogrande": 1267,
+        "openbookqa": 500,
+    }
     for name, load in TASKS.items():
         d = load(data_root)[0]
         assert 0 <= d.gold < len(d.continuations) == len(d.contexts), name
@@ -58,9 +66,15 @@ def test_quick_bench_on_tiny_artifacts(tmp_path, data_root, monkeypatch):
     # The method grid prunes the tiny dense source in-process (ours and wanda-sp, at 30%: the tiny
     # model's MLP granularity cannot hit 20%).
     monkeypatch.setattr(PROFILES["quick"], "method_ratios", (0.3,))
-    cfg = BenchConfig(profile="quick", out=str(tmp_path / "results"), workdir=str(tmp_path / "work"),
-                      artifact=tuple(f"{k}={v}" for k, v in arts.items()), threads=2,
-                      runtimes=("torch", "onnxruntime"), model=str(tmp_path / "src-0"))
+    cfg = BenchConfig(
+        profile="quick",
+        out=str(tmp_path / "results"),
+        workdir=str(tmp_path / "work"),
+        artifact=tuple(f"{k}={v}" for k, v in arts.items()),
+        threads=2,
+        runtimes=("torch", "onnxruntime"),
+        model=str(tmp_path / "src-0"),
+    )
     out = run_bench(cfg, log=lambda m: None)
     res = json.loads((out / "results.json").read_text())
     assert set(res["models"]) == {"dense", "20%"}
@@ -97,8 +111,18 @@ def test_wikitext_at_two_window_lengths_leaves_the_task_limit_alone(data_root):
     from prunekit.bench.quality import evaluate_model
 
     model, tok = tiny_model("llama", vocab_size=320).eval(), tiny_tokenizer()
-    q = evaluate_model(model, tok, data_root, seq_len=64, wikitext_limit=8, domain_samples=1, tasks=("piqa",),
-                       limit=5, log=lambda m: None, wikitext_long=128)
+    q = evaluate_model(
+        model,
+        tok,
+        data_root,
+        seq_len=64,
+        wikitext_limit=8,
+        domain_samples=1,
+        tasks=("piqa",),
+        limit=5,
+        log=lambda m: None,
+        wikitext_long=128,
+    )
     assert q["zeroshot"]["piqa"]["n"] == 5 and len(q["zeroshot"]["piqa"]["correct"]) == 5
     assert (q["wikitext2"]["seq_len"], q["wikitext2"]["tokens"]) == (64, 8 * 63)
     assert (q["wikitext2_long"]["seq_len"], q["wikitext2_long"]["tokens"]) == (128, 4 * 127)

@@ -1,4 +1,5 @@
 """Surgery is exact: a pruned model equals the dense model with the same units masked out."""
+
 import copy
 
 import pytest
@@ -31,7 +32,7 @@ def masked_reference(model, fam, keep_mlp, keep_groups, n_rep, hd):
         o = getattr(getattr(layer, fam.attn), fam.o).weight.data
         qmask = torch.zeros(o.shape[1], dtype=torch.bool)
         for g in kg:
-            qmask[g * n_rep * hd:(g + 1) * n_rep * hd] = True
+            qmask[g * n_rep * hd : (g + 1) * n_rep * hd] = True
         o[:, ~qmask] = 0
     return ref
 
@@ -47,7 +48,10 @@ def test_cut_equals_masking(family_name):
         S.apply_layer(layer, fam, dims, km, kg)
     uniform = S.sync_config(model, fam)
     assert not uniform and model.config.prunekit_layers[0] == {
-        "intermediate_size": 5, "num_attention_heads": 2, "num_key_value_heads": 1}
+        "intermediate_size": 5,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
     torch.testing.assert_close(logits(model), logits(ref), rtol=1e-4, atol=1e-5)
 
 
@@ -61,8 +65,10 @@ def test_permuted_mlp_computes_the_same_and_cuts_to_the_same_layer(family_name):
     cut = copy.deepcopy(model)
     mlp = getattr(get_module(model, fam.layers)[0], fam.mlp)
     S.permute_mlp(mlp, fam, keep)
-    assert torch.equal(getattr(mlp, fam.gate).weight[:5],
-                       getattr(getattr(get_module(cut, fam.layers)[0], fam.mlp), fam.gate).weight[keep])
+    assert torch.equal(
+        getattr(mlp, fam.gate).weight[:5],
+        getattr(getattr(get_module(cut, fam.layers)[0], fam.mlp), fam.gate).weight[keep],
+    )
     torch.testing.assert_close(logits(model), before, rtol=1e-5, atol=1e-6)
     S.cut_mlp(mlp, fam, list(range(len(keep))), None, 0.0)
     S.cut_mlp(getattr(get_module(cut, fam.layers)[0], fam.mlp), fam, keep, None, 0.0)
@@ -94,8 +100,9 @@ def test_layer_removal_equals_skipping(family_name):
     fam = family_for_config(model.config)
     ref = copy.deepcopy(model)
     skip = get_module(ref, fam.layers)[1]
-    skip.register_forward_hook(lambda m, args, kwargs, out: args[0] if args else kwargs["hidden_states"],
-                               with_kwargs=True)
+    skip.register_forward_hook(
+        lambda m, args, kwargs, out: args[0] if args else kwargs["hidden_states"], with_kwargs=True
+    )
     S.remove_layers(model, fam, [1])
     assert model.config.num_hidden_layers == 2
     assert [getattr(l, fam.attn).layer_idx for l in get_module(model, fam.layers)] == [0, 1]
@@ -199,7 +206,7 @@ def test_obs_keep_finds_the_channels_the_refit_recovers_best():
         k = torch.tensor(keep)
         return float(((x[:, k] @ S.refit(w, g, k, 0.0).T - x @ w.T) ** 2).sum())
 
-    energy = ((w * w).sum(0) * g.diagonal())  # the score a per-channel energy criterion ranks by
+    energy = (w * w).sum(0) * g.diagonal()  # the score a per-channel energy criterion ranks by
     total_obs = total_energy = 0.0
     for n_keep in (8, 6, 4):
         got = S.obs_keep(w, g, n_keep, 0.0)

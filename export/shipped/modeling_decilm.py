@@ -8,6 +8,7 @@ vLLM ships a config class for `model_type: nemotron-nas`. vLLM's DeciLM code rea
 Layer i is the stock decoder layer built from a copy of the config with that layer's widths.
 Its sha256 is recorded in prunekit.json: `prunekit serve` refuses an artifact whose copy was changed.
 """
+
 import copy
 
 from huggingface_hub.dataclasses import strict
@@ -70,7 +71,9 @@ def _layer_config(config, i):
 
 def _build_layers(model, layer_cls, config):
     if len(config.block_configs) != config.num_hidden_layers:
-        raise ValueError(f"block_configs lists {len(config.block_configs)} blocks for {config.num_hidden_layers} layers")
+        raise ValueError(
+            f"block_configs lists {len(config.block_configs)} blocks for {config.num_hidden_layers} layers"
+        )
     if any(b.attention.no_op or b.ffn.no_op for b in config.block_configs):
         raise ValueError("no-op blocks are not supported by this code (prunekit removes whole layers instead)")
     model.layers = nn.ModuleList(layer_cls(_layer_config(config, i), i) for i in range(config.num_hidden_layers))

@@ -6,6 +6,7 @@ models build every layer from the global config; these classes build layer i fro
 (MLP width, query heads, KV heads). Everything else is the stock implementation.
 Its sha256 is recorded in prunekit.json: `prunekit serve` refuses an artifact whose copy was changed.
 """
+
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import LlamaConfig, Qwen2Config, Qwen3Config
@@ -48,8 +49,7 @@ class _GlobalAccess:
 
 
 def _build_layers(model, layer_cls, config):
-    model.layers = nn.ModuleList(
-        layer_cls(config.per_layer_config[i], i) for i in range(config.num_hidden_layers))
+    model.layers = nn.ModuleList(layer_cls(config.per_layer_config[i], i) for i in range(config.num_hidden_layers))
 
 
 class PrunekitLlamaModel(llama.LlamaModel):
