@@ -108,9 +108,8 @@ def run_lmeval(
 
 def run_ours(artifact: Path, docs, batch_size: int) -> tuple[dict, list[list[float]]]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from prunekit.bench.zeroshot import encode_pair, loglikelihoods, metrics
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(artifact)
     model = AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32).eval()

@@ -28,6 +28,7 @@ def method_grid(
     on_row=None,
 ) -> list[dict]:
     from prunekit.compress import CompressConfig, build_mix, check_variants, load_mix, pruned_variants
+
     from prunekit.loading import load_model, load_tokenizer
 
     from .quality import evaluate_model, heldout_domains

@@ -70,6 +70,7 @@ def prepare(
     orchestrator, which reuses any step whose inputs are unchanged."""
     from prunekit.compress import CompressConfig
     from prunekit.export import ExportConfig
+
     from prunekit.pipeline import build_artifact, mode_settings
 
     out = {}

@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             "`make artifacts` or `prunekit export`."
         )
     try:
+        from importlib.metadata import version
+
         import onnxruntime as ort
         import optimum.onnxruntime as oo
         import torch
         import transformers
-        from importlib.metadata import version
     except ImportError as e:
         sys.exit(f"{e}: run this with the optimum venv's python; install it with:\n  {INSTALL}")
     torch.set_num_threads(args.threads)

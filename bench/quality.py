@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from prunekit.compress import build_mix, load_mix, pack_texts
+
 from prunekit.perplexity import nll, per_domain
 
 from .zeroshot import NORM, TASKS, evaluate

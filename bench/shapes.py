@@ -162,10 +162,10 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
     """The artifact of one shape and cut (reused when a complete one is there)."""
     import torch
     import transformers
+    from prunekit.export import ExportConfig, export
 
     from prunekit.artifact import read_manifest
     from prunekit.checkpoint import resize_layers, save_model, save_tokenizer
-    from prunekit.export import ExportConfig, export
     from prunekit.families import family_for_config
     from prunekit.loading import load_tokenizer
 

@@ -25,9 +25,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from prunekit.serve import LoadConfig, ServeConfig, Server, format_load, run_load
+
 from prunekit.artifact import write_json_atomic
 from prunekit.proc import group_alive
-from prunekit.serve import LoadConfig, ServeConfig, Server, format_load, run_load
 
 
 def group_rss_mb(pgid: int) -> float:

@@ -14,9 +14,9 @@ import json
 import math
 import random
 import string
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import yaml
 

@@ -17,8 +17,8 @@ from prunekit.stages import stage
 
 from . import plan as P
 from .config import CompressConfig
-from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
 from .recover import fp32_params
+from .scores import SCORERS, LayerWeights, Scores, taylor_from_grads
 from .search import KLProbe, kl_shape, probe_batches, sig
 from .stats import (
     LayerRunner,

@@ -33,7 +33,7 @@ class Dims:
     qk_norm: bool
 
     @classmethod
-    def of(cls, config, fam: Family) -> "Dims":
+    def of(cls, config, fam: Family) -> Dims:
         if getattr(config, "mlp_bias", False):
             raise PrunekitError("models with MLP biases are not supported yet.")
         return cls(

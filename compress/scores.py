@@ -9,8 +9,8 @@ perturb"); the others are normalised by the planner before a global ranking.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -44,7 +44,7 @@ class Moments:
         m = self.sum / max(self.n, 1)
         return (self.mean_sq() - m * m).clamp_min(0)
 
-    def __iadd__(self, other: "Moments") -> "Moments":
+    def __iadd__(self, other: Moments) -> Moments:
         if other.n:
             self.sum = other.sum.clone() if self.sum is None else self.sum + other.sum
             self.sumsq = other.sumsq.clone() if self.sumsq is None else self.sumsq + other.sumsq
@@ -81,13 +81,13 @@ class LayerStats:
         return out
 
 
-def add_input_terms(ds: "DomainStats", h: torch.Tensor) -> None:
+def add_input_terms(ds: DomainStats, h: torch.Tensor) -> None:
     hin = h.float()
     ds.tokens += hin.shape[0] * hin.shape[1]
     ds.resid_sq += float((hin * hin).sum())
 
 
-def add_output_terms(ds: "DomainStats", h: torch.Tensor, o: torch.Tensor) -> None:
+def add_output_terms(ds: DomainStats, h: torch.Tensor, o: torch.Tensor) -> None:
     hin, hout = h.float(), o.float()
     ds.delta_sq += float(((hout - hin) ** 2).sum())
     ds.one_minus_cos += float((1 - torch.nn.functional.cosine_similarity(hin, hout, dim=-1)).sum())
@@ -233,7 +233,7 @@ class Sum:
     def __init__(self):
         self.total = None
 
-    def add(self, t: torch.Tensor) -> "Sum":
+    def add(self, t: torch.Tensor) -> Sum:
         self.total = t.to(torch.float64, copy=True) if self.total is None else self.total.add_(t)
         return self
 
@@ -247,7 +247,7 @@ class Gram(Sum):
     than many block products mirrored batch by batch); the lower triangle is mirrored once, at the end. The
     largest cost of a cut pass after the layer's forwards."""
 
-    def add(self, x: torch.Tensor) -> "Gram":
+    def add(self, x: torch.Tensor) -> Gram:
         n = x.shape[1]
         if self.total is None:
             self.total = torch.zeros(n, n, dtype=torch.float64, device=x.device)
@@ -286,7 +286,7 @@ def bf16_products(on: bool = True):
         mm.fp32_precision = old
 
 
-def run_hooked(runner: "LayerRunner", i: int, hook) -> None:
+def run_hooked(runner: LayerRunner, i: int, hook) -> None:
     """Run layer i on every batch without advancing the stream, with a registered hook, removed after."""
     try:
         runner.forward(i, advance=False)
@@ -294,7 +294,7 @@ def run_hooked(runner: "LayerRunner", i: int, hook) -> None:
         hook.remove()
 
 
-def consumer_inputs(runner: "LayerRunner", i: int, consumer) -> list[torch.Tensor]:
+def consumer_inputs(runner: LayerRunner, i: int, consumer) -> list[torch.Tensor]:
     """The input of `consumer` (a Linear inside layer i) for every batch, flattened to (tokens, in)."""
     caught = []
     run_hooked(
@@ -317,7 +317,7 @@ def token_weights(h: torch.Tensor) -> torch.Tensor:
 
 
 def consumer_grams(
-    runner: "LayerRunner", i: int, consumer, targets: list[torch.Tensor] | None = None, relative: bool = False
+    runner: LayerRunner, i: int, consumer, targets: list[torch.Tensor] | None = None, relative: bool = False
 ):
     """G = X^T X of `consumer`'s input over all batches, and C = X^T X_target when targets (the same
     consumer's inputs in the dense model, batch by batch) are given. fp64 accumulators. With
@@ -345,7 +345,7 @@ def consumer_grams(
     return acc["g"], acc["c"]
 
 
-def _fast_products(runner: "LayerRunner", relative: bool) -> bool:
+def _fast_products(runner: LayerRunner, relative: bool) -> bool:
     """bf16 activations on a CPU with native bf16: products of bf16-exact inputs run on oneDNN's bf16 kernels
     with fp32's results, faster. Token weights make them inexact: those products stay fp32."""
     return (
@@ -357,7 +357,7 @@ def _fast_products(runner: "LayerRunner", relative: bool) -> bool:
 
 
 def consumer_normal(
-    runner: "LayerRunner",
+    runner: LayerRunner,
     i: int,
     consumer,
     keep: torch.Tensor,
@@ -470,7 +470,7 @@ def summed(stats: LayerStats, layer, fam: Family, device) -> LayerStats:
 
 
 def mlp_normal_cached(
-    runner: "LayerRunner",
+    runner: LayerRunner,
     i: int,
     keep: torch.Tensor,
     relative: bool = False,
@@ -522,7 +522,7 @@ def mlp_normal_cached(
 
 
 def cached_gram(
-    runner: "LayerRunner", i: int, cache: CutCache, cols: torch.Tensor, relative: bool = False
+    runner: LayerRunner, i: int, cache: CutCache, cols: torch.Tensor, relative: bool = False
 ) -> torch.Tensor:
     """G_KK = X_K^T X_K of layer i's down_proj from the inputs a gram-less mlp_normal_cached cached (all
     channels), K = `cols`: what consumer_normal would have summed in the pass, built once the layer's scores
@@ -543,7 +543,7 @@ def cached_gram(
     return g
 
 
-def advance_cut(runner: "LayerRunner", i: int, cache: CutCache) -> LayerStats | None:
+def advance_cut(runner: LayerRunner, i: int, cache: CutCache) -> LayerStats | None:
     """Advance the stream past cut layer i from its cache (residual + down(X_K), as the layer computes it),
     freeing the cache batch by batch; with the cache's statistics, their output terms are added and they
     are summed over ranks. Returns them."""

@@ -7,8 +7,8 @@ The stage's public entry (the Python API; the orchestrator, serve's users and be
     format_table(report) -> str                                 the verify table
 """
 
+from .checks import format_table, verify
 from .config import RUNTIMES, ExportConfig, VerifyConfig
 from .run import export
-from .checks import format_table, verify
 
 __all__ = ["RUNTIMES", "ExportConfig", "VerifyConfig", "export", "format_table", "verify"]

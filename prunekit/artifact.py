@@ -16,9 +16,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import PrunekitError
 from .proc import pid_alive
@@ -230,7 +231,7 @@ class Manifest:
             raise PrunekitError(f"manifest layout {self.layout!r} is unknown; rebuild the artifact.")
 
     @classmethod
-    def from_dict(cls, raw: Any, where: str = MANIFEST) -> "Manifest":
+    def from_dict(cls, raw: Any, where: str = MANIFEST) -> Manifest:
         if not isinstance(raw, dict):
             raise PrunekitError(f"{where} is not a JSON object; the manifest is corrupt, rebuild the artifact.")
         if "format" not in raw or "stage" not in raw:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from dataclasses import MISSING, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import PrunekitError
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
-
 
 # The LM head runs on tiles of TOKEN_BLOCK tokens x VOCAB_CHUNK rows: the logits of a batch never exist for the
 # whole vocabulary, and a tile's fp32 logits (8 MB) stay in cache through the cast, the log-sum-exp and the

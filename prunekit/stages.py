@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-_active: list["Stages"] = []
+_active: list[Stages] = []
 
 
 def _status_mb(*fields: str) -> list[float | None]:
@@ -125,7 +125,7 @@ class Stages:
         self._open: list[str] = []
         self._t0 = 0.0
 
-    def __enter__(self) -> "Stages":
+    def __enter__(self) -> Stages:
         _active.append(self)
         if self.count:
             self._mode = _products_mode(self._add_flop)

@@ -18,6 +18,7 @@ from prunekit.compress import data as D
 from prunekit.compress.config import CompressConfig
 from prunekit.compress.recover import recover_after_cut, recovery_data
 from prunekit.compress.variants import pruned_variants
+
 from prunekit.env import cpu_name, data_root, set_threads
 from prunekit.loading import load_model, load_tokenizer
 from prunekit.perplexity import geomean

@@ -7,11 +7,12 @@ Usage: .venv/bin/python scripts/recover_sweep.py TOKENS RATIO LR:BATCH [LR:BATCH
 import copy
 import sys
 
-from prunekit.env import set_threads
 from prunekit.compress import data as D
 from prunekit.compress.config import CompressConfig
-from prunekit.compress.variants import pruned_variants
 from prunekit.compress.recover import recover_after_cut, recovery_data
+from prunekit.compress.variants import pruned_variants
+
+from prunekit.env import set_threads
 from prunekit.loading import load_model, load_tokenizer
 from prunekit.perplexity import geomean, per_domain
 

@@ -194,7 +194,7 @@ class Server:
         self.url = cfg.url()
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         cmd, env = command(self.art, self.manifest, self.cfg)
         out = open(self.log_path, "w") if self.log_path else None
         # Its own process group (stop() reaches every engine process), which dies with this process.
@@ -210,7 +210,7 @@ class Server:
         if self.proc is not None:
             stop_group(self.proc)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:

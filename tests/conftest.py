@@ -155,9 +155,10 @@ def tiny_checkpoint(out: Path, family: str, widths=None, groups=None, seed: int 
     """A saved tiny checkpoint with tokenizer, pruned per layer when widths/groups are given;
     `family` is a family or an architecture name (see ARCH_CONFIGS);
     head_dim 32 (vLLM's CPU attention has no kernel for 16) and heads * head_dim == hidden_size."""
-    from prunekit.checkpoint import save_model, save_tokenizer
     from prunekit.compress import surgery as S
     from prunekit.compress.plan import Dims
+
+    from prunekit.checkpoint import save_model, save_tokenizer
     from prunekit.families import family_for_config, get_module
 
     model = tiny_model(family, seed=seed, vocab_size=320, hidden_size=128, head_dim=32, intermediate_size=256)

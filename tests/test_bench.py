@@ -3,12 +3,10 @@ run on tiny artifacts is in test_shared_data.py: it needs the data sets)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from torch.nn import functional as F
-
 from conftest import tiny_model, tiny_tokenizer
+from torch.nn import functional as F
 
 pytestmark = pytest.mark.unit
 
@@ -130,8 +128,9 @@ def test_standard_errors_and_paired_differences():
 def test_result_folders_name_the_cpu_matmul_class(monkeypatch):
     """Two VMs both called "AMD EPYC" (one AVX2-only, fp32; one AVX512-BF16, bf16) must not share a result
     folder name: their figures differ by several times."""
-    import prunekit.env as env
     from prunekit.bench.run import machine_slug
+
+    import prunekit.env as env
 
     epyc = {"cpu": "AMD EPYC", "cores": 2, "gpu": None}
     assert machine_slug({**epyc, "isa": ""}) == "epyc-2c"

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_mix, tiny_src
+from prunekit.compress import CompareConfig, CompressConfig, compare, compress
 
 from prunekit.cli import main
-from prunekit.compress import CompareConfig, CompressConfig, compare, compress
 from prunekit.errors import PrunekitError
-
-from conftest import tiny_mix, tiny_src
 
 
 @pytest.fixture(scope="module")

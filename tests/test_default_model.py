@@ -9,8 +9,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_default_model_is_trained(default_model_dir, data_root):
-    from prunekit.perplexity import perplexity
     from prunekit.loading import load_model, load_tokenizer
+    from prunekit.perplexity import perplexity
 
     model, fam, _ = load_model(default_model_dir)
     assert fam.name == "llama" and model.config.num_hidden_layers == 30

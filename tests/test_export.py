@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import ARCH_CONFIGS, tiny_checkpoint
+from prunekit.export import ExportConfig, VerifyConfig, verify
+
 from prunekit.artifact import check_shipped_code, read_manifest
 from prunekit.errors import PrunekitError
-from prunekit.export import ExportConfig, VerifyConfig, verify
 
 # decilm: MLP widths differ, attention the same in every layer; per-layer: query heads differ too.
 LAYOUTS = {
@@ -118,7 +118,6 @@ def test_transformers_and_onnxruntime_match_reference(artifact):
 def test_onnx_graph_uses_only_standard_domains(artifact, tmp_path):
     import onnx
     from onnx import helper
-
     from prunekit.export.onnx import check_domains
 
     ops = check_domains(artifact / "onnx" / "model.onnx")
@@ -230,9 +229,9 @@ def test_layout_choice(tmp_path, arch, shape, prefer, layout, why):
 def test_sliding_window_without_layer_types_is_refused(tmp_path):
     """Mistral's window lives in `sliding_window` alone, which Llama layers and vLLM's DeciLM ignore: a
     non-uniform plan would silently lose it, so export refuses and names the fix."""
+    from prunekit.export.hf import layout_of
     from transformers import AutoConfig
 
-    from prunekit.export.hf import layout_of
     from prunekit.families import FAMILIES
 
     src = tiny_checkpoint(tmp_path / "src", "MistralForCausalLM", **LAYOUTS["decilm"])
@@ -247,8 +246,8 @@ def test_sliding_window_without_layer_types_is_refused(tmp_path):
 def test_config_without_head_dim_exports(tmp_path):
     """Stock Qwen2 configs carry no head_dim (it is derived): export writes it explicitly instead of failing."""
     import transformers
-
     from conftest import tiny_tokenizer
+
     from prunekit.checkpoint import save_model, save_tokenizer
 
     cfg = transformers.Qwen2Config(

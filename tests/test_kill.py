@@ -230,8 +230,9 @@ def test_serve_killed_frees_the_port(verified):
 
     kids = _kill_when(proc, healthy)
     assert wait_gone(kids) == set(), "the vLLM server outlived the killed `prunekit serve`"
-    from prunekit.errors import PrunekitError
     from prunekit.serve.server import port_free
+
+    from prunekit.errors import PrunekitError
 
     # Nothing listens any more (binds as a server would: TIME_WAIT is no obstacle). The last holder's exit and
     # the kernel closing its socket are not one instant: once in a full `make test` on an AMX VM the bind

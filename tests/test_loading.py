@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import ARCH_CONFIGS, FAMILY_ARCH, tiny_model
 
 from prunekit.errors import PrunekitError
 from prunekit.families import FAMILIES, supported_architectures
 from prunekit.loading import load_model, resolve_source
-
-from conftest import ARCH_CONFIGS, FAMILY_ARCH, tiny_model
 
 pytestmark = pytest.mark.unit
 

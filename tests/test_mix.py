@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 import yaml
-
 from prunekit.compress import data as D
+
 from prunekit.errors import PrunekitError
 
 pytestmark = pytest.mark.unit

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from prunekit.compress import CompressConfig
 from prunekit.compress import plan as P
 from prunekit.compress.scores import Scores
+
 from prunekit.errors import PrunekitError
 
 pytestmark = pytest.mark.unit

@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
-
+from conftest import tiny_mix, tiny_model, tiny_src, tiny_tokenizer
 from prunekit.compress import CompressConfig, compress
 from prunekit.compress import data as D
 from prunekit.compress.recover import RecoverSettings, curve, kl_to_teacher, recover, schedule
+
 from prunekit.errors import PrunekitError
 from prunekit.families import family_for_config, get_module
-
-from conftest import tiny_mix, tiny_model, tiny_src, tiny_tokenizer
 
 
 def kl(student, teacher, ids) -> float:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_mix, tiny_model, tiny_tokenizer
 from prunekit.compress import CompressConfig, compress
+
 from prunekit.errors import PrunekitError
 
 
@@ -491,6 +491,7 @@ def test_gram_of_the_channels_chosen_after_the_pass(relative):
     cached_gram then builds the chosen channels' gram from them: the same G_KK, within fp32 rounding, as the
     pass would have summed for those channels (in the order given, token weights included)."""
     from prunekit.compress.stats import LayerRunner, cached_gram, consumer_normal, mlp_normal_cached
+
     from prunekit.families import family_for_config, get_module
 
     model = tiny_model("qwen2", vocab_size=320, intermediate_size=256, num_hidden_layers=2)
@@ -608,6 +609,7 @@ def test_bf16_products_give_the_fp32_gram_of_bf16_activations():
     are not bf16-exact is then visibly rounded. (On an AVX512-BF16 EPYC without AMX oneDNN kept fp32 math in
     this mode: 6e-7 relative, fp32 rounding; so only AMX is held to it.)"""
     from prunekit.compress.stats import Gram, bf16_products
+
     from prunekit.env import cpu_isa
 
     torch.manual_seed(0)
@@ -635,6 +637,7 @@ def test_normal_equations_of_a_bf16_layer():
     own down_proj inputs, and R = X_K^T Y with Y the layer's own bf16 output (within 1e-5), which is the
     exact X W^T to bf16 rounding (within 1e-2)."""
     from prunekit.compress.stats import LayerRunner, consumer_normal
+
     from prunekit.families import family_for_config, get_module
 
     model = tiny_model("qwen2", vocab_size=320, intermediate_size=256, num_hidden_layers=2).to(torch.bfloat16)

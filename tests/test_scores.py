@@ -2,14 +2,13 @@
 
 import pytest
 import torch
-
-from prunekit.compress import scores as SC
+from conftest import tiny_model
 from prunekit.compress import METHODS, CompressConfig
+from prunekit.compress import scores as SC
 from prunekit.compress.iterate import prune
 from prunekit.compress.stats import DomainStats, LayerStats
-from prunekit.families import family_for_config
 
-from conftest import tiny_model
+from prunekit.families import family_for_config
 
 pytestmark = pytest.mark.unit
 
@@ -163,5 +162,5 @@ def test_obs_variants_prune_a_tiny_model(over):
     assert abs(rec["rounds"][-1]["removed_decoder"] - 0.25) <= 0.1
     assert sum(p.numel() for p in model.parameters()) == rec["params"]["pruned_total"]
     # The manifest's plan is what the model holds (obs re-chooses the channels in the cut pass).
-    widths = [getattr(layer.mlp, "down_proj").weight.shape[1] for layer in model.model.layers]
+    widths = [layer.mlp.down_proj.weight.shape[1] for layer in model.model.layers]
     assert widths == [len(k) for k in rec["plan"]["mlp"]]

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from prunekit.compress import plan as P
 from prunekit.compress.config import CompressConfig
 from prunekit.compress.search import allocate, grid, probe_batches, search_step

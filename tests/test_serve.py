@@ -9,10 +9,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import tiny_checkpoint
-from prunekit.errors import PrunekitError
 from prunekit.serve import ServeConfig
+
+from prunekit.errors import PrunekitError
 
 pytestmark = pytest.mark.integration
 
@@ -77,11 +77,11 @@ def verified(tmp_path_factory):
 
 def test_server_answers_as_verify_and_stops_cleanly(verified, tmp_path):
     import torch
+    from prunekit.serve import LoadConfig, Server, models, run_load
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from prunekit.proc import group_alive
     from prunekit.runtimes import torch_greedy
-    from prunekit.serve import LoadConfig, Server, models, run_load
 
     ref = json.loads((verified / "prunekit.json").read_text())["reference"]
     messages = [{"role": "user", "content": "Say hi."}]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import tiny_checkpoint, tiny_tokenizer
 from prunekit.compress import data as D
 

@@ -4,12 +4,11 @@ import copy
 
 import pytest
 import torch
-
+from conftest import tiny_model
 from prunekit.compress import surgery as S
 from prunekit.compress.plan import Dims
-from prunekit.families import family_for_config, get_module
 
-from conftest import tiny_model
+from prunekit.families import family_for_config, get_module
 
 pytestmark = pytest.mark.unit
 
