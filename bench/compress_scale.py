@@ -10,7 +10,7 @@ figure of a cold run, not one that found an earlier run's evaluation. Before and
 matmul (2048^3 in the compute dtype, on the same threads) measures the machine's speed, since a shared
 VM's varies by 2-3x within minutes: the report then tells a slower run from a slower machine.
 
-With --products each run also counts its matrix products per stage (prunekit.stages; a few microseconds per
+With --products each run also counts its matrix products per stage (prunekit.timer; a few microseconds per
 tensor operation): the report then gives each stage's TFLOP, the rate it ran them at, and the least time the
 run's products take at the machine's measured matmul speed, the floor that no overhead saved can go below.
 
@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 from prunekit.artifact import read_manifest, write_json_atomic, write_text_atomic
-from prunekit.env import cpu_text
+from prunekit.env import COUNT_PRODUCTS_VAR, child_env, cpu_text
 from prunekit.errors import PrunekitError
-from prunekit.stages import COUNT_ENV
+
 
 from .shapes import SHAPES
 
@@ -163,7 +163,7 @@ def run(
         log(f"compress_scale: {label}: {' '.join(cmd[1:])}")
         before = machine_tflops(threads)
         t0 = time.time()
-        env = {**os.environ, COUNT_ENV: "1" if products else "0"}
+        env = child_env(**{COUNT_PRODUCTS_VAR: "1" if products else "0"})
         if subprocess.run(cmd, env=env).returncode != 0:
             raise PrunekitError(
                 f"compress failed for setting {label!r} (its output is above); the rows "

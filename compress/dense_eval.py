@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from prunekit.artifact import sha256_file, write_json_atomic
-from prunekit.env import cpu_name, home
+from prunekit.env import cpu_name, eval_cache_dir
 
 
 def _code() -> list[str]:
@@ -30,7 +29,7 @@ def _code() -> list[str]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PRUNEKIT_EVAL_CACHE") or home() / "dense-eval").expanduser()
+    return eval_cache_dir()
 
 
 def other_files_hash(source: str) -> str:

@@ -13,7 +13,7 @@ from prunekit.families import Family, get_module, head_dim
 from prunekit.faults import point
 from prunekit.offload import placement
 from prunekit.perplexity import per_domain
-from prunekit.stages import stage
+from prunekit.timer import timed
 
 from . import plan as P
 from .config import CompressConfig
@@ -90,7 +90,7 @@ def layer_grads(layer, fam: Family, hd: int) -> LayerWeights:
 def stat_scores(model, fam: Family, batches, method: str, desc: str, ridge: float) -> list[Scores]:
     """One sequential pass over the current model: statistics and scores of every layer."""
     place = placement(model)
-    with stage("statistics"):
+    with timed("statistics"):
         runner = LayerRunner(model, fam, batches)
     layers = get_module(model, fam.layers)
     out = []
@@ -102,14 +102,14 @@ def stat_scores(model, fam: Family, batches, method: str, desc: str, ridge: floa
 
 def score_layer(runner: LayerRunner, i: int, layer, fam: Family, method: str, ridge: float) -> Scores:
     """Statistics of layer i on the runner's stream (which advances past it) and the layer's scores."""
-    with stage("statistics"):
+    with timed("statistics"):
         st = runner.collect(i, grams=method == "obs")
     return layer_scores(layer, fam, runner.model.config, st, method, ridge)
 
 
 def layer_scores(layer, fam: Family, config, st, method: str, ridge: float) -> Scores:
     """A layer's scores from its statistics, on the CPU."""
-    with stage("scores"):
+    with timed("scores"):
         w = layer_weights(layer, fam, head_dim(config))
         # obs scores what the refit recovers: with the refit's own ridge.
         sc = SCORERS[method](w, st, ridge) if method == "obs" else SCORERS[method](w, st)
@@ -135,8 +135,8 @@ def taylor_scores(model, fam: Family, batches, desc: str) -> list[Scores]:
                 (loss * ids.shape[0] / sum(len(b) for _, b in batches)).backward()
             hd = head_dim(model.config)
             out = [
-                taylor_from_grads(layer_weights(l, fam, hd), layer_grads(l, fam, hd))
-                for l in get_module(model, fam.layers)
+                taylor_from_grads(layer_weights(layer, fam, hd), layer_grads(layer, fam, hd))
+                for layer in get_module(model, fam.layers)
             ]
         finally:
             model.zero_grad(set_to_none=True)
@@ -261,7 +261,7 @@ def _keep_by_statistics(runner, pos: int, layer, fam: Family, s: CompressConfig,
     """The channels _cut_layer_cached keeps when given only `width`, from a statistics forward of the layer's
     own (ONE_FORWARD_SCORE off: the reference its one-forward choice is tested against)."""
     with placement(runner.model).layer(layer):
-        with stage("statistics"):
+        with timed("statistics"):
             st = runner.collect(pos, advance=False)
         sc = layer_scores(layer, fam, runner.model.config, st, s.method, s.ridge)
     return P.select([sc], P.Shape([(width, 0)])).mlp[0]
@@ -300,7 +300,7 @@ def _cut_layer_cached(
         with place.layer(layer):
             if isinstance(keep, int):
                 n = getattr(mlp, fam.down).in_features
-                with stage("cut and refit"):
+                with timed("cut and refit"):
                     (_, r), cache = mlp_normal_cached(
                         runner, pos, torch.arange(n), relative=relative, with_stats=True, gram=False
                     )
@@ -309,10 +309,10 @@ def _cut_layer_cached(
                 )
                 keep = P.select([sc], P.Shape([(keep, 0)])).mlp[0]
                 cols = torch.tensor(keep, device=r.device)
-                with stage("cut and refit"):  # the kept channels' gram only, (K/n)^2 of the full one
+                with timed("cut and refit"):  # the kept channels' gram only, (K/n)^2 of the full one
                     normal = (cached_gram(runner, pos, cache, cols, relative), r.index_select(0, cols))
                 del r
-            with stage("cut and refit"):
+            with timed("cut and refit"):
                 # The kept channels first: the forward is the same, and the kept inputs X_K are then the first K
                 # columns of down_proj's input (a slice, not a gather of scattered columns: 4% of a compress).
                 permute_mlp(mlp, fam, keep)
@@ -328,7 +328,7 @@ def _cut_layer_cached(
                 cut_mlp(mlp, fam, first, None, s.ridge, normal=normal)
                 del normal  # G_KK and R: not held while the stream advances
         point("compress:cut")
-        with stage("statistics" if score_next else "cut and refit"):
+        with timed("statistics" if score_next else "cut and refit"):
             stats = advance_cut(runner, pos, cache)
     finally:
         if cache is not None:
@@ -428,7 +428,7 @@ def prune(
         elif scores_in_cut(s):  # each layer is scored in the cut pass, on the stream it is cut on
             live_scores = None
         elif s.method == "taylor":
-            with stage("statistics"):
+            with timed("statistics"):
                 live_scores = taylor_scores(model, fam, batches, f"{tag} gradients")
         else:
             live_scores = stat_scores(model, fam, batches, s.method, f"{tag} statistics", s.ridge)
@@ -443,7 +443,7 @@ def prune(
             shape = P.uniform_shape(cur, dense, dims, c, target, None if score_here else scores, final)
         elif by_kl:
             uniform = P.uniform_shape(cur, dense, dims, c, target, scores, final)
-            with stage("scores"):
+            with timed("scores"):
                 shape, search = kl_shape(
                     model, fam, batches, probe, alive, cur, dense, dims, c, target, uniform, f"{tag} width search", log
                 )
@@ -454,7 +454,7 @@ def prune(
         # The next round's statistics ride on this cut pass when nothing changes the model between the two
         # (no recovery) and they come from the forward pass (not gradients or the KL search).
         carry = not final and s.compensate and after_round is None and not by_kl and s.method != "taylor"
-        with stage("cut and refit"):
+        with timed("cut and refit"):
             carried = cut_pass(
                 model,
                 fam,
@@ -499,10 +499,10 @@ def prune(
         # The last round's quick evaluation would repeat, on fewer windows, the held-out evaluation that
         # follows (of the pruned model, or before a recovery at the end): it is left to that one.
         if quick and (not final or after_round is not None):
-            with stage("round eval"):
+            with timed("round eval"):
                 rec["quick_ppl"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}
         if after_round is not None:
-            with stage("recovery"):
+            with timed("recovery"):
                 rec["recovery"] = after_round(model, r)
             if quick:
                 rec["quick_ppl_recovered"] = {d: round(v, 3) for d, v in per_domain(model, quick, s.batch_size).items()}

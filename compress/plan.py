@@ -92,7 +92,7 @@ def base_params(shape: Shape, dims: Dims, ratio_of: str) -> int:
 
 def check_dense(shape: Shape, dims: Dims, c: CompressConfig) -> None:
     """Constraints the model must meet before any cut (tensor parallelism)."""
-    for w, g in (s for s in shape.layers if s is not None):
+    for _w, g in (s for s in shape.layers if s is not None):
         if g % c.tp or (g * dims.n_rep) % c.tp:
             raise PrunekitError(
                 f"--tp {c.tp} does not divide the model's {g} KV heads; "

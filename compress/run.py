@@ -20,7 +20,7 @@ from prunekit.faults import point
 from prunekit.loading import check_local_dir, load_config, load_model, load_tokenizer
 from prunekit.offload import decide, place, resolve_device, unplace
 from prunekit.perplexity import per_domain, table
-from prunekit.stages import Stages, stage
+from prunekit.timer import Timer, timed
 
 from . import data as D
 from . import dense_eval as DE
@@ -147,7 +147,7 @@ def dense_heldout(
 
 def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
     """Everything but the save, each part in its stage of the profile."""
-    with stage("load"):
+    with timed("load"):
         mix = D.load_mix(cfg.calib, seed=cfg.seed, seq_len=cfg.seq_len, total_samples=cfg.samples)
         stored_config, source, fam = precheck(cfg, log)
         device = resolve_device(cfg.device)
@@ -163,7 +163,7 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
             log(f"data-parallel: {ranks} ranks share the calibration batches; rank 0 writes the checkpoint")
             where["ranks"] = ranks
         tok = load_tokenizer(source, cfg.trust_remote_code)
-    with stage("mix"):
+    with timed("mix"):
         # The text is packed before the weights load: a template that does not fit its records, or too little
         # text for the samples asked, is an error before the heavy part, not after it.
         data = D.build(mix, tok)
@@ -173,7 +173,7 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
             f"{', '.join(calib)}; held-out: {', '.join(data.heldout)}"
         )
         rdata = recovery_data(mix, tok, cfg, cfg.domains) if cfg.recover_tokens else None
-    with stage("load"):
+    with timed("load"):
         # Weights load on the host in the dtype they will be kept in: the home dtype when offloading.
         model, fam, source = load_model(
             source,
@@ -185,7 +185,7 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
         place(model, fam, torch.device(where["device"]), getattr(torch, where["dtype"]), home)
     t_data = time.time()
     src_hash = source_hash(source, model)
-    with stage("dense eval"):
+    with timed("dense eval"):
         dense_ppl, dense_cached = dense_heldout(model, data.heldout, cfg, source, src_hash, where, ranks, log)
     t_eval = time.time()
     between = None
@@ -199,7 +199,7 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
         del between
         t_cut -= recovery["seconds"]  # the timings keep cutting and training apart
     elif cfg.recover_tokens:
-        with stage("recovery"):
+        with timed("recovery"):
             before = per_domain(model, data.heldout, cfg.batch_size)
             # The teacher is loaded again rather than kept through the cut: the cut then needs one model's memory.
             recovery = recover_after_cut(model, load_teacher(source, cfg), fam, rdata, cfg)
@@ -210,7 +210,7 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
             f"({recovery['tokens_per_s']:.0f} tokens/s), KL {recovery['kl_first']:.3f} -> {recovery['kl_last']:.3f}"
         )
     t_rec = time.time()
-    with stage("pruned eval"):
+    with timed("pruned eval"):
         pruned_ppl = per_domain(model, data.heldout, cfg.batch_size)
     real = sum(p.numel() for p in model.parameters())  # parameters() skips the tied head: unique ones
     if real != record["params"]["pruned_total"]:
@@ -267,7 +267,7 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed or 0)
     t0 = time.time()
-    with Stages() as prof:
+    with Timer() as prof:
         try:
             stored_config, manifest, tok, model, dense_ppl, pruned_ppl, heldout_domains = _run(
                 cfg, log, inputs_hash, t0
@@ -276,7 +276,7 @@ def compress(cfg: CompressConfig, log=None, inputs_hash: str | None = None) -> M
             finish()  # leave the process group (a no-op outside torchrun)
         if not writer:
             return manifest
-        with stage("save"):
+        with timed("save"):
             # Store in the dtype the source was stored in (bf16 for most checkpoints), whatever we computed in.
             store = getattr(
                 torch, str(getattr(stored_config, "dtype", None) or "float32").replace("torch.", ""), torch.float32

@@ -198,7 +198,7 @@ class Manifest:
     recovery: dict | None = None  # distillation after the cut (--recover-tokens)
     timings_s: dict | None = None
     peak_rss_mb: int | None = None
-    profile: dict | None = None  # wall time and peak memory per stage (prunekit.stages)
+    profile: dict | None = None  # wall time and peak memory per stage (prunekit.timer)
     placement: dict | None = None  # device, compute dtype, offloading and why
     threads: int | None = None
     # export

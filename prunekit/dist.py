@@ -8,16 +8,16 @@ Outside torchrun (no WORLD_SIZE, or 1) every function here is the identity.
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from prunekit.env import torchrun_var
 
 _created = False  # whether init_from_env made the process group (then finish() ends it)
 
 
 def init_from_env(device: torch.device) -> int:
     """Join the process group torchrun describes in the environment; returns the world size."""
-    n = int(os.environ.get("WORLD_SIZE", "1"))
+    n = torchrun_var("WORLD_SIZE", 1)
     if n <= 1:
         return 1
     import torch.distributed as dist
@@ -25,7 +25,7 @@ def init_from_env(device: torch.device) -> int:
     global _created
     if not dist.is_initialized():
         if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(torchrun_var("LOCAL_RANK", 0))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         _created = True
     return dist.get_world_size()
@@ -66,7 +66,7 @@ def all_sum_floats(*vals: float) -> list[float]:
 
 def env_rank() -> int:
     """This process's rank as torchrun announces it, known before the group is joined."""
-    return int(os.environ.get("RANK", "0"))
+    return torchrun_var("RANK", 0)
 
 
 def from_rank0(obj):
@@ -82,7 +82,7 @@ def from_rank0(obj):
 
 def local_ranks() -> int:
     """Processes of this run on this host (they share its memory)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return torchrun_var("LOCAL_WORLD_SIZE", 1)
 
 
 def finish() -> None:

@@ -15,6 +15,36 @@ def home() -> Path:
     return Path(os.environ.get("PRUNEKIT_HOME", Path.home() / ".cache" / "prunekit")).expanduser()
 
 
+def eval_cache_dir() -> Path:
+    """Where compress keeps the dense model's held-out perplexity: $PRUNEKIT_EVAL_CACHE or $PRUNEKIT_HOME/dense-eval."""
+    return Path(os.environ.get("PRUNEKIT_EVAL_CACHE") or home() / "dense-eval").expanduser()
+
+
+# Set by the compress_scale bench for its child runs: each stage also counts its matrix products (prunekit.timer).
+COUNT_PRODUCTS_VAR = "PRUNEKIT_COUNT_PRODUCTS"
+
+
+def count_products_asked() -> bool:
+    return os.environ.get(COUNT_PRODUCTS_VAR, "") == "1"
+
+
+def kill_point() -> str | None:
+    """The fault point at which the kill tests ask the process to SIGKILL itself ($PRUNEKIT_KILL_AT)."""
+    return os.environ.get("PRUNEKIT_KILL_AT")
+
+
+def torchrun_var(name: str, default: int) -> int:
+    """One of torchrun's integer variables (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE): known before the
+    process group is joined."""
+    return int(os.environ.get(name, default))
+
+
+def quiet_other_ranks() -> None:
+    """Under torchrun only rank 0 reports: the other ranks' progress bars are off (tqdm reads this at import)."""
+    if torchrun_var("RANK", 0) != 0:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def data_root() -> Path | None:
     """The local data folder that the default mix and the benchmarks read, if there is one.
 

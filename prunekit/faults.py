@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import signal
 
+from prunekit.env import kill_point
+
 POINTS = ("compress:statistics", "compress:cut", "compress:save", "export:onnx")
 
 
 def point(name: str) -> None:
-    if os.environ.get("PRUNEKIT_KILL_AT") == name:
+    if kill_point() == name:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -321,7 +321,7 @@ def place(model, fam: Family, device: torch.device, compute: torch.dtype, home: 
         norm.to(device, compute)
         # What else the base model holds (rotary embedding tables) is small; its buffers keep their dtype.
         base = model.base_model
-        for name, child in base.named_children():
+        for _name, child in base.named_children():
             if child is not layers and child is not norm and child is not model.get_input_embeddings():
                 child.to(device)
     setattr(model, ATTR, p)

@@ -187,14 +187,14 @@ def test_device_cuda_without_one_is_a_clear_error(bf16_src, tmp_path, monkeypatc
 
 @pytest.mark.unit
 def test_stage_peaks_are_each_stages_own():
-    from prunekit.stages import Stages, stage
+    from prunekit.timer import Timer, timed
 
-    with Stages() as prof:
-        with stage("big"):
+    with Timer() as prof:
+        with timed("big"):
             x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
             del x
-        with stage("small"):
-            with stage("inner"):
+        with timed("small"):
+            with timed("inner"):
                 pass
     rec = prof.record()
     rows = {r["stage"]: r for r in rec["stages"]}
@@ -203,7 +203,7 @@ def test_stage_peaks_are_each_stages_own():
         assert rows["big"]["peak_rss_mb"] >= rows["small"]["peak_rss_mb"] + 40
     assert rec["peak_rss_mb"] >= rows["big"]["peak_rss_mb"]
     assert "| big |" in prof.table()
-    with stage("nothing active"):  # outside a profile: a no-op
+    with timed("nothing active"):  # outside a profile: a no-op
         pass
 
 
@@ -211,14 +211,14 @@ def test_stage_peaks_are_each_stages_own():
 def test_stages_count_each_stages_matrix_products():
     """The products profile: exact FLOP of mm, addmm (a linear with bias) and bmm, each in the stage it ran
     in (an inner stage's not in the outer one's), none counted when not asked, and the results unchanged."""
-    from prunekit.stages import Stages, stage
+    from prunekit.timer import Timer, timed
 
     a, b, w, bias = torch.randn(8, 16), torch.randn(16, 4), torch.randn(4, 16), torch.randn(4)
     x = torch.randn(3, 8, 16)
-    with Stages(count_products=True) as prof:
-        with stage("mm"):
+    with Timer(count_products=True) as prof:
+        with timed("mm"):
             y = a @ b
-            with stage("inner"):
+            with timed("inner"):
                 z = torch.nn.functional.linear(a, w, bias)
                 torch.bmm(x, x.transpose(1, 2))
         a.sum()  # outside any stage, not a product: nothing counted
@@ -227,8 +227,8 @@ def test_stages_count_each_stages_matrix_products():
     rec = prof.record()  # in the manifest, TFLOP to the GFLOP
     assert [r["tflop"] for r in rec["stages"]] == [0.0, 0.0] and rec["tflop_outside_stages"] == 0
     assert "TFLOP/s" in prof.table()
-    with Stages(count_products=False) as prof:
-        with stage("mm"):
+    with Timer(count_products=False) as prof:
+        with timed("mm"):
             a @ b
     assert "tflop" not in prof.record()["stages"][0] and "TFLOP" not in prof.table()
 
@@ -237,14 +237,14 @@ def test_stages_count_each_stages_matrix_products():
 def test_a_reset_that_does_not_take_is_not_called_per_stage(monkeypatch):
     """Some sandboxed kernels accept the write to clear_refs and leave the mark alone (seen on CI): the
     profile must then say its peaks are the process's so far, not each stage's."""
-    from prunekit import stages
+    from prunekit import timer
 
-    if not stages._reset_hwm():
+    if not timer._reset_hwm():
         pytest.skip("this kernel does not reset the high-water mark")
-    monkeypatch.setattr(stages, "_status_mb", lambda *f: [{"VmHWM": 1500.0, "VmRSS": 900.0}[k] for k in f])
-    assert stages._reset_hwm() is False
-    with stages.Stages() as prof:
-        with stages.stage("a"):
+    monkeypatch.setattr(timer, "_status_mb", lambda *f: [{"VmHWM": 1500.0, "VmRSS": 900.0}[k] for k in f])
+    assert timer._reset_hwm() is False
+    with timer.Timer() as prof:
+        with timer.timed("a"):
             pass
     assert prof.record()["peak_is_per_stage"] is False
 

@@ -12,16 +12,16 @@ from prunekit.families import family_for_config
 
 pytestmark = pytest.mark.unit
 
-D, I, KV, HD, REP = 8, 6, 2, 2, 2
+D, WIDTH, KV, HD, REP = 8, 6, 2, 2, 2
 
 
 def weights(seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     return SC.LayerWeights(
-        r(I, D),
-        r(I, D),
-        r(D, I),
+        r(WIDTH, D),
+        r(WIDTH, D),
+        r(D, WIDTH),
         r(KV * REP * HD, D),
         r(KV * HD, D),
         r(KV * HD, D),
@@ -49,7 +49,7 @@ def test_magnitude_ranks_zeroed_channel_lowest():
 
 
 def test_activation_scores_rank_dead_channel_lowest():
-    x = torch.randn(100, I)
+    x = torch.randn(100, WIDTH)
     x[:, 2] = 0
     st = LayerStats({"a": domain(x, torch.randn(100, KV * REP * HD))})
     for fn in (SC.wanda_sp, SC.flap, SC.hybrid):
@@ -58,7 +58,8 @@ def test_activation_scores_rank_dead_channel_lowest():
 
 def test_hybrid_is_not_swayed_by_token_count():
     """Repeating one domain's tokens 5x changes pooled scores but not ours (per-domain means)."""
-    xa, xb = torch.randn(50, I) * torch.arange(1, I + 1), torch.randn(50, I).flip(1) * torch.arange(1, I + 1)
+    ramp = torch.arange(1, WIDTH + 1)
+    xa, xb = torch.randn(50, WIDTH) * ramp, torch.randn(50, WIDTH).flip(1) * ramp
     att = torch.randn(50, KV * REP * HD)
     once = LayerStats({"a": domain(xa, att), "b": domain(xb, att)})
     many = LayerStats({"a": domain(xa.repeat(5, 1), att.repeat(5, 1)), "b": domain(xb, att)})
@@ -69,7 +70,7 @@ def test_hybrid_is_not_swayed_by_token_count():
 
 def test_hybrid_normalises_each_domain_by_its_residual_scale():
     """A domain whose residual stream (and activations) are 10x larger weighs the same."""
-    xa, xb = torch.randn(50, I), torch.randn(50, I)
+    xa, xb = torch.randn(50, WIDTH), torch.randn(50, WIDTH)
     att = torch.randn(50, KV * REP * HD)
     base = LayerStats({"a": domain(xa, att), "b": domain(xb, att)})
     loud = LayerStats({"a": domain(xa * 10, att * 10, resid=100.0), "b": domain(xb, att)})
@@ -79,7 +80,7 @@ def test_hybrid_normalises_each_domain_by_its_residual_scale():
 def test_taylor_and_group_shapes():
     w, g = weights(0), weights(1)
     s = SC.taylor_from_grads(w, g)
-    assert s.mlp.shape == (I,) and s.heads.shape == (KV,)
+    assert s.mlp.shape == (WIDTH,) and s.heads.shape == (KV,)
     assert SC.per_group(torch.arange(8.0), 2).tolist() == [6.0, 22.0]
 
 
@@ -114,13 +115,13 @@ def test_obs_scores_keep_what_greedy_obs_keeps_at_every_width():
     from prunekit.compress.surgery import obs_keep
 
     w = weights()
-    x = torch.randn(64, I) @ torch.randn(I, I)
+    x = torch.randn(64, WIDTH) @ torch.randn(WIDTH, WIDTH)
     d = domain(x, torch.randn(64, KV * REP * HD), resid=2.0)
     d.mlp_gram = (x.T @ x).double()
     s = SC.obs(w, LayerStats({"a": d}))
     assert s.comparable and s.heads is None
-    n_removable = int(I * SC.OBS_MAX_REMOVE)
-    for keep in range(I - n_removable, I + 1):
+    n_removable = int(WIDTH * SC.OBS_MAX_REMOVE)
+    for keep in range(WIDTH - n_removable, WIDTH + 1):
         top = sorted(s.mlp.argsort(descending=True)[:keep].tolist())
         assert top == obs_keep(w.down, d.mlp_gram / d.resid_sq, keep, 1e-2), keep
 

@@ -104,7 +104,7 @@ def test_layer_removal_equals_skipping(family_name):
     )
     S.remove_layers(model, fam, [1])
     assert model.config.num_hidden_layers == 2
-    assert [getattr(l, fam.attn).layer_idx for l in get_module(model, fam.layers)] == [0, 1]
+    assert [getattr(layer, fam.attn).layer_idx for layer in get_module(model, fam.layers)] == [0, 1]
     if getattr(model.config, "layer_types", None) is not None:
         assert len(model.config.layer_types) == 2
     torch.testing.assert_close(logits(model), logits(ref))

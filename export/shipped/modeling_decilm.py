@@ -1,5 +1,6 @@
 """The DeciLM / Nemotron-NAS layout (`config.block_configs`) for Llama- and Qwen2-style layers of their own
-MLP width (the format also holds KV heads per layer; prunekit writes the same heads in every layer): vLLM runs it with its own DeciLMForCausalLM, with its native kernels; transformers
+MLP width (the format also holds KV heads per layer; prunekit writes the same heads in every layer): vLLM runs
+it with its own DeciLMForCausalLM, with its native kernels; transformers
 runs it with the classes below.
 
 Shipped inside prunekit artifacts of that layout and loaded with trust_remote_code: neither transformers nor

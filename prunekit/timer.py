@@ -1,15 +1,16 @@
-"""Wall time and peak memory per stage of a run, printed at its end and recorded in the manifest.
+"""A run's stage timer: wall time and peak memory per stage of a run (a stage of the work inside one command:
+load, statistics, cut and refit, ...), printed at its end and recorded in the manifest.
 
 A stage may be entered many times (statistics once per layer and round): its seconds add up and its peak
 is the highest seen. The peak of each stage is its own, not the process's so far: on Linux the kernel's
 high-water mark (VmHWM) is reset at each stage's entry (`/proc/self/clear_refs`, value 5); where that is
 not possible the figures are the process's peak up to the stage's end, and the record says so.
 
-Code deep inside a run marks its stages with `stage("name")`, which does nothing unless a profile is active
-(`with Stages() as prof:` at a command's entry), so library calls from tests and bench cost nothing. The mark
-is the process's: while a profile is active, nothing else in the process can read its own peak from it.
+Code deep inside a run marks its stages with `timed("name")`, which does nothing unless a timer is active
+(`with Timer() as prof:` at a command's entry), so library calls from tests and bench cost nothing. The mark
+is the process's: while a timer is active, nothing else in the process can read its own peak from it.
 
-With products counted (`Stages(count_products=True)`, or PRUNEKIT_COUNT_PRODUCTS=1 in the environment), each
+With products counted (`Timer(count_products=True)`, or PRUNEKIT_COUNT_PRODUCTS=1 in the environment), each
 stage also records the TFLOP of its matrix products (mm, addmm, bmm, baddbmm, as torch's flop counter
 counts them, attention's CPU kernel left out): a stage's seconds against its products say whether it is bound
 by arithmetic or by everything else, and the sum over stages at the machine's matmul speed is the least time
@@ -19,13 +20,14 @@ microseconds each), so it is off unless asked for.
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-_active: list[Stages] = []
+from prunekit.env import count_products_asked
+
+_active: list[Timer] = []
 
 
 def _status_mb(*fields: str) -> list[float | None]:
@@ -88,9 +90,6 @@ def _cuda():
     return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
-COUNT_ENV = "PRUNEKIT_COUNT_PRODUCTS"
-
-
 def _products_mode(add):
     """A dispatch mode that passes each operation through and reports the FLOP of the matrix products among
     them to `add`. Unlike torch's FlopCounterMode it never decomposes an operation it has no formula for:
@@ -114,9 +113,9 @@ def _products_mode(add):
     return Products()
 
 
-class Stages:
+class Timer:
     def __init__(self, count_products: bool | None = None) -> None:
-        self.count = os.environ.get(COUNT_ENV, "") == "1" if count_products is None else count_products
+        self.count = count_products_asked() if count_products is None else count_products
         self.flop: dict[str, float] = {}  # per stage; "(no stage)" for products outside every stage
         self._mode = None
         self.rows: dict[str, dict] = {}
@@ -125,7 +124,7 @@ class Stages:
         self._open: list[str] = []
         self._t0 = 0.0
 
-    def __enter__(self) -> Stages:
+    def __enter__(self) -> Timer:
         _active.append(self)
         if self.count:
             self._mode = _products_mode(self._add_flop)
@@ -246,7 +245,7 @@ class Stages:
 
 
 @contextmanager
-def stage(name: str):
+def timed(name: str):
     """Mark a stage of the active profile; nothing when none is active."""
     if not _active:
         yield
