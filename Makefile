@@ -58,7 +58,7 @@ bench-serve: artifacts
 
 # Quality and speed of dense vs pruned on every stock runtime, one run; report in bench/results/.
 bench: setup
-	$(PRUNEKIT) bench --profile full
+	$(PRUNEKIT) bench --preset full
 	$(MAKE) bench-speed
 
 # Speed of cuts at real shapes (random weights) on PyTorch, onnxruntime and vLLM, fresh process per run,
@@ -86,7 +86,7 @@ bench-compress: setup
 # Small limits, 2 methods at 20%; what CI runs after the tests (about 15 min on 2 cores from scratch,
 # most of it two ONNX exports and two vLLM starts). Asserts nothing about absolute times.
 bench-quick: setup
-	$(PRUNEKIT) bench --profile quick
+	$(PRUNEKIT) bench --preset quick
 
 # Our zero-shot scorer against lm-eval 0.4.13 itself, choice by choice, on the first 200 ARC-Easy docs
 # of the dense default model (lm-eval lives in its own venv: its dependencies are not ours).

@@ -20,7 +20,6 @@ run's products take at the machine's measured matmul speed, the floor that no ov
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -31,8 +30,8 @@ from prunekit.artifact import read_manifest, write_json_atomic, write_text_atomi
 from prunekit.env import COUNT_PRODUCTS_VAR, child_env, cpu_text
 from prunekit.errors import PrunekitError
 
-
 from .shapes import SHAPES
+from .timing import machine, machine_slug
 
 DONE = ".complete"  # written last into a source directory: a killed build is rebuilt, not reused
 
@@ -315,8 +314,6 @@ def main(argv=None) -> int:
         help="count each stage's matrix products (TFLOP) and report the least time they take at the machine's speed",
     )
     a = ap.parse_args(argv)
-    from .run import machine, machine_slug
-
     out = Path(
         a.out
         or f"bench/results/{time.strftime('%Y-%m-%d')}-{machine_slug(machine())}-compress-{a.shape}"

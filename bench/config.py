@@ -1,21 +1,95 @@
-"""The typed config of `prunekit bench`: what to compare, how much of each eval set, which runtimes."""
+"""The typed config of `prunekit bench` (what to compare, how much of each eval set, which runtimes) and the
+presets its --preset names (`make bench` runs full, CI's `make bench-quick` quick)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prunekit.config import Config, check, check_positive, comma_list, opt
 
+from .models import FULL, QUICK, Variant
+
 RUNTIMES = ("torch", "onnxruntime", "vllm")
-PROFILES = ("full", "quick")
+
+
+@dataclass
+class Preset:
+    """A named set of bench settings: the models, their calibration, the eval limits, the speed runs."""
+
+    name: str
+    variants: tuple[Variant, ...]
+    compress: dict  # rounds, samples, seq_len for the pruned models
+    seq_len: int = 512  # perplexity windows
+    wikitext_limit: int | None = None
+    wikitext_long: int | None = 2048  # WikiText-2 also at the papers' window (main models only); None: not
+    domain_samples: int = 8
+    task_limit: int | None = None
+    prompt_len: int = 128
+    new_tokens: int = 64
+    batch: int = 8
+    repeats: int = 3
+    runtimes: tuple[str, ...] = RUNTIMES
+    tasks: tuple[str, ...] = field(
+        default_factory=lambda: ("piqa", "hellaswag", "arc_easy", "arc_challenge", "boolq", "winogrande", "openbookqa")
+    )
+    # The method grid (bench/methods.py): compare's variants at these ratios, pruned in-process with
+    # the calibration budget of `make compare`. method_eval overrides wikitext_limit, domain_samples
+    # and task_limit for the grid (it scores ~19 models: a limited run may want them smaller).
+    methods: tuple[str, ...] = ()
+    method_ratios: tuple[float, ...] = (0.2, 0.4)
+    method_compress: dict = field(default_factory=lambda: {"rounds": 2, "samples": 32, "seq_len": 256})
+    method_eval: dict = field(default_factory=dict)
+
+
+# The grid the compress issue asked for: ours iterative and one-shot, single-domain calibration, no
+# compensation, and the published baselines.
+GRID = (
+    "ours",
+    "ours-oneshot",
+    "ours-c4only",
+    "ours-nocomp",
+    "magnitude",
+    "wanda-sp",
+    "flap",
+    "taylor",
+    "block-influence",
+)
+
+FP32_TASK_LIMIT = 500  # zero-shot documents per task for the main models where the CPU has no native bf16
+
+PRESETS = {
+    # The method grid scores ~19 models: its own limit, stated in the report.
+    "full": Preset(
+        "full", FULL, {"rounds": 2, "samples": 64, "seq_len": 512}, methods=GRID, method_eval={"task_limit": 200}
+    ),
+    # Small calibration and limits; CI runs it (about 15 min on 2 cores from scratch, mostly the two ONNX
+    # exports and two vLLM starts). It asserts nothing about speed.
+    "quick": Preset(
+        "quick",
+        QUICK,
+        {"rounds": 1, "samples": 8, "seq_len": 128},
+        seq_len=256,
+        wikitext_limit=4,
+        wikitext_long=512,
+        domain_samples=1,
+        task_limit=10,
+        prompt_len=32,
+        new_tokens=16,
+        batch=4,
+        repeats=1,
+        methods=("ours", "wanda-sp"),
+        method_ratios=(0.2,),
+        method_compress={"rounds": 1, "samples": 8, "seq_len": 128},
+    ),
+}
 
 
 @dataclass(frozen=True)
 class BenchConfig(Config):
-    profile: str = opt(
+    preset: str = opt(
         "full",
         "full: full eval sets, 20/40% and per-layer, method grid; quick: small limits (~15 min)",
-        choices=PROFILES,
+        choices=tuple(PRESETS),
     )
     out: str = opt("bench/results", "results go to OUT/<date>-<machine>/")
     workdir: str = opt("bench/work", "where the compared artifacts are built and reused")
@@ -28,16 +102,16 @@ class BenchConfig(Config):
     )
     models: tuple[str, ...] | None = opt(
         None,
-        "main models to compare, by label (default: the profile's: full = "
+        "main models to compare, by label (default: the preset's: full = "
         "dense, 20%, 40%, '30% per-layer'; quick = dense, 20%), or 'none' for "
         "the method grid alone",
         type=comma_list(),
     )
     runtimes: tuple[str, ...] = opt(RUNTIMES, "runtimes to time")
-    limit: int | None = opt(None, "examples per zero-shot task (default: the profile's)", type=int)
-    wikitext_windows: int | None = opt(None, "WikiText-2 windows (default: the profile's)", type=int)
-    domain_samples: int | None = opt(None, "held-out windows per domain (default: the profile's)", type=int)
-    repeats: int | None = opt(None, "speed repeats per model and runtime (default: the profile's)", type=int)
+    limit: int | None = opt(None, "examples per zero-shot task (default: the preset's)", type=int)
+    wikitext_windows: int | None = opt(None, "WikiText-2 windows (default: the preset's)", type=int)
+    domain_samples: int | None = opt(None, "held-out windows per domain (default: the preset's)", type=int)
+    repeats: int | None = opt(None, "speed repeats per model and runtime (default: the preset's)", type=int)
     threads: int | None = opt(None, "threads for every runtime (default: all cores)", type=int)
     device: str = opt(
         "auto",
@@ -71,12 +145,12 @@ class BenchConfig(Config):
     methods: tuple[str, ...] | None = opt(
         None,
         "method grid: comma list of `prunekit compare` variants, or 'none' "
-        "(default: the profile's; full = ours, ours-oneshot, ours-c4only, "
+        "(default: the preset's; full = ours, ours-oneshot, ours-c4only, "
         "ours-nocomp, magnitude, wanda-sp, flap, taylor, block-influence)",
         type=comma_list(),
     )
     method_ratios: tuple[float, ...] | None = opt(
-        None, "ratios of the method grid (default: the profile's; full = 0.2,0.4)", type=comma_list(float)
+        None, "ratios of the method grid (default: the preset's; full = 0.2,0.4)", type=comma_list(float)
     )
     method_limit: int | None = opt(None, "examples per zero-shot task for the method grid (default: --limit)", type=int)
     method_windows: int | None = opt(
@@ -91,7 +165,7 @@ class BenchConfig(Config):
     def validate(self) -> None:
         from prunekit.compress import check_variants
 
-        check(self.profile in PROFILES, f"--profile must be one of {', '.join(PROFILES)}, got {self.profile!r}.")
+        check(self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
         for a in self.artifact:
             check(
                 "=" in a and a.split("=", 1)[0] and a.split("=", 1)[1],
@@ -116,13 +190,11 @@ class BenchConfig(Config):
             f"--method-ratios must be fractions in (0, 1), got {self.method_ratios}.",
         )
         if self.models and self.models != ("none",):
-            from .models import FULL, QUICK
-
-            known = {v.label for v in (FULL if self.profile == "full" else QUICK)}
+            known = {v.label for v in PRESETS[self.preset].variants}
             bad = [m for m in self.models if m not in known]
             check(
                 not bad,
-                f"unknown model label(s) {bad} for profile {self.profile}; choose from {', '.join(sorted(known))}.",
+                f"unknown model label(s) {bad} for preset {self.preset}; choose from {', '.join(sorted(known))}.",
             )
         if self.methods and self.methods != ("none",):
             check_variants(list(self.methods))

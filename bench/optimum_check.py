@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-# Run as a script, Python puts bench/ first on the path, where profile.py, config.py and models.py shadow the
-# modules of those names that transformers imports.
+# Run as a script, Python puts bench/ first on the path, where config.py and models.py shadow the modules of
+# those names that transformers imports.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 INSTALL = (

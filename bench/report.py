@@ -44,7 +44,7 @@ def quality_tables(res: dict) -> list[str]:
         if wl
         else ""
     )
-    limit = res["profile"].get("task_limit")
+    limit = res["preset"].get("task_limit")
     out = [
         f"## Quality\n\nPerplexity: WikiText-2 raw test ({wt['tokens']:,} tokens in windows of {wt['seq_len']}, "
         f"stride {wt['stride']}{long}) and held-out text per domain (disjoint from calibration). Zero-shot: "
@@ -111,11 +111,19 @@ def paired_tables(models: dict, tasks: list[str]) -> list[str]:
     ]
 
 
+def _ppl(v: float, dense: float) -> str:
+    return f"{v:.2f}"
+
+
+def _ppl_vs_dense(v: float, dense: float) -> str:
+    return f"{v:.2f} (x{v / dense:.2f})"
+
+
 def method_tables(res: dict) -> list[str]:
     rows = res.get("methods") or []
     if not rows:
         return []
-    p = res["profile"]
+    p = res["preset"]
     dense = rows[0]
     doms, tasks = list(dense["quality"]["domains"]), list(dense["quality"]["zeroshot"])
     ev = res.get("method_eval") or {}
@@ -147,7 +155,7 @@ def method_tables(res: dict) -> list[str]:
         for r in [dense] + [x for x in rows if x["ratio"] == ratio]:
             q, dq = r["quality"], dense["quality"]
             removed = 1 - r["params"] / r["dense_params"]
-            x = lambda v, d: f"{v:.2f}" if r is dense else f"{v:.2f} (x{v / d:.2f})"
+            x = _ppl if r is dense else _ppl_vs_dense
             out.append(
                 f"| {r['variant']} | {removed:.1%} | {x(q['wikitext2']['ppl'], dq['wikitext2']['ppl'])} | "
                 + " | ".join(x(q["domains"][d], dq["domains"][d]) for d in doms)
@@ -163,7 +171,7 @@ def speed_tables(res: dict) -> list[str]:
     models = {k: v for k, v in res["models"].items() if "speed" in v}
     if not models:
         return []
-    p = res["profile"]
+    p = res["preset"]
     dense = models.get("dense")
     out = [
         f"## Speed and memory\n\nGreedy decoding, prompt {p['prompt_len']} tokens, {p['new_tokens']} new "
@@ -262,7 +270,7 @@ def plots(res: dict, out: Path) -> list[str]:
         files.append("methods.png")
     s = {k: v for k, v in models.items() if "speed" in v}
     if s and "dense" in s:
-        rts = res["profile"]["runtimes"]
+        rts = res["preset"]["runtimes"]
         fig, ax = plt.subplots(1, len(rts), figsize=(4.5 * len(rts), 4), squeeze=False)
         d = s["dense"]
         for a, rt in zip(ax[0], rts):
@@ -299,7 +307,7 @@ def write_report(res: dict, out: Path) -> None:
         (tmp / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
         figs = plots(res, tmp)
         lines = [
-            f"# prunekit bench: dense vs pruned ({res['profile']['name']} profile)",
+            f"# prunekit bench: dense vs pruned ({res['preset']['name']} preset)",
             "",
             "Produced by:",
             "",

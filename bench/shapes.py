@@ -18,11 +18,15 @@ import re
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from prunekit.env import cpu_text
 from prunekit.errors import PrunekitError
+
+from .models import weight_bytes_per_token
+from .op_profile import format_profile, profile_once
+from .timing import machine, run_order, speed_once, summarize
 
 # Public configs of the real models.
 SHAPES = {
@@ -218,19 +222,16 @@ def run_shapes(
     prompt_len: int = 128,
     new_tokens: int = 32,
     batch: int = 8,
-    profile: str | None = None,
+    profile_cut: str | None = None,
     tokenizer: str = "default",
     log=print,
     paired: int = 0,
 ) -> dict:
-    """Build, time and report; `profile` (a cut label) adds the per-token breakdown of dense and that cut
-    of the first shape on every runtime (bench/profile.py); `paired` adds, per cut and runtime, one process
+    """Build, time and report; `profile_cut` (a cut label) adds the per-token breakdown of dense and that cut
+    of the first shape on every runtime (bench/op_profile.py); `paired` adds, per cut and runtime, one process
     that times dense and the cut that many times, their decode steps in turn (the speedup per pair)."""
     from prunekit.artifact import read_manifest
     from prunekit.env import compute_dtype
-
-    from .models import weight_bytes_per_token
-    from .run import PROFILES, machine, run_order, speed_once, summarize
 
     bad = [s for s in shapes if s not in SHAPES]
     if bad:
@@ -238,10 +239,10 @@ def run_shapes(
     plan = [parse_cut(c) for c in cuts]
     if plan[0].label != "dense":
         plan.insert(0, Cut("dense"))
-    if profile and profile not in [c.label for c in plan]:
-        raise PrunekitError(f"--profile-cut {profile!r} is not among the cuts {[c.label for c in plan]}.")
+    if profile_cut and profile_cut not in [c.label for c in plan]:
+        raise PrunekitError(f"--profile-cut {profile_cut!r} is not among the cuts {[c.label for c in plan]}.")
     dtype = compute_dtype()
-    p = replace(PROFILES["quick"], prompt_len=prompt_len, new_tokens=new_tokens, batch=batch)
+    decode = {"prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch}  # what each timing decodes
     work.mkdir(parents=True, exist_ok=True)
     res = {
         "machine": machine(),
@@ -280,7 +281,7 @@ def run_shapes(
     for rep in range(repeats):
         for key, art in run_order(order, rep):  # interleaved, rotated (see run_order)
             for rt in runtimes:
-                s = speed_once(rt, art, p, threads, dtype)
+                s = speed_once(rt, art, threads, dtype, **decode)
                 rows[key]["samples"].setdefault(rt, []).append(s)
                 log(
                     f"shapes {rep + 1}/{repeats} {key[0]} {key[1]:>22} {rt:<12} "
@@ -299,7 +300,8 @@ def run_shapes(
     res["paired"] = paired
     for (shape, label), art in arts.items() if paired else ():
         for rt in (r for r in runtimes if r in PAIRED_RUNTIMES and label != "dense"):
-            pr = pair_speedups(speed_once(rt, art, p, threads, dtype, pair_with=arts[(shape, "dense")], pairs=paired))
+            base = arts[(shape, "dense")]
+            pr = pair_speedups(speed_once(rt, art, threads, dtype, **decode, pair_with=base, pairs=paired))
             rows[(shape, label)].setdefault("paired", {})[rt] = pr
             log(
                 f"paired {shape} {label:>22} {rt:<12} "
@@ -309,9 +311,7 @@ def run_shapes(
                     else ", ".join(f"{k} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})" for k, v in pr.items())
                 )
             )
-    if profile:
-        from .profile import profile_once
-
+    if profile_cut:
         res["profile"] = {
             "shape": shapes[0],
             "batch": 1,
@@ -320,7 +320,7 @@ def run_shapes(
             "rows": {},
         }
         for rt in runtimes:
-            for label in ("dense", profile):
+            for label in ("dense", profile_cut):
                 r = profile_once(rt, arts[(shapes[0], label)], threads, dtype, prompt_len, new_tokens + 1, 1)
                 res["profile"]["rows"].setdefault(rt, {})[label] = r
                 log(
@@ -363,6 +363,11 @@ def speedups(res: dict):
                     yield r, rt, key, s[key]["median"] / d["speed"][rt][key]["median"], ideal
 
 
+def _spread(v: dict, fmt: str, unit: str = "") -> str:
+    """A median and its range: "12.3 (11.0-13.1)", or with unit "x": "1.23x (1.10-1.31)"."""
+    return f"{v['median']:{fmt}}{unit} ({v['min']:{fmt}}-{v['max']:{fmt}})"
+
+
 def format_shapes(res: dict) -> str:
     m = res["machine"]
     cpu = cpu_text(m["cpu"], m.get("isa"))
@@ -385,7 +390,6 @@ def format_shapes(res: dict) -> str:
                     f"{'; '.join(s['errors'])[:200]} | | | | | |"
                 )
                 continue
-            mm = lambda k: f"{s[k]['median']:.1f} ({s[k]['min']:.1f}-{s[k]['max']:.1f})"
             no = (float("nan"), float("nan"))  # dense failed on this runtime: nothing to compare with
             b1 = sp.get((r["shape"], r["cut"], rt, "decode_tok_s_b1"), no)
             bb = sp.get((r["shape"], r["cut"], rt, "decode_tok_s_batch"), no)
@@ -398,8 +402,8 @@ def format_shapes(res: dict) -> str:
             )
             lines.append(
                 f"| {r['shape']} | {r['cut']} | {r['layout']} | {w[0] if len(w) == 1 else f'{w[0]}-{w[-1]}'} "
-                f"| {r['params'] / 1e6:.0f}M | {rt}{cls} | {mm('decode_tok_s_b1')} | {b1[0]:.2f}x | "
-                f"{mm('decode_tok_s_batch')} | {bb[0]:.2f}x | {b1[1]:.2f}x | {pct} |"
+                f"| {r['params'] / 1e6:.0f}M | {rt}{cls} | {_spread(s['decode_tok_s_b1'], '.1f')} | {b1[0]:.2f}x | "
+                f"{_spread(s['decode_tok_s_batch'], '.1f')} | {bb[0]:.2f}x | {b1[1]:.2f}x | {pct} |"
             )
     lines += [
         "",
@@ -428,16 +432,14 @@ def format_shapes(res: dict) -> str:
                 if "error" in pr:
                     lines.append(f"| {r['shape']} | {r['cut']} | {rt} | failed: {pr['error'][:200]} | | | |")
                     continue
-                f = lambda v: f"{v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})"
                 pct = " / ".join(
                     f"{(pr[k]['median'] - 1) / (i - 1) * 100:.0f}" if i > 1 else "-" for k in ("b1", "batch")
                 )
                 lines.append(
-                    f"| {r['shape']} | {r['cut']} | {rt} | {f(pr['b1'])} | {f(pr['batch'])} | {i:.2f}x | {pct} |"
+                    f"| {r['shape']} | {r['cut']} | {rt} | {_spread(pr['b1'], '.2f', 'x')} | "
+                    f"{_spread(pr['batch'], '.2f', 'x')} | {i:.2f}x | {pct} |"
                 )
     if res.get("profile"):
-        from .profile import format_profile
-
         pr = res["profile"]
         un = {
             (rt, r["cut"]): 1e3 / s["decode_tok_s_b1"]["median"]
@@ -489,9 +491,9 @@ def plot_shapes(res: dict, path: Path) -> None:
     for shape, c in colors.items():
         axes[1].scatter([], [], marker="s", color=c, label=shape)
     axes[1].legend(fontsize=8, loc="upper left")
+    cpu = cpu_text(res["machine"]["cpu"], res["machine"].get("isa"))
     fig.suptitle(
-        f"Measured vs ideal decode speedup ({cpu_text(res['machine']['cpu'], res['machine'].get('isa'))}, {res['dtype']}); "
-        "hollow = per-layer generic layout",
+        f"Measured vs ideal decode speedup ({cpu}, {res['dtype']}); hollow = per-layer generic layout",
         fontsize=9,
     )
     fig.tight_layout()

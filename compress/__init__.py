@@ -10,12 +10,12 @@ The stage's public entry (the Python API; bench and the orchestrator use only th
 Inside: data (mix), stats (statistics), scores, plan, surgery (cut and refit), iterate (rounds).
 """
 
-from .config import METHODS, CompareConfig, CompressConfig
+from .config import METHODS, VARIANTS, CompareConfig, CompressConfig, check_variants
 from .data import build as build_mix
 from .data import load_mix
 from .data import pack as pack_texts
 from .run import compress
-from .variants import VARIANTS, check_variants, compare, compare_markdown, pruned_variants
+from .variants import compare, compare_markdown, pruned_variants
 
 # Bumped when a change makes compress produce other weights from the same settings and data (2: the first round
 # scores each layer in its cut pass): the artifacts pipeline then cuts again instead of reusing an older cut.

@@ -8,13 +8,11 @@ from prunekit.config import DTYPES, Config, check, check_choice, check_positive,
 
 STRUCTURES = ("mlp", "heads", "layers")
 MODES = ("uniform", "per-layer")
-SCHEDULES = ("equal", "geometric")
 SELECTIONS = ("score", "obs")
-RECOVER_AT = ("end", "rounds")
 # The fields the planner reads (plan.py): the deployment constraints.
 CONSTRAINTS = ("ratio", "ratio_of", "structures", "mode", "align", "tp", "tolerance")
 # "taylor" needs gradients, not statistics (iterate.taylor_scores); the rest are scores.SCORERS.
-METHODS = ("block-influence", "flap", "hybrid", "hybrid-max", "magnitude", "obs", "taylor", "wanda-sp")
+METHODS = ("block-influence", "flap", "hybrid", "magnitude", "taylor", "wanda-sp")
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,6 @@ class CompressConfig(Config):
         choices=MODES,
     )
     rounds: int = opt(2, "calibration rounds (1: one-shot)")
-    schedule: str = opt("equal", "how the target is spread over the rounds", choices=SCHEDULES)
     selection: str = opt(
         "score",
         "which MLP channels a layer keeps: the highest scores, or obs (greedy Optimal "
@@ -63,13 +60,6 @@ class CompressConfig(Config):
     search_step: int = opt(
         256, "width grid of the kl allocation (rounded down to a multiple of --align, and of --tp where --align is not)"
     )
-    weighting: str = opt(
-        "none",
-        "token weights of the refit (and obs selection): none, or relative (each token's "
-        "error counts relative to its own residual norm, so the few massive-activation tokens do "
-        "not decide the fit)",
-        choices=("none", "relative"),
-    )
     compensate: bool = opt(True, "do not refit down_proj/o_proj after a cut", flag="--no-compensate")
     refit_target: str = opt(
         "local",
@@ -88,12 +78,6 @@ class CompressConfig(Config):
     # measured at 20%, 16k tokens: 5e-5 -> 46.98, 1.5e-4 -> 44.79, 5e-4 -> 48.01 held-out geomean (cut: 51.28)
     recover_lr: float = opt(1.5e-4, "peak learning rate of the recovery (AdamW, warm-up then cosine)")
     recover_batch: int = opt(4, "sequences per recovery step")
-    recover_at: str = opt(
-        "end",
-        "when the recovery trains: end (all of --recover-tokens after the last cut) or rounds "
-        "(an equal share after every round's cut: prune, distil, prune again)",
-        choices=RECOVER_AT,
-    )
     align: int = opt(64, "MLP widths are multiples of this (64, 128, 256)")
     tp: int = opt(1, "tensor-parallel size that KV heads, query heads and widths must divide")
     tolerance: float = opt(0.02, "allowed |achieved - target| ratio")
@@ -150,12 +134,7 @@ class CompressConfig(Config):
             self.method != "block-influence" or set(self.structures) == {"layers"},
             "block-influence scores whole layers only: use --structures layers.",
         )
-        check(
-            self.method != "obs" or set(self.structures) == {"mlp"},
-            "--method obs scores MLP channels only: use --structures mlp.",
-        )
         check_positive("rounds", self.rounds, allow_none=False)
-        check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("refit_target", self.refit_target, ("local", "dense"))
         check_choice("selection", self.selection, SELECTIONS)
         check_choice("allocation", self.allocation, ("score", "kl"))
@@ -172,7 +151,6 @@ class CompressConfig(Config):
         )
         check_positive("search_samples", self.search_samples, allow_none=False)
         check_positive("search_step", self.search_step, allow_none=False)
-        check_choice("weighting", self.weighting, ("none", "relative"))
         check(
             self.selection == "score" or self.compensate,
             "--selection obs chooses channels by what the refit recovers: it needs the refit (drop --no-compensate).",
@@ -183,12 +161,6 @@ class CompressConfig(Config):
         )
         check(self.recover_lr > 0, f"--recover-lr must be > 0, got {self.recover_lr}.")
         check_positive("recover_batch", self.recover_batch, allow_none=False)
-        check_choice("recover_at", self.recover_at, RECOVER_AT)
-        check(
-            self.recover_at == "end" or (self.recover_tokens > 0 and self.rounds > 1),
-            "--recover-at rounds trains between the rounds' cuts: it needs --recover-tokens N and --rounds 2 or "
-            "more (with one round, --recover-at end is the same thing).",
-        )
         check(self.ridge >= 0, f"--ridge must be >= 0, got {self.ridge}.")
         check_positive("align", self.align, allow_none=False)
         # Kernels tile widths in powers of two; a width that is a multiple of 48 gains nothing over one of 16.
@@ -247,6 +219,45 @@ class CompressConfig(Config):
         return d
 
 
+# The recovered variants' budget unless compare --recover-tokens says otherwise (~6 min fp32, 2 cores).
+RECOVER_TOKENS = 32768
+
+# name -> (CompressConfig overrides, calibration domains or None for the whole mix). "ours" is the default
+# method; the rest change one thing at a time or are the baselines a reviewer asks for.
+VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
+    "ours": ({}, None),
+    "ours-oneshot": ({"rounds": 1}, None),
+    "ours-c4only": ({}, ("web",)),
+    "ours-nocomp": ({"compensate": False}, None),
+    "ours-densefit": ({"refit_target": "dense"}, None),
+    "ours-perlayer": ({"mode": "per-layer"}, None),
+    "ours-obs": ({"selection": "obs"}, None),
+    "ours-obs-oneshot": ({"selection": "obs", "rounds": 1}, None),
+    "ours-obs-densefit": ({"selection": "obs", "refit_target": "dense", "rounds": 1}, None),
+    "ours-kl": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1}, None),
+    # Not retraining-free: the cut, then distillation toward the dense model (compare --recover-tokens).
+    "ours-recover": ({"recover_tokens": RECOVER_TOKENS}, None),
+    "ours-oneshot-recover": ({"rounds": 1, "recover_tokens": RECOVER_TOKENS}, None),
+    "ours-kl-recover": (
+        {"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1, "recover_tokens": RECOVER_TOKENS},
+        None,
+    ),
+    "magnitude": ({"method": "magnitude", "rounds": 1, "compensate": False}, None),
+    "wanda-sp": ({"method": "wanda-sp", "rounds": 1, "compensate": False}, None),
+    "flap": ({"method": "flap", "rounds": 1, "compensate": False}, None),
+    "taylor": ({"method": "taylor", "rounds": 1, "compensate": False}, None),
+    "block-influence": (
+        {"method": "block-influence", "rounds": 1, "compensate": False, "structures": ("layers",)},
+        None,
+    ),
+}
+
+
+def check_variants(variants) -> None:
+    unknown = [v for v in variants if v not in VARIANTS]
+    check(not unknown, f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}.")
+
+
 @dataclass(frozen=True)
 class CompareConfig(Config):
     """`prunekit compare`: several variants at several ratios on one model, data and budget."""
@@ -256,7 +267,7 @@ class CompareConfig(Config):
     ratios: tuple[float, ...] = opt((0.2, 0.4), "fractions of parameters to remove")
     variants: tuple[str, ...] = opt(
         (),
-        "comma list of variants (default: all but the *-recover ones, which train; see compress.variants.VARIANTS)",
+        "comma list of variants (default: all but the *-recover ones, which train; see compress.config.VARIANTS)",
         type=comma_list(),
     )
     rounds: int = opt(2, "rounds of the iterative variants")
@@ -273,14 +284,11 @@ class CompareConfig(Config):
     out: str | None = opt(None, "folder for compare.json and compare.md")
 
     def validate(self) -> None:
-        from .variants import VARIANTS
-
         check(
             bool(self.ratios) and all(0 < r < 1 for r in self.ratios),
             f"--ratios must be fractions in (0, 1), got {self.ratios}.",
         )
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        check(not unknown, f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}.")
+        check_variants(self.variants)
         self.base()  # the shared settings must be valid for a compress run too
         check_positive("recover_tokens", self.recover_tokens)
         check_positive("threads", self.threads)

@@ -320,13 +320,8 @@ def _push(heap, i, kind, cur, sorted_s, dims: Dims, c: CompressConfig) -> None:
     heapq.heappush(heap, (cost / params, i, kind, n, params))
 
 
-def schedule(ratio: float, rounds: int, kind: str = "equal") -> list[float]:
-    """Cumulative removed fraction after each round: equal steps, or geometric (each round removes the
-    same share of what is left)."""
+def schedule(ratio: float, rounds: int) -> list[float]:
+    """Cumulative removed fraction after each round: equal steps."""
     if rounds < 1:
         raise PrunekitError(f"--rounds must be at least 1, got {rounds}.")
-    if kind == "equal":
-        return [ratio * (k + 1) / rounds for k in range(rounds)]
-    if kind == "geometric":
-        return [1 - (1 - ratio) ** ((k + 1) / rounds) for k in range(rounds)]
-    raise PrunekitError(f"--schedule must be 'equal' or 'geometric', got {kind!r}.")
+    return [ratio * (k + 1) / rounds for k in range(rounds)]

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from prunekit.errors import PrunekitError
 from prunekit.families import Family, get_module
 
 CURVE_POINTS = 100  # the loss curve in the manifest is averaged down to at most this many points
@@ -161,54 +160,4 @@ def recover_after_cut(student, teacher, fam: Family, data: tuple[torch.Tensor, d
     seqs, meta = data
     rec = recover(student, teacher, fam, seqs, RecoverSettings(lr=s.recover_lr, batch=s.recover_batch))
     rec["data"] = meta
-    rec["at"] = "end"
     return rec
-
-
-class BetweenRounds:
-    """`--recover-at rounds`: iterate.prune calls this after each round's cut; round r of R trains on the r-th
-    of R equal shares of the recovery sequences (each share its own warm-up and cosine), so the next round
-    scores a model that has recovered from the last cut. `record()` sums the shares for the manifest.
-    `teacher` is a function returning the dense model, called at the first round's end (compress loads it
-    then, so that the first round's statistics and cut need one model's memory)."""
-
-    def __init__(self, teacher, fam: Family, data: tuple[torch.Tensor, dict], s, rounds: int):
-        seqs, self.meta = data
-        if len(seqs) < rounds:  # checked here, before the cut: every round's cut gets its share
-            raise PrunekitError(
-                f"--recover-at rounds splits the recovery over {rounds} rounds but --recover-tokens "
-                f"{s.recover_tokens} makes only {len(seqs)} sequence(s) of {seqs.shape[1]} tokens; "
-                f"give at least {rounds * seqs.shape[1]} tokens or use --recover-at end."
-            )
-        self.teacher_fn, self.teacher, self.fam = teacher, None, fam
-        self.parts = seqs.tensor_split(rounds)
-        self.settings = RecoverSettings(lr=s.recover_lr, batch=s.recover_batch)
-        self.records: list[dict] = []
-
-    def __call__(self, model, r: int) -> dict:
-        if self.teacher is None:
-            self.teacher = self.teacher_fn()
-        rec = recover(model, self.teacher, self.fam, self.parts[r - 1], self.settings, desc=f"round {r} recover")
-        rec["round"] = r
-        self.records.append(rec)
-        return {k: rec[k] for k in ("tokens", "steps", "seconds", "kl_first", "kl_last")}
-
-    def record(self) -> dict:
-        rs = self.records
-        last = {k: v for k, v in rs[-1].items() if k != "round"}
-        out = {
-            **last,
-            "tokens": sum(r["tokens"] for r in rs),
-            "sequences": sum(r["sequences"] for r in rs),
-            "steps": sum(r["steps"] for r in rs),
-            "seconds": round(sum(r["seconds"] for r in rs), 1),
-            "kl_first": rs[0]["kl_first"],
-            "kl_curve": curve([x for r in rs for x in r["kl_curve"]]),
-            "schedule": "per round: linear warm-up, cosine to 0",
-            "data": self.meta,
-            "at": "rounds",
-            "rounds": [{k: r[k] for k in ("round", "tokens", "steps", "seconds", "kl_first", "kl_last")} for r in rs],
-        }
-        out["tokens_per_s"] = round(out["tokens"] / max(out["seconds"], 1e-9), 1)
-        self.teacher = None  # frees the teacher the first round loaded
-        return out

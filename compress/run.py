@@ -17,7 +17,7 @@ from prunekit.dist import env_rank, finish, from_rank0, init_from_env, local_ran
 from prunekit.env import set_threads
 from prunekit.families import family_for_config
 from prunekit.faults import point
-from prunekit.loading import check_local_dir, load_config, load_model, load_tokenizer
+from prunekit.loading import check_local_dir, check_weight_shapes, load_config, load_model, load_tokenizer
 from prunekit.offload import decide, place, resolve_device, unplace
 from prunekit.perplexity import per_domain, table
 from prunekit.timer import Timer, timed
@@ -27,7 +27,7 @@ from . import dense_eval as DE
 from . import plan as P
 from .config import CompressConfig
 from .iterate import prune
-from .recover import BetweenRounds, recover_after_cut, recovery_data
+from .recover import recover_after_cut, recovery_data
 
 
 def versions() -> dict:
@@ -107,6 +107,7 @@ def precheck(cfg: CompressConfig, log):
     config, source, is_local = load_config(cfg.model, cfg.trust_remote_code)
     if is_local:
         check_local_dir(Path(source), cfg.allow_pickle)
+        check_weight_shapes(Path(source), config, cfg.trust_remote_code)
     fam = family_for_config(config)
     P.precheck(config, fam, cfg)
     if cfg.mode == "per-layer":
@@ -188,17 +189,10 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
     with timed("dense eval"):
         dense_ppl, dense_cached = dense_heldout(model, data.heldout, cfg, source, src_hash, where, ranks, log)
     t_eval = time.time()
-    between = None
-    if cfg.recover_at == "rounds":  # the teacher is needed from the first round's end
-        between = BetweenRounds(lambda: load_teacher(source, cfg), fam, rdata, cfg, cfg.rounds)
-    record = prune(model, fam, calib, data.heldout, cfg, log, after_round=between)
+    record = prune(model, fam, calib, data.heldout, cfg, log)
     t_cut = time.time()
     recovery = None
-    if between is not None:
-        recovery = between.record()
-        del between
-        t_cut -= recovery["seconds"]  # the timings keep cutting and training apart
-    elif cfg.recover_tokens:
+    if cfg.recover_tokens:
         with timed("recovery"):
             before = per_domain(model, data.heldout, cfg.batch_size)
             # The teacher is loaded again rather than kept through the cut: the cut then needs one model's memory.

@@ -93,42 +93,12 @@ def _energy(w: LayerWeights, d: DomainStats) -> Scores:
     return Scores(mlp, heads, layer=d.delta_sq / max(d.resid_sq, 1e-30), comparable=True)
 
 
-def hybrid(w: LayerWeights, st: LayerStats, combine: str = "mean") -> Scores:
+def hybrid(w: LayerWeights, st: LayerStats) -> Scores:
     """Ours: the energy score per calibration domain, each normalised by that domain's own residual
-    energy (so no domain dominates by scale or token count), then combined across domains."""
+    energy (so no domain dominates by scale or token count), then averaged across domains."""
     per = [_energy(w, d) for d in st.domains.values() if d.tokens]
-    stack = {k: torch.stack([getattr(s, k) for s in per]) for k in ("mlp", "heads")}
-    layer = torch.tensor([s.layer for s in per])
-    if combine == "mean":
-        red = lambda t: t.mean(0)  # noqa: E731
-    elif combine == "max":
-        red = lambda t: t.max(0).values  # noqa: E731
-    else:
-        raise ValueError(f"unknown combine {combine!r}")
-    return Scores(red(stack["mlp"]), red(stack["heads"]), float(red(layer)), comparable=True)
-
-
-# Removals scored per layer by `obs` (the rest of the channels are never offered to the planner).
-OBS_MAX_REMOVE = 0.75
-
-
-def obs(w: LayerWeights, st: LayerStats, ridge: float = 1e-2) -> Scores:
-    """MLP channels scored by what removing them costs after the least-squares refit (greedy OBS on the
-    down_proj input's gram), as a fraction of the residual stream's energy: comparable across layers,
-    so the planner can allocate widths by measured loss. Each domain's gram is divided by that
-    domain's residual energy, so no domain dominates by scale or token count (as in `hybrid`).
-    A channel's score is the cost at the step the greedy order removes it; the scores of the kept
-    tail are above every removal's, so keeping the top-w scores keeps greedy's choice for width w."""
-    from .surgery import obs_order
-
-    doms = [d for d in st.domains.values() if d.tokens and d.mlp_gram is not None]
-    gram = sum(d.mlp_gram / max(d.resid_sq, 1e-30) for d in doms) / len(doms)
-    n = w.down.shape[1]
-    order, costs = obs_order(w.down, gram, int(n * OBS_MAX_REMOVE), ridge)
-    score = torch.full((n,), 1e30, dtype=torch.float64)  # on the CPU, where the planner reads scores
-    # Cumulative maximum: the planner sums scores in ascending order, which then follows greedy's order.
-    score[torch.tensor(order)] = torch.tensor(costs, dtype=torch.float64).cummax(0).values
-    return Scores(score, None, comparable=True)
+    mlp, heads = (torch.stack([getattr(s, k) for s in per]).mean(0) for k in ("mlp", "heads"))
+    return Scores(mlp, heads, float(torch.tensor([s.layer for s in per]).mean()), comparable=True)
 
 
 def taylor_from_grads(w: LayerWeights, g: LayerWeights) -> Scores:
@@ -145,11 +115,9 @@ def taylor_from_grads(w: LayerWeights, g: LayerWeights) -> Scores:
 
 SCORERS: dict[str, Callable[[LayerWeights, LayerStats], Scores]] = {
     "hybrid": hybrid,
-    "hybrid-max": lambda w, st: hybrid(w, st, "max"),
     "magnitude": magnitude,
     "wanda-sp": wanda_sp,
     "flap": flap,
     "block-influence": block_influence,
-    "obs": obs,
     # "taylor" needs gradients, not statistics: see iterate.taylor_scores. config.METHODS lists all.
 }

@@ -62,7 +62,6 @@ class DomainStats:
     resid_sq: float = 0.0  # sum over tokens of ||h_in||^2: the scale a perturbation is judged against
     delta_sq: float = 0.0  # sum over tokens of ||h_out - h_in||^2
     one_minus_cos: float = 0.0  # sum over tokens of 1 - cos(h_in, h_out) (ShortGPT's Block Influence)
-    mlp_gram: torch.Tensor | None = None  # X^T X of the down_proj input (fp64), when asked for
 
 
 @dataclass
@@ -137,20 +136,17 @@ class LayerRunner:
             self.hidden = outs
         return outs
 
-    def collect(self, i: int, advance: bool = True, grams: bool = False) -> LayerStats:
-        """Statistics of layer i on the current residual stream, per domain (with grams: also the
-        down_proj input's X^T X per domain)."""
+    def collect(self, i: int, advance: bool = True) -> LayerStats:
+        """Statistics of layer i on the current residual stream, per domain."""
         layer = self.layers[i]
         attn, mlp = getattr(layer, self.fam.attn), getattr(layer, self.fam.mlp)
         stats = LayerStats({d: DomainStats() for d in self.all_domains})
-        cur, grams_of = {"dom": None}, {}
+        cur = {"dom": None}
 
         def hook(kind):
             def fn(_mod, args):
                 ds = stats.domains[cur["dom"]]
                 getattr(ds, kind).add(args[0])
-                if grams and kind == "mlp":
-                    grams_of.setdefault(cur["dom"], Gram()).add(args[0].reshape(-1, args[0].shape[-1]).float())
 
             return fn
 
@@ -171,14 +167,11 @@ class LayerRunner:
         finally:
             for h in hs:
                 h.remove()
-        for dom, g in grams_of.items():
-            stats.domains[dom].mlp_gram = g.result()
         if world()[1] > 1:
             _sum_over_ranks(
                 stats,
                 getattr(mlp, self.fam.down).in_features,
                 getattr(attn, self.fam.o).in_features,
-                grams,
                 self.place.device,
             )
         if advance:
@@ -186,9 +179,9 @@ class LayerRunner:
         return stats
 
 
-def _sum_over_ranks(stats: LayerStats, n_mlp: int, n_attn: int, grams: bool, device) -> None:
-    """Every rank's sums added up, in one collective for the moments and counts of all domains (plus one per
-    gram), in the same order on every rank; a rank that holds no batch of a domain adds zeros."""
+def _sum_over_ranks(stats: LayerStats, n_mlp: int, n_attn: int, device) -> None:
+    """Every rank's sums added up, in one collective for the moments and counts of all domains, in the same
+    order on every rank; a rank that holds no batch of a domain adds zeros."""
     z = lambda n: torch.zeros(n, dtype=torch.float64, device=device)  # noqa: E731
     parts = []
     for ds in stats.domains.values():
@@ -215,12 +208,6 @@ def _sum_over_ranks(stats: LayerStats, n_mlp: int, n_attn: int, grams: bool, dev
         t = take(6).tolist()
         ds.mlp.n, ds.attn.n, ds.tokens = int(t[0]), int(t[1]), int(t[2])
         ds.resid_sq, ds.delta_sq, ds.one_minus_cos = t[3], t[4], t[5]
-        if grams:
-            ds.mlp_gram = all_sum(
-                ds.mlp_gram
-                if ds.mlp_gram is not None
-                else torch.zeros(n_mlp, n_mlp, dtype=torch.float64, device=device)
-            )
 
 
 GRAM_BLOCK = 512  # rows of a panel of Gram.add: small enough that skipping the lower triangle pays
@@ -307,27 +294,13 @@ def consumer_inputs(runner: LayerRunner, i: int, consumer) -> list[torch.Tensor]
     return caught
 
 
-def token_weights(h: torch.Tensor) -> torch.Tensor:
-    """Per-token weights 1 / ||h_t||^2 of a layer input (B, T, D), scaled to mean 1: an error on a token
-    then counts relative to that token's own residual stream. A few tokens carry residuals 100x the
-    rest (massive activations); unweighted, they decide the least-squares fit."""
-    n = h.float().pow(2).sum(-1).reshape(-1).clamp_min(1e-12)
-    w = 1.0 / n
-    return w / w.mean()
-
-
-def consumer_grams(
-    runner: LayerRunner, i: int, consumer, targets: list[torch.Tensor] | None = None, relative: bool = False
-):
+def consumer_grams(runner: LayerRunner, i: int, consumer, targets: list[torch.Tensor] | None = None):
     """G = X^T X of `consumer`'s input over all batches, and C = X^T X_target when targets (the same
-    consumer's inputs in the dense model, batch by batch) are given. fp64 accumulators. With
-    `relative`, each token's row is weighted by token_weights of the layer's input."""
+    consumer's inputs in the dense model, batch by batch) are given. fp64 accumulators."""
     g_sum, c_sum, b = Gram(), Sum(), [0]
 
     def fn(_m, args):
         x = args[0].reshape(-1, args[0].shape[-1]).float()
-        if relative:
-            x = x * token_weights(runner.hidden[b[0]]).sqrt()[:, None]
         g_sum.add(x)
         if targets is not None:
             c_sum.add(x.T @ targets[b[0]])
@@ -345,15 +318,10 @@ def consumer_grams(
     return acc["g"], acc["c"]
 
 
-def _fast_products(runner: LayerRunner, relative: bool) -> bool:
+def _fast_products(runner: LayerRunner) -> bool:
     """bf16 activations on a CPU with native bf16: products of bf16-exact inputs run on oneDNN's bf16 kernels
-    with fp32's results, faster. Token weights make them inexact: those products stay fp32."""
-    return (
-        runner.place.dtype == torch.bfloat16
-        and runner.place.device.type == "cpu"
-        and not relative
-        and cpu_has_fast_bf16()
-    )
+    with fp32's results, faster."""
+    return runner.place.dtype == torch.bfloat16 and runner.place.device.type == "cpu" and cpu_has_fast_bf16()
 
 
 def consumer_normal(
@@ -363,7 +331,6 @@ def consumer_normal(
     keep: torch.Tensor,
     targets: list[torch.Tensor] | None = None,
     target_w: torch.Tensor | None = None,
-    relative: bool = False,
     on_kept=None,
     gram: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -372,7 +339,7 @@ def consumer_normal(
     targets, the dense consumer's T W_dense^T), fp64 accumulators. The same system refit() builds from the
     full gram (R = G[K, :] W^T), at (K/n)^2 of the gram's cost and memory: when the kept inputs are known
     before the pass (selection by score). `on_kept(xk)`, when given, sees each batch's kept inputs
-    (tokens, K) in the compute dtype, unweighted. Without `gram`, G_KK is left out (None): a caller that
+    (tokens, K) in the compute dtype. Without `gram`, G_KK is left out (None): a caller that
     chooses K after the pass builds it from the inputs it cached (cached_gram)."""
     g_sum, r_sum, b = Gram(), Sum(), [0]
     keep = keep.to(consumer.weight.device)
@@ -380,7 +347,7 @@ def consumer_normal(
     # Kept inputs that are the first K (iterate permutes a layer's channels so): a slice, not a gather.
     prefix = bool(k) and torch.equal(keep.cpu(), torch.arange(k))
     bias = None if consumer.bias is None else consumer.bias.float()
-    fast = _fast_products(runner, relative)  # a bias makes X^T Y inexact in bf16 (below)
+    fast = _fast_products(runner)  # a bias makes X^T Y inexact in bf16 (below)
 
     def fn(_m, args, out):
         x = args[0].reshape(-1, args[0].shape[-1])
@@ -399,10 +366,6 @@ def consumer_normal(
             y = out.reshape(-1, out.shape[-1]).float()
             if bias is not None:
                 y = y - bias
-        if relative:  # each token's row weighted (Y too, as G[K, :] W^T weights it)
-            s = token_weights(runner.hidden[b[0]]).sqrt()[:, None]
-            xk = xk * s
-            y = y * s if targets is None else y
         if gram:
             with bf16_products(fast):
                 g_sum.add(xk)
@@ -463,7 +426,6 @@ def summed(stats: LayerStats, layer, fam: Family, device) -> LayerStats:
         out,
         getattr(getattr(layer, fam.mlp), fam.down).in_features,
         getattr(getattr(layer, fam.attn), fam.o).in_features,
-        False,
         device,
     )
     return out
@@ -473,7 +435,6 @@ def mlp_normal_cached(
     runner: LayerRunner,
     i: int,
     keep: torch.Tensor,
-    relative: bool = False,
     with_stats: bool = False,
     gram: bool = True,
 ) -> tuple[tuple[torch.Tensor | None, torch.Tensor], CutCache]:
@@ -514,26 +475,22 @@ def mlp_normal_cached(
         for d, h in zip(runner.domains, runner.hidden):
             add_input_terms(stats.domains[d], h)
     try:
-        normal = consumer_normal(runner, i, down, keep, relative=relative, on_kept=on_kept, gram=gram)
+        normal = consumer_normal(runner, i, down, keep, on_kept=on_kept, gram=gram)
     finally:
         for h in hooks:
             h.remove()
     return normal, cache
 
 
-def cached_gram(
-    runner: LayerRunner, i: int, cache: CutCache, cols: torch.Tensor, relative: bool = False
-) -> torch.Tensor:
+def cached_gram(runner: LayerRunner, i: int, cache: CutCache, cols: torch.Tensor) -> torch.Tensor:
     """G_KK = X_K^T X_K of layer i's down_proj from the inputs a gram-less mlp_normal_cached cached (all
     channels), K = `cols`: what consumer_normal would have summed in the pass, built once the layer's scores
-    chose K. Must run before the stream advances (the token weights read the layer's input)."""
+    chose K."""
     g_sum = Gram()
-    fast = _fast_products(runner, relative)
+    fast = _fast_products(runner)
     for b in range(len(cache.xk)):
         x = cache.xk[b]
         xk = x.index_select(1, cols.to(x.device)).float()
-        if relative:
-            xk = xk * token_weights(runner.hidden[b]).sqrt()[:, None]
         with bf16_products(fast):
             g_sum.add(xk)
     g = g_sum.result()
@@ -567,7 +524,6 @@ def advance_cut(runner: LayerRunner, i: int, cache: CutCache) -> LayerStats | No
                 stats,
                 down.in_features,
                 getattr(getattr(layer, fam.attn), fam.o).in_features,
-                False,
                 runner.place.device,
             )
     cache.close()

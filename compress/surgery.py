@@ -134,6 +134,26 @@ def keep_after(order: list[int], n: int, n_keep: int) -> list[int]:
     return [i for i in range(n) if i not in gone]
 
 
+def refitted(
+    consumer: nn.Linear,
+    keep: torch.Tensor,
+    gram: torch.Tensor | None,
+    ridge: float,
+    cross: torch.Tensor | None = None,
+    target_weight: torch.Tensor | None = None,
+    normal: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> nn.Linear:
+    """`consumer` with only its inputs `keep`, refitted from the normal equations on them (when given), or from
+    the full gram (and cross, toward `target_weight`); neither: the kept columns as they are."""
+    new = slice_linear(consumer, keep, 1)
+    if normal is not None:
+        new.weight.data.copy_(refit_normal(*normal, ridge))
+    elif gram is not None:
+        w = consumer.weight.data if target_weight is None else target_weight
+        new.weight.data.copy_(refit(w, gram, keep, ridge, cross))
+    return new
+
+
 def cut_mlp(
     mlp: nn.Module,
     fam: Family,
@@ -147,13 +167,7 @@ def cut_mlp(
     """Keep MLP channels `keep`; down_proj refitted from the full gram (and cross), or from the normal
     equations on the kept channels (stats.consumer_normal) when given."""
     idx = torch.tensor(keep, dtype=torch.long)
-    down = getattr(mlp, fam.down)
-    new_down = slice_linear(down, idx, 1)
-    if normal is not None:
-        new_down.weight.data.copy_(refit_normal(*normal, ridge))
-    elif gram is not None:
-        w = down.weight.data if target_weight is None else target_weight
-        new_down.weight.data.copy_(refit(w, gram, idx, ridge, cross))
+    new_down = refitted(getattr(mlp, fam.down), idx, gram, ridge, cross, target_weight, normal)
     setattr(mlp, fam.gate, slice_linear(getattr(mlp, fam.gate), idx, 0))
     setattr(mlp, fam.up, slice_linear(getattr(mlp, fam.up), idx, 0))
     setattr(mlp, fam.down, new_down)
@@ -192,13 +206,7 @@ def cut_heads(
 ) -> None:
     """Keep whole KV groups (head_rows); o_proj refitted as cut_mlp refits down_proj."""
     q_rows, kv_rows = head_rows(keep_groups, n_rep, hd)
-    o = getattr(attn, fam.o)
-    new_o = slice_linear(o, q_rows, 1)
-    if normal is not None:
-        new_o.weight.data.copy_(refit_normal(*normal, ridge))
-    elif gram is not None:
-        w = o.weight.data if target_weight is None else target_weight
-        new_o.weight.data.copy_(refit(w, gram, q_rows, ridge, cross))
+    new_o = refitted(getattr(attn, fam.o), q_rows, gram, ridge, cross, target_weight, normal)
     setattr(attn, fam.q, slice_linear(getattr(attn, fam.q), q_rows, 0))
     setattr(attn, fam.k, slice_linear(getattr(attn, fam.k), kv_rows, 0))
     setattr(attn, fam.v, slice_linear(getattr(attn, fam.v), kv_rows, 0))

@@ -15,52 +15,13 @@ import torch
 
 from prunekit.artifact import write_json_atomic
 from prunekit.env import set_threads
-from prunekit.errors import PrunekitError
 from prunekit.loading import load_model, load_tokenizer
 from prunekit.perplexity import geomean, per_domain, table
 
 from . import data as D
-from .config import CompareConfig, CompressConfig
+from .config import VARIANTS, CompareConfig, CompressConfig, check_variants
 from .iterate import prune
-from .recover import BetweenRounds, recover_after_cut, recovery_data
-
-RECOVER_TOKENS = (
-    32768  # the recovered variants' budget unless compare --recover-tokens says otherwise (~6 min fp32, 2 cores)
-)
-
-# name -> (CompressConfig overrides, calibration domains or None for the whole mix). "ours" is the default
-# method; the rest change one thing at a time or are the baselines a reviewer asks for.
-VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
-    "ours": ({}, None),
-    "ours-oneshot": ({"rounds": 1}, None),
-    "ours-c4only": ({}, ("web",)),
-    "ours-nocomp": ({"compensate": False}, None),
-    "ours-densefit": ({"refit_target": "dense"}, None),
-    "ours-perlayer": ({"mode": "per-layer"}, None),
-    "ours-obs": ({"selection": "obs"}, None),
-    "ours-obs-oneshot": ({"selection": "obs", "rounds": 1}, None),
-    "ours-obs-rel": ({"selection": "obs", "weighting": "relative"}, None),
-    "ours-obs-densefit": ({"selection": "obs", "refit_target": "dense", "rounds": 1}, None),
-    "ours-obs-perlayer": ({"method": "obs", "selection": "obs", "mode": "per-layer"}, None),
-    "ours-kl": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1}, None),
-    # Not retraining-free: the cut, then distillation toward the dense model (compare --recover-tokens).
-    "ours-recover": ({"recover_tokens": RECOVER_TOKENS}, None),
-    "ours-oneshot-recover": ({"rounds": 1, "recover_tokens": RECOVER_TOKENS}, None),
-    # Prune, distil, prune again: the recovery split over the rounds (compare --rounds), same total tokens.
-    "ours-iter-recover": ({"recover_tokens": RECOVER_TOKENS, "recover_at": "rounds"}, None),
-    "ours-kl-recover": (
-        {"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1, "recover_tokens": RECOVER_TOKENS},
-        None,
-    ),
-    "magnitude": ({"method": "magnitude", "rounds": 1, "compensate": False}, None),
-    "wanda-sp": ({"method": "wanda-sp", "rounds": 1, "compensate": False}, None),
-    "flap": ({"method": "flap", "rounds": 1, "compensate": False}, None),
-    "taylor": ({"method": "taylor", "rounds": 1, "compensate": False}, None),
-    "block-influence": (
-        {"method": "block-influence", "rounds": 1, "compensate": False, "structures": ("layers",)},
-        None,
-    ),
-}
+from .recover import recover_after_cut, recovery_data
 
 
 def compare(cfg: CompareConfig, log=None) -> dict:
@@ -104,12 +65,6 @@ def compare(cfg: CompareConfig, log=None) -> dict:
     return results
 
 
-def check_variants(variants: list[str]) -> None:
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise PrunekitError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}.")
-
-
 def pruned_variants(
     dense, fam, mix, data, tok, ratios, variants, base: CompressConfig, recover_tokens: int | None = None
 ):
@@ -127,13 +82,8 @@ def pruned_variants(
             t = time.time()
             calib = data.calib if doms is None else D.only_domains(mix, data.calib, doms, tok)
             rdata = recovery_data(mix, tok, s, doms or ()) if s.recover_tokens else None
-            between = BetweenRounds(lambda: dense, fam, rdata, s, s.rounds) if s.recover_at == "rounds" else None
-            rec = prune(model, fam, calib, data.heldout, s, log=lambda m: None, after_round=between)
-            recovery = None
-            if between is not None:
-                recovery = between.record()
-            elif s.recover_tokens:
-                recovery = recover_after_cut(model, dense, fam, rdata, s)
+            rec = prune(model, fam, calib, data.heldout, s, log=lambda m: None)
+            recovery = recover_after_cut(model, dense, fam, rdata, s) if s.recover_tokens else None
             row = {
                 "variant": name,
                 "ratio": ratio,
@@ -142,10 +92,9 @@ def pruned_variants(
                 "settings": rec["settings"],
                 "mlp_widths": [len(k) if k is not None else 0 for k in rec["plan"]["mlp"]],
             }
-            # The quick held-out perplexity after every round's cut (and after its recovery, when it trains).
+            # The quick held-out perplexity after every round's cut.
             row["rounds"] = [
-                {k: r[k] for k in ("round", "removed_total", "quick_ppl", "quick_ppl_recovered") if k in r}
-                for r in rec["rounds"]
+                {k: r[k] for k in ("round", "removed_total", "quick_ppl") if k in r} for r in rec["rounds"]
             ]
             searches = [
                 {k: r["search"][k] for k in ("chosen", "kl_searched", "kl_uniform")}

@@ -113,13 +113,16 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prunekit", description=__doc__)
+    # allow_abbrev off: a retired or renamed flag (--profile, now --preset) must fail, not match a longer one.
+    p = argparse.ArgumentParser(prog="prunekit", description=__doc__, allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("default-model", help="fetch and convert the offline default model; print its path")
+    s = sub.add_parser(
+        "default-model", allow_abbrev=False, help="fetch and convert the offline default model; print its path"
+    )
     s.set_defaults(fn=_default_model)
 
-    s = sub.add_parser("mix", help="build a calibration mix and print what it holds")
+    s = sub.add_parser("mix", allow_abbrev=False, help="build a calibration mix and print what it holds")
     s.add_argument("--calib", default="default", help="mix YAML (default: the packaged 6-domain mix)")
     s.add_argument("--model", default="default", help="model whose tokenizer packs the text")
     s.add_argument("--seq-len", type=int, default=None)
@@ -127,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_mix)
 
     for name, text, cls, fn in COMMANDS:
-        s = sub.add_parser(name, help=text)
+        s = sub.add_parser(name, allow_abbrev=False, help=text)
         add_args(s, cls)
         if cls is ServeConfig:
             s.add_argument("--smoke", action="store_true", help="start, run the load client, stop; exit 1 on any error")

@@ -95,6 +95,41 @@ def check_local_dir(path: Path, allow_pickle: bool) -> None:
         raise PrunekitError(f"{path} has no weights (*.safetensors); the checkpoint is incomplete.")
 
 
+def safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every tensor's shape and file, from the safetensors headers alone (no weight is read)."""
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        out.update({k: (tuple(v["shape"]), f.name) for k, v in header.items() if k != "__metadata__"})
+    return out
+
+
+def check_weight_shapes(path: Path, config, trust_remote_code: bool = False) -> None:
+    """Refuse a checkpoint whose config.json disagrees with its weights (a wrong intermediate_size, say), by
+    comparing the safetensors headers with the shapes the config implies, before any weight loads: transformers
+    would fail deep inside its loader with a traceback. Names the first tensor that disagrees and both shapes.
+    Per-layer checkpoints (prunekit_layers) are checked by their own loader; tensors the model does not name
+    alike (another naming convention) are not compared."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if getattr(config, "prunekit_layers", None) or not any(path.glob("*.safetensors")):
+        return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name, (shape, file) in safetensors_shapes(path).items():
+        if name in want and want[name] != shape:
+            raise PrunekitError(
+                f"{path}: tensor {name} in {file} has shape {list(shape)}, but config.json implies "
+                f"{list(want[name])}. The config and the weights disagree (e.g. intermediate_size, "
+                "num_key_value_heads, head_dim or vocab_size edited, or files from two models): fix config.json "
+                "or re-save the checkpoint with save_pretrained."
+            )
+
+
 def load_config(src: str | Path, trust_remote_code: bool = False, check_family: bool = True):
     """Load and check an HF config; returns (config, source, is_local)."""
     from transformers import AutoConfig
@@ -146,6 +181,7 @@ def load_model(
     config, source, is_local = load_config(src, trust_remote_code, check_family)
     if is_local:
         check_local_dir(Path(source), allow_pickle)
+        check_weight_shapes(Path(source), config, trust_remote_code)
     if getattr(config, "prunekit_layers", None):
         from .checkpoint import load_per_layer
 

@@ -92,15 +92,8 @@ class ArtifactsConfig(Config):
 def compress_hash(cfg: CompressConfig) -> str:
     """What decides a compress step's output: its settings and the mix's spec (an edited mix file, the
     packaged default included, is a changed input even when --calib names the same path)."""
-    # The recovery's settings count only when it runs, --recover-at only when not the default: artifacts built
-    # before they existed stay valid.
-    off = (
-        ("recover_tokens", "recover_lr", "recover_batch", "recover_at")
-        if not cfg.recover_tokens
-        else ("recover_at",)
-        if cfg.recover_at == "end"
-        else ()
-    )
+    # The recovery's settings count only when it runs: artifacts built before they existed stay valid.
+    off = ("recover_tokens", "recover_lr", "recover_batch") if not cfg.recover_tokens else ()
     # Where the dense evaluation came from (--no-eval-cache) does not change the output. The revision does:
     # an artifact that older code cut from the same settings is not reused.
     return inputs_hash(

@@ -41,6 +41,13 @@ def _pickle_only(d: Path) -> None:
     (d / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
 
 
+def _wrong_width(d: Path) -> None:
+    """config.json edited to another MLP width than the weights hold."""
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["intermediate_size"] += 16
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
 def _tamper(d: Path) -> None:
     f = d / "model.safetensors"
     b = bytearray(f.read_bytes())
@@ -76,6 +83,7 @@ def inputs(tmp_path_factory):
         "TRUNC": _variant(src, "trunc", _truncate),
         "PICKLE": _variant(src, "pickle", _pickle_only),
         "BADCFG": _variant(src, "badcfg", lambda p: (p / "config.json").write_text("{not json")),
+        "WIDTH": _variant(src, "width", _wrong_width),
         "TAMPERED": _variant(d / "art", "tampered", _tamper),
         "MISTRAL": str(tiny_src(d / "mistral", "MistralForCausalLM", sliding_window=16)),
         "NEGW": _edit_mix(mix, "negw", dom("weight", -1)),
@@ -123,6 +131,12 @@ CASES = [
         ["compress", "--model", "BADCFG", "--calib", "MIX", "--out", "OUT"],
         "not a valid JSON file",
     ),
+    (
+        "config that disagrees with the weights",
+        ["compress", "--model", "WIDTH", "--calib", "MIX", "--out", "OUT"],
+        "mlp.down_proj.weight in model.safetensors has shape [64, 128], but config.json implies [64, 144]",
+    ),
+    ("export of a config that disagrees", ["export", "WIDTH", "--out", "OUT"], "config.json implies"),
     ("--out exists and is not empty", C[:5] + ["--out", "FULL"], "pass --force"),
     ("mix file missing", ["compress", "--model", "SRC", "--calib", "nope.yaml", "--out", "OUT"], "does not exist"),
     (

@@ -113,7 +113,7 @@ def test_standard_errors_and_paired_differences():
         }
 
     res = {
-        "profile": {"task_limit": None},
+        "preset": {"task_limit": None},
         "models": {
             "dense": {"params": 10, "quality": q(dense)},
             "20%": {"params": 8, "quality": q(pruned)},
@@ -128,7 +128,7 @@ def test_standard_errors_and_paired_differences():
 def test_result_folders_name_the_cpu_matmul_class(monkeypatch):
     """Two VMs both called "AMD EPYC" (one AVX2-only, fp32; one AVX512-BF16, bf16) must not share a result
     folder name: their figures differ by several times."""
-    from prunekit.bench.run import machine_slug
+    from prunekit.bench.timing import machine_slug
 
     import prunekit.env as env
 

@@ -15,12 +15,12 @@ STAGES = ("compress", "export", "serve", "bench")
 APP = {"prunekit.cli", "prunekit.pipeline", "prunekit.__main__"}
 
 
-def modules() -> dict[str, Path]:
+def modules(root: Path = ROOT) -> dict[str, Path]:
     """Importable name -> file, as pyproject's package-dir maps the stage folders."""
     out = {}
     for folder, pkg in [("prunekit", "prunekit"), *((s, f"prunekit.{s}") for s in STAGES)]:
-        for f in sorted((ROOT / folder).rglob("*.py")):
-            rel = f.relative_to(ROOT / folder).with_suffix("")
+        for f in sorted((root / folder).rglob("*.py")):
+            rel = f.relative_to(root / folder).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
             out[".".join([pkg, *parts])] = f
     return out
@@ -43,6 +43,27 @@ def imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
                 mod = node.module or ""
             found.append((mod, [a.name for a in node.names], node.lineno))
     return found
+
+
+def folder(name: str) -> str:
+    """The checkout folder a module lives in: a stage's, or prunekit/ (core and app)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else "prunekit"
+
+
+def imported_modules(name: str, path: Path, known) -> set[str]:
+    """The modules of `known` that one module imports: `from P import n` counts P.n where that is a module, else
+    P; `import a.b.c` the longest of a.b.c, a.b, a that is a module."""
+
+    def nearest(mod: str) -> str | None:
+        while mod and mod not in known:
+            mod = mod.rpartition(".")[0]
+        return mod or None
+
+    found = set()
+    for mod, names, _ in imports(name, path):
+        found |= {f"{mod}.{n}" if f"{mod}.{n}" in known else nearest(mod) for n in names} if names else {nearest(mod)}
+    return found - {None, name}
 
 
 def layer(name: str) -> str:
@@ -103,3 +124,88 @@ def test_the_checker_catches_each_kind(tmp_path):
         f.write_text(code + "\n")
         found = violations({**{k: v for k, v in mods.items() if k in ("prunekit.export.run",)}, name: f})
         assert len(found) == 1, (name, found)
+
+
+def cycles(mods: dict[str, Path]) -> dict[str, list[list[str]]]:
+    """Per folder, its import cycles: the strongly connected components of more than one module of the graph of
+    imports between the folder's own modules (Tarjan's algorithm)."""
+    graph = {
+        name: sorted(m for m in imported_modules(name, path, mods) if folder(m) == folder(name))
+        for name, path in mods.items()
+    }
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    sccs: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                scc.append(w)
+                if w == v:
+                    break
+            if len(scc) > 1:
+                sccs.append(sorted(scc))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    out: dict[str, list[list[str]]] = {}
+    for scc in sccs:
+        out.setdefault(folder(scc[0]), []).append(scc)
+    return out
+
+
+@pytest.mark.parametrize("pkg", ["prunekit", *STAGES])
+def test_no_import_cycles_within_a_package(pkg):
+    """No module of a package imports, even inside a function, a module of the same package that imports it back
+    (directly or around a loop): each package's modules can be read, and loaded, in one order."""
+    mods = modules()
+    assert any(folder(m) == pkg for m in mods)
+    found = cycles(mods).get(pkg, [])
+    assert found == [], f"import cycles in {pkg}/: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_finder_finds_each_kind(tmp_path):
+    """A cycle through an import inside a function, one through `from . import`, and one through the package's
+    own __init__ are found; imports that point one way, and those between packages, are not cycles."""
+    files = {
+        "bench/__init__.py": "from .run import run_bench\nfrom .e import E\n",
+        "bench/e.py": "def h():\n    from prunekit.bench import run_bench\n",
+        "bench/run.py": "from .timing import machine\ndef f():\n    from .shapes import SHAPES\n",
+        "bench/shapes.py": "def g():\n    from .run import speed_once\n",
+        "bench/timing.py": "import prunekit.env\nfrom prunekit.compress import x\n",
+        "bench/a.py": "from . import b\n",
+        "bench/b.py": "from prunekit.bench import a\n",
+        "bench/c.py": "from prunekit.bench import run_bench\n",
+        "bench/d.py": "from .c import y\n",
+        "compress/__init__.py": "",
+        "compress/run.py": "from prunekit.bench import timing\n",
+        "export/__init__.py": "",
+        "serve/__init__.py": "",
+        "prunekit/__init__.py": "",
+        "prunekit/env.py": "from prunekit.compress import run\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    found = cycles(modules(tmp_path))
+    assert list(found) == ["bench"], found
+    assert sorted(found["bench"]) == [
+        ["prunekit.bench", "prunekit.bench.e"],
+        ["prunekit.bench.a", "prunekit.bench.b"],
+        ["prunekit.bench.run", "prunekit.bench.shapes"],
+    ], found

@@ -1,8 +1,10 @@
 """The Dockerfile and the CI workflow reuse the one install script and the Makefile (Docker itself is
-not available on these machines, so what can be checked is checked here)."""
+not available on these machines, so what can be checked is checked here); no package's modules import each
+other in a cycle; the studies in lab/ stay on the packages' public entry points."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -146,3 +148,34 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, data_root):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[0].startswith(str(site)) and r.stdout.split()[1].startswith(str(site))
     assert "mix default-6domain" in r.stdout and list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.unit
+def test_lab_uses_public_entry_points():
+    """The one-off studies in lab/ (outside the package) import no private name of prunekit and patch nothing
+    in its modules: they use the CLI and the packages' public functions, so they run against the product as
+    it is rather than against its internals of the day."""
+    bad = []
+    for f in sorted((ROOT / "lab").glob("*.py")):
+        bound = set()
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            where = f"{f.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                mods = [(a.name, a.asname or a.name.split(".")[0]) for a in node.names if a.name.startswith("prunekit")]
+                for mod, as_ in mods:
+                    bound.add(as_)
+                    if any(p.startswith("_") for p in mod.split(".")):
+                        bad.append(f"{where} imports {mod}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prunekit") and not node.level:
+                for a in node.names:
+                    bound.add(a.asname or a.name)
+                    if any(p.startswith("_") for p in [*node.module.split("."), a.name]):
+                        bad.append(f"{where} imports {a.name} from {node.module}")
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            where = f"{f.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
+                if node.attr.startswith("_"):
+                    bad.append(f"{where} uses {node.value.id}.{node.attr}")
+                if isinstance(node.ctx, ast.Store):
+                    bad.append(f"{where} sets {node.value.id}.{node.attr}")
+    assert bad == []

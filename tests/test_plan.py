@@ -40,7 +40,7 @@ def test_uniform_shape_is_aligned_and_near_target(align):
 @pytest.mark.parametrize("final", [True, False])
 @pytest.mark.parametrize("target", [0.05, 0.1, 0.2, 0.3, 0.4])
 def test_mlp_widths_without_scores_are_the_widths_scores_choose(target, final):
-    """The first round chooses MLP widths before any layer is scored (iterate.scores_in_cut): the same width
+    """The first round chooses MLP widths before any layer is scored (iterate.score_source "cut"): the same width
     as with any scores, since removing more channels never costs less."""
     c = CompressConfig(ratio=0.4, structures=("mlp",), align=64, tolerance=0.02)
     for comparable, seed in ((True, 0), (False, 1)):
@@ -109,10 +109,8 @@ def test_select_keeps_top_units_sorted():
     assert plan.mlp == [[1, 2]] and plan.groups == [[0]]
 
 
-def test_schedules():
+def test_schedule_spreads_the_target_in_equal_steps():
     assert P.schedule(0.4, 4) == pytest.approx([0.1, 0.2, 0.3, 0.4])
-    geo = P.schedule(0.4, 2, "geometric")
-    assert geo[-1] == pytest.approx(0.4) and geo[0] > 0.2
     with pytest.raises(PrunekitError):
         P.schedule(0.4, 0)
 

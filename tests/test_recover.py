@@ -121,48 +121,9 @@ def test_compress_records_the_recovery(tmp_path):
 
 
 @pytest.mark.unit
-def test_recovery_between_rounds_trains_after_every_cut(tmp_path):
-    src = tiny_src(tmp_path / "model", intermediate_size=256, num_hidden_layers=4)
-    mix = tiny_mix(tmp_path / "mix")
-    c = CompressConfig(
-        model=str(src),
-        calib=str(mix),
-        out=str(tmp_path / "out"),
-        ratio=0.3,
-        ratio_of="decoder",
-        align=32,
-        rounds=2,
-        quick_eval=1,
-        seed=0,
-        dtype="float32",
-        recover_tokens=6 * 32,
-        recover_batch=2,
-        recover_at="rounds",
-    )
-    m = compress(c, log=lambda _: None)
-    r = m.recovery
-    assert r["at"] == "rounds" and [(x["round"], x["tokens"]) for x in r["rounds"]] == [(1, 96), (2, 96)]
-    assert r["tokens"] == 6 * 32 and r["steps"] == 4 and r["kl_last"] == r["rounds"][1]["kl_last"]
-    for rd in m.rounds:  # each round's cut, then its share of training, each measured on held-out text
-        assert rd["recovery"]["steps"] == 2 and rd["quick_ppl_recovered"] != rd["quick_ppl"]
-    # round 2 cut further the model round 1's share had trained
-    assert m.rounds[1]["quick_ppl"] != m.rounds[0]["quick_ppl_recovered"]
-    # The cut's own time excludes the training (a tiny cut can round to 0.0 s, and on a fast CPU so can these
-    # four steps); the profile counts both shares.
-    assert m.timings_s["recover"] >= r["seconds"] >= 0 and m.timings_s["compress"] >= 0
-    assert {s["stage"]: s["calls"] for s in m.profile["stages"]}["recovery"] == 2
-    with pytest.raises(PrunekitError, match="only 1 sequence"):  # before the cut, not after
-        compress(c.replace(out=str(tmp_path / "o2"), recover_tokens=32), log=lambda _: None)
-    assert not (tmp_path / "o2").exists()
-
-
-@pytest.mark.unit
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"recover_at": "middle"}, "--recover-at"),
-        ({"recover_at": "rounds", "recover_tokens": 64, "rounds": 1}, "--rounds 2"),
-        ({"recover_at": "rounds", "rounds": 2}, "--recover-tokens N"),
         ({"recover_tokens": -1}, "--recover-tokens"),
         ({"recover_lr": 0.0}, "--recover-lr"),
         ({"recover_batch": 0}, "--recover-batch"),

@@ -252,7 +252,7 @@ def test_a_reset_that_does_not_take_is_not_called_per_stage(monkeypatch):
 @pytest.mark.integration
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 # MLP channels only (the default): the first round scores each layer from the rank-summed statistics of its cut
-# pass (iterate.scores_in_cut). KV groups: a statistics pass per round, the groups' scores and the attention
+# pass (iterate.score_source "cut"). KV groups: a statistics pass per round, the groups' scores and the attention
 # output's normal equations summed over ranks (10% of the decoder is one of the two groups of every layer).
 @pytest.mark.parametrize("structures,ratio,tolerance", [("mlp", "0.2", "0.06"), ("heads", "0.1", "0.03")])
 def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path, structures, ratio, tolerance):
@@ -411,7 +411,7 @@ def test_next_rounds_statistics_from_the_cut_pass_equal_a_fresh_pass(tmp_path, m
     [
         dict(structures=("mlp",)),
         dict(structures=("mlp",), offload="on", dtype="auto"),
-        dict(structures=("mlp", "heads"), rounds=3, weighting="relative"),
+        dict(structures=("mlp", "heads"), rounds=3),
     ],
 )
 def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypatch, kw):
@@ -421,7 +421,9 @@ def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypa
     import prunekit.compress.iterate as I
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(I, "SCORE_IN_CUT", False)  # the first round scored in a pass of its own, in both runs
+    # The first round scored in a pass of its own, in both runs.
+    monkeypatch.setattr(I, "score_source", lambda s: "statistics")
+    one_forward = I.one_forward_cut
     a = compress(cfg(bf16_src, tmp_path / "a", **kw), log=lambda m: None)
     calls = {"n": 0}
     orig = I._cut_layer_cached
@@ -431,7 +433,7 @@ def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypa
         return orig(*args, **k)
 
     monkeypatch.setattr(I, "_cut_layer_cached", counted)
-    monkeypatch.setattr(I, "CACHED_CUT", False)
+    monkeypatch.setattr(I, "one_forward_cut", lambda s: False)
     b = compress(cfg(bf16_src, tmp_path / "b", **kw), log=lambda m: None)
     assert calls["n"] == 0
     assert a.plan == b.plan
@@ -440,8 +442,8 @@ def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypa
     x, y = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     for k in x:
         assert (x[k].float() - y[k].float()).abs().max() <= 1e-3 * y[k].float().abs().max(), k
-    # And with the switch on, the one-forward path is the one that runs.
-    monkeypatch.setattr(I, "CACHED_CUT", True)
+    # And with the decision as made, the one-forward path is the one that runs.
+    monkeypatch.setattr(I, "one_forward_cut", one_forward)
     compress(cfg(bf16_src, tmp_path / "c", **kw), log=lambda m: None)
     assert calls["n"] > 0
 
@@ -450,9 +452,7 @@ def test_one_forward_cut_equals_the_two_forward_cut(bf16_src, tmp_path, monkeypa
 # fp32 on every CPU kind (the offloaded weights stay bf16 at home): in bf16 compute the two routes round the kept
 # inputs differently (a gather of the cached ones, a forward of the permuted layer), and a tiny random model's
 # near-tied channels then flip in later layers (seen on an AVX512-BF16 EPYC): exact plans are an fp32 claim.
-@pytest.mark.parametrize(
-    "kw", [dict(structures=("mlp",)), dict(structures=("mlp",), offload="on", dtype="float32", weighting="relative")]
-)
+@pytest.mark.parametrize("kw", [dict(structures=("mlp",)), dict(structures=("mlp",), offload="on", dtype="float32")])
 def test_first_round_scored_in_its_cut_pass_equals_a_statistics_forward_per_layer(bf16_src, tmp_path, monkeypatch, kw):
     """With no scores carried from an earlier round, each layer is scored in the cut pass on the stream it is
     cut on, from the same forward that caches its MLP inputs for the refit: no statistics pass over the model
@@ -471,7 +471,7 @@ def test_first_round_scored_in_its_cut_pass_equals_a_statistics_forward_per_laye
     monkeypatch.setattr(I.LayerRunner, "collect", counted)
     a = compress(cfg(bf16_src, tmp_path / "a", **kw), log=lambda m: None)
     assert collects["n"] == 0  # no statistics forward at all: round 1 scores in its cut, later rounds carry
-    monkeypatch.setattr(I, "ONE_FORWARD_SCORE", False)
+    monkeypatch.setattr(I, "_cut_layer_cached", chosen_by_a_statistics_forward(I._cut_layer_cached))
     b = compress(cfg(bf16_src, tmp_path / "b", **kw), log=lambda m: None)
     assert collects["n"] > 0
     assert a.plan == b.plan
@@ -484,12 +484,30 @@ def test_first_round_scored_in_its_cut_pass_equals_a_statistics_forward_per_laye
         assert (x[k].float() - y[k].float()).abs().max() <= 2**-7 * y[k].float().abs().max(), k
 
 
+def chosen_by_a_statistics_forward(cut_layer_cached):
+    """The reference for the one-forward choice: _cut_layer_cached given the channels that a statistics forward
+    of the layer's own (right before its cut, on the same stream) scores highest, where it was given a width."""
+    import prunekit.compress.iterate as I
+    from prunekit.compress import plan as P
+
+    from prunekit.offload import placement
+
+    def cut(layer, fam, runner, pos, keep, s, score_next):
+        if isinstance(keep, int):
+            with placement(runner.model).layer(layer):
+                st = runner.collect(pos, advance=False)
+                sc = I.layer_scores(layer, fam, runner.model.config, st, s.method)
+            keep = P.select([sc], P.Shape([(keep, 0)])).mlp[0]
+        return cut_layer_cached(layer, fam, runner, pos, keep, s, score_next)
+
+    return cut
+
+
 @pytest.mark.unit
-@pytest.mark.parametrize("relative", [False, True])
-def test_gram_of_the_channels_chosen_after_the_pass(relative):
+def test_gram_of_the_channels_chosen_after_the_pass():
     """A pass that scores the layer before choosing (no gram in it) caches all of down_proj's inputs;
     cached_gram then builds the chosen channels' gram from them: the same G_KK, within fp32 rounding, as the
-    pass would have summed for those channels (in the order given, token weights included)."""
+    pass would have summed for those channels (in the order given)."""
     from prunekit.compress.stats import LayerRunner, cached_gram, consumer_normal, mlp_normal_cached
 
     from prunekit.families import family_for_config, get_module
@@ -500,10 +518,10 @@ def test_gram_of_the_channels_chosen_after_the_pass(relative):
     runner = LayerRunner(model, fam, [("a", ids[0]), ("b", ids[1])])
     down = getattr(getattr(get_module(model, fam.layers)[0], fam.mlp), fam.down)
     cols = torch.randperm(256, generator=torch.Generator().manual_seed(3))[:150]
-    (g, r), cache = mlp_normal_cached(runner, 0, torch.arange(256), relative=relative, gram=False)
+    (g, r), cache = mlp_normal_cached(runner, 0, torch.arange(256), gram=False)
     assert g is None and r.shape == (256, down.out_features) and len(cache.xk) == 2
-    gkk = cached_gram(runner, 0, cache, cols, relative=relative)
-    ref, r_ref = consumer_normal(runner, 0, down, cols, relative=relative)
+    gkk = cached_gram(runner, 0, cache, cols)
+    ref, r_ref = consumer_normal(runner, 0, down, cols)
     assert gkk.shape == (150, 150) and torch.equal(gkk, gkk.T)
     assert (gkk - ref).abs().max() <= 1e-6 * ref.abs().max()
     assert (r.index_select(0, cols) - r_ref).abs().max() <= 1e-6 * r_ref.abs().max()

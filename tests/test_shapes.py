@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from prunekit.errors import PrunekitError
+
+LAB = Path(__file__).resolve().parent.parent / "lab"
+
+
+def _lab(name: str):
+    """A study script of lab/ (not part of the package) as a module: lab/NAME.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"lab_{name}", LAB / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.mark.unit
@@ -75,7 +89,7 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
         new_tokens=6,
         batch=2,
         tokenizer=str(tmp_path / "tok"),
-        profile="40%",
+        profile_cut="40%",
         log=lambda m: None,
         paired=2,
     )
@@ -86,8 +100,7 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
         assert len(pr["b1"]["pairs"]) == 2 and all(x > 0 for x in pr["b1"]["pairs"] + pr["batch"]["pairs"]), pr
         assert pr["batch"]["min"] <= pr["batch"]["median"] <= pr["batch"]["max"]
     assert "| tiny | 40% | torch |" in (tmp_path / "out" / "shapes.md").read_text()
-    from prunekit.bench.phases import series  # the steadiness check: one process, rounds of batch decode
-
+    series = _lab("phases").series  # the steadiness check (lab/): one process, rounds of batch decode
     ser = series(cut["artifact"], ["torch"], 0.01, 2, 2, 8, 4, log=lambda m: None)
     assert len(ser["tok_s"]["torch"]) == len(ser["seconds"]) >= 1 and ser["tok_s"]["torch"][0] > 0
     assert (dense["layout"], cut["layout"], per_layer["layout"]) == ("uniform", "uniform", "decilm")
@@ -95,7 +108,7 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
     assert all(r["speed"]["torch"]["decode_tok_s_b1"]["median"] > 0 for r in res["rows"])
     assert "| tiny | 30% per-layer | decilm |" in (tmp_path / "out" / "shapes.md").read_text()
     assert (tmp_path / "out" / "shapes-speedup.png").stat().st_size > 0
-    from prunekit.bench.profile import CATEGORIES
+    from prunekit.bench.op_profile import CATEGORIES
 
     for label in ("dense", "40%"):  # the profiler's parts add up to its wall time per token
         row = res["profile"]["rows"]["torch"][label]
@@ -112,18 +125,15 @@ def test_shapes_mode_builds_cuts_and_times_them(tmp_path):
 def test_vllm_pairs_two_engines_in_one_process(tmp_path):
     """vLLM too times a cut against dense step by step: both engines' cores in the worker's own process
     (a core in a process of its own would run ahead of the steps it is asked for), each pair's speeds positive."""
-    from dataclasses import replace
-
     from conftest import tiny_tokenizer
-    from prunekit.bench.run import PROFILES, speed_once
     from prunekit.bench.shapes import build, pair_speedups, parse_cut
+    from prunekit.bench.timing import speed_once
 
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     arts = [
         build("tiny", parse_cut(c), tmp_path, False, lambda m: None, str(tmp_path / "tok")) for c in ("dense", "40%")
     ]
-    p = replace(PROFILES["quick"], prompt_len=8, new_tokens=6, batch=2)
-    res = speed_once("vllm", arts[1], p, 2, "float32", pair_with=arts[0], pairs=2)
+    res = speed_once("vllm", arts[1], 2, "float32", prompt_len=8, new_tokens=6, batch=2, pair_with=arts[0], pairs=2)
     pr = pair_speedups(res)
     assert "error" not in pr, pr
     assert len(pr["batch"]["pairs"]) == 2 and all(x > 0 for x in pr["b1"]["pairs"] + pr["batch"]["pairs"]), pr

@@ -53,8 +53,7 @@ def test_wikitext_windows_follow_the_paper_protocol(data_root):
 
 
 def test_quick_bench_on_tiny_artifacts(tmp_path, data_root, monkeypatch):
-    from prunekit.bench import BenchConfig, run_bench
-    from prunekit.bench.run import PROFILES
+    from prunekit.bench import PRESETS, BenchConfig, run_bench
     from prunekit.export import ExportConfig, export
 
     arts = {}
@@ -64,9 +63,9 @@ def test_quick_bench_on_tiny_artifacts(tmp_path, data_root, monkeypatch):
         arts[label] = str(tmp_path / f"art-{len(arts)}")
     # The method grid prunes the tiny dense source in-process (ours and wanda-sp, at 30%: the tiny
     # model's MLP granularity cannot hit 20%).
-    monkeypatch.setattr(PROFILES["quick"], "method_ratios", (0.3,))
+    monkeypatch.setattr(PRESETS["quick"], "method_ratios", (0.3,))
     cfg = BenchConfig(
-        profile="quick",
+        preset="quick",
         out=str(tmp_path / "results"),
         workdir=str(tmp_path / "work"),
         artifact=tuple(f"{k}={v}" for k, v in arts.items()),

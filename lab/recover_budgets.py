@@ -3,8 +3,8 @@ per ratio (the default mix, 32 x 256 calibration tokens, 2 rounds), recovered fr
 budget, each model scored like the bench scores a method-grid row (WikiText-2 windows of 512 tokens and 8
 held-out windows of 512 per domain; no zero-shot tasks). Rows go to OUT.json as they come.
 
-Usage: .venv/bin/python scripts/recover_budgets.py OUT.json RATIOS TOKENS[,TOKENS...] [WIKITEXT_WINDOWS]
-  e.g. scripts/recover_budgets.py runs/budgets.json 0.2,0.4 8192,32768,110592 16
+Usage: .venv/bin/python lab/recover_budgets.py OUT.json RATIOS TOKENS[,TOKENS...] [WIKITEXT_WINDOWS]
+  e.g. lab/recover_budgets.py runs/budgets.json 0.2,0.4 8192,32768,110592 16
 """
 
 import copy
@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from prunekit.bench import PRESETS
 from prunekit.bench.quality import evaluate_model, heldout_domains
-from prunekit.bench.run import PROFILES
 from prunekit.compress import data as D
 from prunekit.compress.config import CompressConfig
 from prunekit.compress.recover import recover_after_cut, recovery_data
@@ -29,7 +29,7 @@ ratios = [float(r) for r in sys.argv[2].split(",")]
 budgets = [int(t) for t in sys.argv[3].split(",")]
 windows = int(sys.argv[4]) if len(sys.argv) > 4 else 16
 root = data_root()
-grid = PROFILES["full"]  # the method grid's calibration budget and scoring, not a copy of them
+grid = PRESETS["full"]  # the method grid's calibration budget and scoring, not a copy of them
 mix = D.load_mix("default", seq_len=grid.method_compress["seq_len"], total_samples=grid.method_compress["samples"])
 dense, fam, src = load_model("default")
 tok = load_tokenizer(src)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The machine's fp32 matmul speed at 1 and 2 threads and the clock the VM reports: how close MKL is to the
 # cores' peak (two AVX2 FMA units: 32 FLOP a cycle a core). Run from the repository root, nothing else running.
+#   bash lab/matmul_peak.sh
+# Figures: bench/results/2026-12-03-epyc-2c-compress-qwen2.5-0.5b-products/report.md.
 set -euo pipefail
 grep -m1 'cpu MHz' /proc/cpuinfo
 for t in 1 2; do

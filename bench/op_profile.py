@@ -1,6 +1,7 @@
-"""Where a decode step's time goes, per runtime, from the runtime's own profiler.
+"""Where a decode step's time goes, per runtime, from the runtime's own per-op profiler (`bench --shapes
+--profile-cut CUT` runs it for a cut of random-weight shapes; this module's command for any artifacts).
 
-    python -m prunekit.bench.profile --artifact dense=DIR --artifact 40%=DIR [--runtimes torch,onnxruntime,vllm]
+    python -m prunekit.bench.op_profile --artifact dense=DIR --artifact 40%=DIR [--runtimes torch,onnxruntime,vllm]
 
 Each (artifact, runtime) runs in a fresh process: greedy generation of 1 and of N tokens from the same
 prompt, each profiled (torch.profiler for PyTorch and vLLM, whose workers carry it; onnxruntime's own
@@ -33,7 +34,7 @@ PAIRS = 3
 SAMPLING = ("argmax", "topk", "sample", "sort", "multinomial", "ArgMax")
 
 
-def classify(name: str, dims, vocab: int, op_type: str = "") -> str:
+def op_category(name: str, dims, vocab: int, op_type: str = "") -> str:
     """The category of one op from its name (and ONNX op type) and input shapes."""
     low = name.lower()
     shapes = [s for s in dims or [] if isinstance(s, (list, tuple))]
@@ -80,7 +81,7 @@ def trace_ops(path: Path, vocab: int) -> tuple[dict, float]:
             e = r["e"]
             if e.get("cat") != "cpu_op" or r["self"] <= 0:
                 continue  # python functions and annotations are framework time
-            out[classify(e["name"], (e.get("args") or {}).get("Input Dims"), vocab)] += r["self"] / 1e6
+            out[op_category(e["name"], (e.get("args") or {}).get("Input Dims"), vocab)] += r["self"] / 1e6
     return out, span
 
 
@@ -169,7 +170,7 @@ def run_onnxruntime(req: dict) -> dict:
                     for x in a.get("input_type_shape", []) + a.get("output_type_shape", [])
                     if isinstance(x, dict)
                 ]
-                acc[classify(e["name"], shapes, vocab, a.get("op_name", ""))] += e["dur"] / 1e6
+                acc[op_category(e["name"], shapes, vocab, a.get("op_name", ""))] += e["dur"] / 1e6
         return acc
 
     # runs: 2 warm-up steps, then per pair the 1-token generation (a prefill) and the n steps of the n-token one.
@@ -212,7 +213,7 @@ def run_vllm(req: dict) -> dict:
             vllm_generate(llm, p, k)
             walls[k] = time.perf_counter() - t
             llm.stop_profile()
-            ops[k] = {c: 0.0 for c in CATEGORIES[:-1]}
+            ops[k] = dict.fromkeys(CATEGORIES[:-1], 0.0)
             for f in _new_traces(Path(d), before):
                 for c, v in trace_ops(f, vocab)[0].items():
                     ops[k][c] += v
@@ -255,8 +256,8 @@ def profile_once(
 ) -> dict:
     from prunekit.artifact import check_shipped_code, load_artifact, needs_remote_code
 
-    from .run import run_worker
     from .speed_worker import prompts
+    from .timing import run_worker
 
     art, m = load_artifact(art)
     check_shipped_code(art, m)
@@ -273,7 +274,7 @@ def profile_once(
             "trace_dir": f"{d}/traces",
             "pairs": pairs,
         }
-        return run_worker(["prunekit.bench.profile", "--worker"], req, threads, timeout)
+        return run_worker(["prunekit.bench.op_profile", "--worker"], req, threads, timeout)
 
 
 def format_profile(res: dict, unprofiled: dict | None = None) -> str:
@@ -311,7 +312,7 @@ def main(argv=None) -> int:
         return 0
     from prunekit.env import compute_dtype, cpu_name
 
-    ap = argparse.ArgumentParser(prog="python -m prunekit.bench.profile", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m prunekit.bench.op_profile", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", action="append", required=True, metavar="LABEL=DIR")
     ap.add_argument("--runtimes", default="torch,onnxruntime,vllm")
     ap.add_argument("--threads", type=int, default=2)

@@ -1,7 +1,7 @@
 """Screen the recovery's learning rate and batch (docs/results/compress-recovery.md): one cut by `ours` on the
 screening mix (32 x 256 tokens), recovered from the same starting point by each LR:BATCH setting.
 
-Usage: .venv/bin/python scripts/recover_sweep.py TOKENS RATIO LR:BATCH [LR:BATCH ...]
+Usage: .venv/bin/python lab/recover_sweep.py TOKENS RATIO LR:BATCH [LR:BATCH ...]
 """
 
 import copy

@@ -1,4 +1,4 @@
-"""`python -m prunekit.bench.gemm`: the MLP matmuls of a decode step alone, per MLP width, through vLLM's CPU
+"""`python lab/gemm.py`: the MLP matmuls of a decode step alone, per MLP width, through vLLM's CPU
 GEMM (oneDNN with pre-packed weights, what vLLM runs for fp32/bf16 linear layers on x86) and through
 torch.nn.functional.linear. One weight per layer, as in a model, so the weights stream from memory
 rather than sit in cache. It answers "is a width slow because of its kernel or tile choice?" apart from
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -34,11 +35,11 @@ def sweep(hidden: int, widths: list[int], layers: int, batches: list[int], dtype
         hd = [ops.create_onednn_mm(x.t(), 32) for x in dn]
         for m in batches:
             x, y = torch.randn(m, hidden, dtype=dtype), torch.randn(m, w, dtype=dtype)
-            onednn = _per_call_us([lambda h=h: ops.onednn_mm(h, x, None) for h in hg], repeats) + _per_call_us(
-                [lambda h=h: ops.onednn_mm(h, y, None) for h in hd], repeats
+            onednn = _per_call_us([partial(ops.onednn_mm, h, x, None) for h in hg], repeats) + _per_call_us(
+                [partial(ops.onednn_mm, h, y, None) for h in hd], repeats
             )
-            linear = _per_call_us([lambda a=a: torch.nn.functional.linear(x, a) for a in gu], repeats) + _per_call_us(
-                [lambda a=a: torch.nn.functional.linear(y, a) for a in dn], repeats
+            linear = _per_call_us([partial(torch.nn.functional.linear, x, a) for a in gu], repeats) + _per_call_us(
+                [partial(torch.nn.functional.linear, y, a) for a in dn], repeats
             )
             gb = 3 * w * hidden * gu[0].element_size() / 1e9
             rows.append(
@@ -56,7 +57,7 @@ def sweep(hidden: int, widths: list[int], layers: int, batches: list[int], dtype
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m prunekit.bench.gemm", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python lab/gemm.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", type=int, default=896, help="hidden size (default: Qwen2.5-0.5B's)")
     ap.add_argument("--widths", default="4864,4096,3840,3584,3392,3328,3264,3072,2560,1792")
     ap.add_argument("--layers", type=int, default=24)

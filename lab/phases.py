@@ -1,6 +1,6 @@
 """Is this machine steady enough to time on? One process, one artifact, batch decode back to back for a while.
 
-    python -m prunekit.bench.phases --artifact DIR [--runtimes onnxruntime,torch] [--seconds 240]
+    python lab/phases.py --artifact DIR [--runtimes onnxruntime,torch] [--seconds 240]
 
 Loads the artifact once per runtime (PyTorch and/or onnxruntime, 2 threads by default) and times greedy batch
 decode in turn, printing one line per round: seconds since start and each runtime's tok/s. Same process, same
@@ -31,9 +31,9 @@ def series(
     log=print,
 ) -> dict:
     """{runtime: [tok/s per round]}, and the seconds since start of each round."""
-    from prunekit.env import compute_dtype
+    from prunekit.bench import LOADERS, prompts
 
-    from .speed_worker import LOADERS, prompts
+    from prunekit.env import compute_dtype
 
     req = {"threads": threads, "dtype": compute_dtype(), "device": "cpu", "trust_remote_code": False}
     gens = {rt: (m.generate, m.vocab) for rt in runtimes for m in [LOADERS[rt](req, artifact)]}
@@ -56,7 +56,7 @@ def series(
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunekit.bench.phases", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python lab/phases.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="an export artifact (its onnx/ graph for onnxruntime)")
     ap.add_argument("--runtimes", default="onnxruntime,torch")
     ap.add_argument("--seconds", type=float, default=240)
