@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRUNEKIT := $(VENV)/bin/prunekit
 RUNS ?= runs
+# What `make artifacts` builds (the 20% cut, distilled): serve, bench-serve and optimum-check read it.
+ART ?= artifacts/SmolLM2-135M-Instruct-pruned-20-recovered
 
 .PHONY: setup demo test lint format test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check \
 	bench-compress optimum-check
@@ -41,19 +43,20 @@ compare: setup
 clean:
 	rm -rf $(RUNS) .pytest_cache
 
-# The CI job that produces deployable artifacts: compress -> export -> verify -> summary, into
-# artifacts/<name>/ (resumable: a re-run reuses every complete step).
+# The CI job that produces deployable artifacts: compress (the 20% cut, then 196,608 tokens of distillation)
+# -> export -> verify -> summary, into $(ART) (resumable: a re-run reuses every complete step). The
+# retraining-free cut alone: add --recover-tokens 0.
 artifacts: setup
 	$(PRUNEKIT) artifacts --model default --ratio 0.2 --out artifacts
 
 # Serve the artifact that `make artifacts` built (vLLM OpenAI server on 127.0.0.1:8000).
 serve: setup
-	$(PRUNEKIT) serve artifacts/SmolLM2-135M-Instruct-pruned-20
+	$(PRUNEKIT) serve $(ART)
 
 # The server under load: 64 streaming clients for 5 minutes on the 20% artifact, then malformed requests and
 # clients that drop mid-stream; memory per minute (about 8 min after `make artifacts`).
 bench-serve: artifacts
-	$(PY) -m prunekit.bench.soak artifacts/SmolLM2-135M-Instruct-pruned-20 --clients 64 --minutes 5 \
+	$(PY) -m prunekit.bench.soak $(ART) --clients 64 --minutes 5 \
 	  --out $(RUNS)/soak
 
 # Quality and speed of dense vs pruned on every stock runtime, one run; report in bench/results/.
@@ -96,7 +99,7 @@ OPTIMUM_VENV ?= .venv-optimum
 optimum-check: artifacts
 	@[ -x $(OPTIMUM_VENV)/bin/python ] && $(OPTIMUM_VENV)/bin/python -c "import optimum.onnxruntime" 2>/dev/null || \
 	  { python3 -m venv $(OPTIMUM_VENV) && $(OPTIMUM_VENV)/bin/pip install -q "optimum-onnx[onnxruntime]==0.1.0" torch==2.13.0; }
-	$(OPTIMUM_VENV)/bin/python bench/optimum_check.py artifacts/SmolLM2-135M-Instruct-pruned-20
+	$(OPTIMUM_VENV)/bin/python bench/optimum_check.py $(ART)
 
 LMEVAL_VENV ?= .venv-lmeval
 lmeval-check: setup

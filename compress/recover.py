@@ -11,8 +11,9 @@ AVX512-BF16) or on a GPU, as the rest of prunekit computes.
 from __future__ import annotations
 
 import math
+import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +25,24 @@ from prunekit.families import Family, get_module
 CURVE_POINTS = 100  # the loss curve in the manifest is averaged down to at most this many points
 
 
+# Logits held per forward: sequences per forward are as many of a step's as keep one fp32 logits tensor under
+# this many elements (1 GB). Bigger forwards run bigger matmuls (faster per token); a huge vocabulary gets fewer.
+LOGITS_BUDGET = 2**28
+
+
 @dataclass(frozen=True)
 class RecoverSettings:
     lr: float = 1.5e-4
     batch: int = 4  # sequences per optimiser step
-    micro: int = 1  # sequences per forward (gradients accumulate): bounds the logits' memory
+    micro: int | None = None  # sequences per forward (gradients accumulate); None: as LOGITS_BUDGET allows
     warmup: float = 0.1  # share of the steps with a linear warm-up; cosine decay to 0 after it
+    min_warmup: int = 4  # ...but at least this many steps (or half the run): 10% of a short run is under one step
     clip: float = 1.0
+    checks: int = 10  # held-out KL measurements over the run (and one before it)
+    rise: float = 0.2  # a held-out KL this much above the starting one means training went wrong...
+    backoff: float = 4.0  # ...then the best state comes back and the learning rate is divided by this
+    max_backoffs: int = 3
+    compile: bool | None = None  # torch.compile each decoder layer and the loss; None: when the run is long enough
 
 
 @contextmanager
@@ -61,11 +73,52 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
-def schedule(step: int, steps: int, warmup: float) -> float:
-    w = max(1, round(steps * warmup))
-    if step < w:
-        return (step + 1) / w
-    return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, steps - w)))
+# Steps from which compiling pays: it costs about 20 s once (2-core Xeon, the default model) and then makes a
+# step about twice as fast (docs/results/compress-recovery.md).
+COMPILE_FROM_STEPS = 24
+
+
+class Compiled:
+    """torch.compile on every decoder layer of the student and the teacher, and on the loss, for the
+    training steps only (`on()`): inductor fuses the norms, rotary, SiLU and the loss's passes over the
+    vocabulary, which run one memory pass per operation in eager mode. Layers of one shape share one compiled
+    graph. Any failure to compile (no C++ compiler, an unsupported model) falls back to eager, said once."""
+
+    def __init__(self, models, fam: Family, enabled: bool, log):
+        self.layers = [m for model in models for m in get_module(model, fam.layers)] if enabled else []
+        self.loss = torch.compile(kl_to_teacher, dynamic=False) if enabled else kl_to_teacher
+        self.log, self.failed = log, not enabled
+
+    @contextmanager
+    def on(self):
+        if self.failed:
+            yield kl_to_teacher
+            return
+        for m in self.layers:
+            m.compile(dynamic=False)
+        try:
+            yield self.loss
+        finally:
+            for m in self.layers:
+                m._compiled_call_impl = None  # nn.Module.compile's own switch: eager again
+
+    def fall_back(self, e: Exception) -> None:
+        self.failed = True
+        self.log(
+            f"recover: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "training runs eager (about half the speed)"
+        )
+
+
+def warmup_steps(steps: int, s: RecoverSettings) -> int:
+    return max(1, min(max(round(steps * s.warmup), s.min_warmup), steps // 2))
+
+
+def schedule(step: int, steps: int, warm: int) -> float:
+    """The learning rate's factor at `step`: linear warm-up over `warm` steps, then cosine to 0."""
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
 
 def curve(losses: list[float], points: int = CURVE_POINTS) -> list[float]:
@@ -76,48 +129,145 @@ def curve(losses: list[float], points: int = CURVE_POINTS) -> list[float]:
     return [round(sum(losses[a:b]) / (b - a), 4) for a, b in zip(edges, edges[1:])]
 
 
-def recover(student, teacher, fam: Family, seqs: torch.Tensor, s: RecoverSettings, desc: str = "recover") -> dict:
-    """Train `student` in place toward `teacher` on `seqs` (n, seq_len), one pass; returns the record."""
+class HeldOut:
+    """The teacher's next-token log-probabilities on a few sequences the student never trains on (from the
+    calibration pool, not the evaluation text), stored once in bf16; `kl(student)` is the student's KL from
+    them, what the guard in `recover` watches."""
+
+    def __init__(self, teacher, seqs: torch.Tensor, autocast: bool, device):
+        self.seqs, self.autocast, self.device = seqs, autocast, device
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            self.logp = [
+                F.log_softmax(teacher(input_ids=x[None].to(device), use_cache=False).logits.float(), -1).bfloat16()
+                for x in seqs
+            ]
+
+    def kl(self, student) -> float:
+        total = 0.0
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            for x, t in zip(self.seqs, self.logp):
+                s = F.log_softmax(student(input_ids=x[None].to(self.device), use_cache=False).logits.float(), -1)
+                total += F.kl_div(s.flatten(0, 1), t.float().flatten(0, 1), log_target=True, reduction="batchmean")
+        return float(total) / len(self.seqs)
+
+
+def train_step(student, teacher, batch, micro: int, device, autocast: bool, opt, fast: Compiled) -> float:
+    """One optimiser step's forwards and backwards (gradients accumulated over micro-batches); returns the
+    step's mean KL. Full batches run compiled (one shape, one graph); a short last batch runs eager."""
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for tries in (0, 1):
+        try:
+            with fast.on() if len(batch) % micro == 0 and not fast.failed else nullcontext(kl_to_teacher) as loss_fn:
+                for mb in batch.split(micro):
+                    mb = mb.to(device)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                        with torch.no_grad():
+                            t_logits = teacher(input_ids=mb, use_cache=False).logits
+                        loss = loss_fn(student(input_ids=mb, use_cache=False).logits, t_logits)
+                    (loss * len(mb) / len(batch)).backward()
+                    total += loss.item() * len(mb) / len(batch)
+            return total
+        except Exception as e:  # noqa: BLE001 (compile errors come in many types; eager then runs the step)
+            if fast.failed or tries:
+                raise
+            fast.fall_back(e)
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+    return total
+
+
+def recover(
+    student,
+    teacher,
+    fam: Family,
+    seqs: torch.Tensor,
+    s: RecoverSettings,
+    heldout: torch.Tensor | None = None,
+    desc: str = "recover",
+    log=None,
+) -> dict:
+    """Train `student` in place toward `teacher` on `seqs` (n, seq_len), one pass; returns the record.
+
+    It never leaves the student worse than it found it, as measured on `heldout` sequences (not trained on;
+    default: the first quarter of `seqs`, at most 4): their KL is measured before training and `s.checks` times
+    during it, the best state is kept, a rise of `s.rise` over the starting KL restores the best state and
+    divides the learning rate by `s.backoff` (a rate too high for this model: the default one took a 0.5B
+    Qwen2 from 0.39 to 2.45 in one step; the normal wobble of a warm-up peak is under 10%), and the run ends on
+    the best state seen, the starting one included: then it says so, and the record's `kept` is False."""
+    log = log or (lambda m: print(m, file=sys.stderr))
+    if heldout is None:
+        n_val = min(4, max(1, len(seqs) // 4))
+        heldout, seqs = seqs[:n_val], seqs[n_val:] if len(seqs) > n_val else seqs
     autocast = student.dtype == torch.bfloat16
     device = next(student.parameters()).device
     params = trainable(student, fam)
     flags = [(p, p.requires_grad) for p in student.parameters()]
     ids = {id(p) for p in params}
     was_training = student.training
+    micro = s.micro or max(1, min(s.batch, LOGITS_BUDGET // (seqs.shape[1] * student.config.vocab_size)))
+    steps = math.ceil(len(seqs) / s.batch)
+    warm = warmup_steps(steps, s)
+    every = max(1, math.ceil(steps / max(1, s.checks)))
     losses: list[float] = []
     t0 = time.time()
+    teacher.eval()
+    val = HeldOut(teacher, heldout, autocast, device)
     with fp32_params(student):
         for p, _ in flags:
             p.requires_grad_(id(p) in ids)
+        kl0 = val.kl(student)
+        best = {"kl": kl0, "step": 0, "state": [p.detach().clone() for p in params]}
+        checks, backoffs, scale = [(0, round(kl0, 5))], [], 1.0
+        compile_ = s.compile if s.compile is not None else steps >= COMPILE_FROM_STEPS
+        fast = Compiled([student, teacher], fam, compile_, log)
         opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)
-        steps = math.ceil(len(seqs) / s.batch)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: schedule(i, steps, s.warmup))
         student.train()
-        teacher.eval()
         try:
             bar = tqdm(range(steps), desc=desc, unit="step")
             for step in bar:
+                for g in opt.param_groups:
+                    g["lr"] = s.lr * scale * schedule(step, steps, warm)
                 batch = seqs[step * s.batch : (step + 1) * s.batch]
-                opt.zero_grad(set_to_none=True)
-                total = 0.0
-                for mb in batch.split(s.micro):
-                    mb = mb.to(device)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                        with torch.no_grad():
-                            t_logits = teacher(input_ids=mb, use_cache=False).logits
-                        loss = kl_to_teacher(student(input_ids=mb, use_cache=False).logits, t_logits)
-                    (loss * len(mb) / len(batch)).backward()
-                    total += loss.item() * len(mb) / len(batch)
+                total = train_step(student, teacher, batch, micro, device, autocast, opt, fast)
                 torch.nn.utils.clip_grad_norm_(params, s.clip)
                 opt.step()
-                sched.step()
                 losses.append(total)
-                bar.set_postfix(kl=f"{total:.3f}")
+                if (step + 1) % every and step + 1 < steps:
+                    bar.set_postfix(kl=f"{total:.3f}")
+                    continue
+                v = val.kl(student)
+                checks.append((step + 1, round(v, 5)))
+                bar.set_postfix(kl=f"{total:.3f}", heldout=f"{v:.3f}")
+                if v < best["kl"]:
+                    best = {"kl": v, "step": step + 1, "state": [p.detach().clone() for p in params]}
+                elif v > kl0 * (1 + s.rise) and len(backoffs) < s.max_backoffs and step + 1 < steps:
+                    # Training went the wrong way: back to the best state, on a smaller learning rate.
+                    scale /= s.backoff
+                    backoffs.append({"step": step + 1, "heldout_kl": round(v, 5), "lr": s.lr * scale})
+                    log(
+                        f"{desc}: held-out KL rose to {v:.4f} (from {kl0:.4f}) at step {step + 1}; the best "
+                        f"state is back and the learning rate is now {s.lr * scale:.3g}"
+                    )
+                    with torch.no_grad():
+                        for p, b in zip(params, best["state"]):
+                            p.copy_(b)
+                    opt = torch.optim.AdamW(params, lr=s.lr * scale, betas=(0.9, 0.95), weight_decay=0.0)
+            if checks[-1][1] > best["kl"]:  # end on the best state seen
+                with torch.no_grad():
+                    for p, b in zip(params, best["state"]):
+                        p.copy_(b)
         finally:
             opt.zero_grad(set_to_none=True)
             for p, flag in flags:
                 p.requires_grad_(flag)
             student.train(was_training)
+    kept = best["step"] > 0
+    if not kept:
+        log(
+            f"{desc}: WARNING: training never beat the pruned model's held-out KL ({kl0:.4f}); the pre-recovery "
+            "weights are kept. Try a smaller --recover-lr."
+        )
     seconds = time.time() - t0
     tokens = int(seqs.numel())
     return {
@@ -126,8 +276,10 @@ def recover(student, teacher, fam: Family, seqs: torch.Tensor, s: RecoverSetting
         "seq_len": int(seqs.shape[1]),
         "steps": steps,
         "batch": s.batch,
+        "micro": micro,
+        "compiled": not fast.failed,
         "lr": s.lr,
-        "warmup": s.warmup,
+        "warmup_steps": warm,
         "schedule": "linear warm-up, cosine to 0",
         "loss": "KL(dense || pruned), full vocabulary",
         "trains": "decoder layers and final norm",
@@ -137,27 +289,49 @@ def recover(student, teacher, fam: Family, seqs: torch.Tensor, s: RecoverSetting
         "kl_first": round(losses[0], 4),
         "kl_last": round(losses[-1], 4),
         "kl_curve": curve(losses),
+        "heldout": {
+            "sequences": len(heldout),
+            "kl_before": round(kl0, 5),
+            "kl_after": round(best["kl"], 5),
+            "best_step": best["step"],
+            "checks": checks,
+            "backoffs": backoffs,
+        },
+        "kept": kept,
     }
 
 
-def recovery_data(mix, tokenizer, s, domains: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict]:
+HELDOUT_SEQUENCES = 4  # sequences of the calibration pool the recovery watches and never trains on
+
+
+def recovery_data(mix, tokenizer, s, domains: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The sequences a CompressConfig's recovery trains on (s.recover_tokens, rounded up to whole
-    sequences of the mix's length, from its calibration pools) and their description for the record.
-    Built before the cut, so that a mix that cannot supply them fails before minutes of work."""
+    sequences of the mix's length, from its calibration pools), the few it watches its held-out KL on
+    (from the same pools, never trained on), and their description for the record. Built before the cut,
+    so that a mix that cannot supply them fails before minutes of work."""
     from .data import recovery_set
 
-    seqs, counts = recovery_set(mix, tokenizer, math.ceil(s.recover_tokens / mix.seq_len), domains)
-    return seqs, {
-        "mix": mix.name,
-        "pool": "calibration (never held-out text)",
-        "seed": mix.seed + 1,
-        "sequences": counts,
-    }
+    n = math.ceil(s.recover_tokens / mix.seq_len)
+    seqs, counts = recovery_set(mix, tokenizer, n + HELDOUT_SEQUENCES, domains)
+    return (
+        seqs[HELDOUT_SEQUENCES:],
+        seqs[:HELDOUT_SEQUENCES],
+        {
+            "mix": mix.name,
+            "pool": "calibration (never held-out text)",
+            "seed": mix.seed + 1,
+            "sequences": counts,  # drawn per domain, the held-out ones among them
+            "heldout_sequences": HELDOUT_SEQUENCES,
+        },
+    )
 
 
-def recover_after_cut(student, teacher, fam: Family, data: tuple[torch.Tensor, dict], s) -> dict:
+def recover_after_cut(
+    student, teacher, fam: Family, data: tuple[torch.Tensor, torch.Tensor, dict], s, log=None
+) -> dict:
     """The recovery a CompressConfig asks for, on `data` from recovery_data; returns the manifest record."""
-    seqs, meta = data
-    rec = recover(student, teacher, fam, seqs, RecoverSettings(lr=s.recover_lr, batch=s.recover_batch))
+    seqs, heldout, meta = data
+    settings = RecoverSettings(lr=s.recover_lr, batch=s.recover_batch)
+    rec = recover(student, teacher, fam, seqs, settings, heldout=heldout, log=log)
     rec["data"] = meta
     return rec

@@ -196,7 +196,7 @@ def _run(cfg: CompressConfig, log, inputs_hash: str | None, t0: float):
         with timed("recovery"):
             before = per_domain(model, data.heldout, cfg.batch_size)
             # The teacher is loaded again rather than kept through the cut: the cut then needs one model's memory.
-            recovery = recover_after_cut(model, load_teacher(source, cfg), fam, rdata, cfg)
+            recovery = recover_after_cut(model, load_teacher(source, cfg), fam, rdata, cfg, log)
             recovery["heldout_ppl_before"] = before
     if recovery:
         log(

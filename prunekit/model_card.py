@@ -124,13 +124,18 @@ def readme(art: Path, a: Manifest, c: Manifest | None, report: dict, src: dict |
     vremote = " --trust-remote-code" if code else ""
     st = (c.settings if c else None) or {}
     r = (c.recovery if c else None) or {}
-    between = " in equal shares after each round's cut" if r.get("at") == "rounds" else ""
-    rec = (
-        f" Then distilled from the dense model on {r['tokens']:,} calibration-mix tokens{between} ({r['steps']} "
-        "steps; the pruned column is after it)."
-        if r
-        else ""
-    )
+    if not r:
+        rec = ""
+    elif r.get("kept", True):
+        rec = (
+            f" Then distilled from the dense model on {r['tokens']:,} calibration-mix tokens ({r['steps']} steps; "
+            "the pruned column is after it)."
+        )
+    else:
+        rec = (
+            f" Distillation from the dense model on {r['tokens']:,} calibration-mix tokens never beat the cut model "
+            "on held-out calibration text, so the weights are the cut's own."
+        )
     ratio = 1 - p["pruned_total"] / p["dense_total"] if p.get("dense_total") else float("nan")
     meta = metadata(a, c, src)
     refit = (
