@@ -85,28 +85,34 @@ class Compiled:
     graph. Any failure to compile (no C++ compiler, an unsupported model) falls back to eager, said once."""
 
     def __init__(self, models, fam: Family, enabled: bool, log):
-        self.layers = [m for model in models for m in get_module(model, fam.layers)] if enabled else []
-        self.loss = torch.compile(kl_to_teacher, dynamic=False) if enabled else kl_to_teacher
         self.log, self.failed = log, not enabled
+        self.layers, self.impls, self.loss = [], [], kl_to_teacher
+        if enabled:
+            try:  # what nn.Module.compile does, once per layer: on() switches them on and off
+                self.layers = [m for model in models for m in get_module(model, fam.layers)]
+                self.impls = [torch.compile(m._call_impl, dynamic=False) for m in self.layers]
+                self.loss = torch.compile(kl_to_teacher, dynamic=False)
+            except Exception as e:  # noqa: BLE001 (torch.compile refuses some Pythons and builds outright)
+                self.fall_back(e)
 
     @contextmanager
     def on(self):
         if self.failed:
             yield kl_to_teacher
             return
-        for m in self.layers:
-            m.compile(dynamic=False)
         try:
+            for m, impl in zip(self.layers, self.impls):
+                m._compiled_call_impl = impl  # nn.Module.compile's own switch
             yield self.loss
         finally:
             for m in self.layers:
-                m._compiled_call_impl = None  # nn.Module.compile's own switch: eager again
+                m._compiled_call_impl = None  # eager again
 
-    def fall_back(self, e: Exception) -> None:
+    def fall_back(self, e: BaseException) -> None:
         self.failed = True
+        first = (str(e).splitlines() or [""])[0][:200]
         self.log(
-            f"recover: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "training runs eager (about half the speed)"
+            f"recover: torch.compile failed ({type(e).__name__}: {first}); training runs eager (about half the speed)"
         )
 
 
@@ -143,12 +149,19 @@ class HeldOut:
             ]
 
     def kl(self, student) -> float:
-        total = 0.0
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            for x, t in zip(self.seqs, self.logp):
-                s = F.log_softmax(student(input_ids=x[None].to(self.device), use_cache=False).logits.float(), -1)
-                total += F.kl_div(s.flatten(0, 1), t.float().flatten(0, 1), log_target=True, reduction="batchmean")
-        return float(total) / len(self.seqs)
+        """The mean KL, in eval mode (what training's mode would add, dropout, is not what the guard judges);
+        inf where it is not finite, so that divergence to NaN counts as a rise."""
+        total, was_training = 0.0, student.training
+        student.eval()
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                for x, t in zip(self.seqs, self.logp):
+                    s = F.log_softmax(student(input_ids=x[None].to(self.device), use_cache=False).logits.float(), -1)
+                    total += F.kl_div(s.flatten(0, 1), t.float().flatten(0, 1), log_target=True, reduction="batchmean")
+        finally:
+            student.train(was_training)
+        v = float(total) / len(self.seqs)
+        return v if math.isfinite(v) else math.inf
 
 
 def train_step(student, teacher, batch, micro: int, device, autocast: bool, opt, fast: Compiled) -> float:
@@ -157,8 +170,9 @@ def train_step(student, teacher, batch, micro: int, device, autocast: bool, opt,
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for tries in (0, 1):
+        compiled = len(batch) % micro == 0 and not fast.failed
         try:
-            with fast.on() if len(batch) % micro == 0 and not fast.failed else nullcontext(kl_to_teacher) as loss_fn:
+            with fast.on() if compiled else nullcontext(kl_to_teacher) as loss_fn:
                 for mb in batch.split(micro):
                     mb = mb.to(device)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -169,7 +183,7 @@ def train_step(student, teacher, batch, micro: int, device, autocast: bool, opt,
                     total += loss.item() * len(mb) / len(batch)
             return total
         except Exception as e:  # noqa: BLE001 (compile errors come in many types; eager then runs the step)
-            if fast.failed or tries:
+            if not compiled or tries:
                 raise
             fast.fall_back(e)
             opt.zero_grad(set_to_none=True)
@@ -217,8 +231,9 @@ def recover(
         for p, _ in flags:
             p.requires_grad_(id(p) in ids)
         kl0 = val.kl(student)
-        best = {"kl": kl0, "step": 0, "state": [p.detach().clone() for p in params]}
-        checks, backoffs, scale = [(0, round(kl0, 5))], [], 1.0
+        # The best state: one copy of the trainable weights, on the host (a GPU keeps its memory for training).
+        best = {"kl": kl0, "step": 0, "state": [p.detach().to("cpu", copy=True) for p in params]}
+        checks, backoffs, scale, v = [(0, round(kl0, 5))], [], 1.0, kl0
         compile_ = s.compile if s.compile is not None else steps >= COMPILE_FROM_STEPS
         fast = Compiled([student, teacher], fam, compile_, log)
         opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -240,7 +255,10 @@ def recover(
                 checks.append((step + 1, round(v, 5)))
                 bar.set_postfix(kl=f"{total:.3f}", heldout=f"{v:.3f}")
                 if v < best["kl"]:
-                    best = {"kl": v, "step": step + 1, "state": [p.detach().clone() for p in params]}
+                    best.update(kl=v, step=step + 1)
+                    with torch.no_grad():
+                        for b, p in zip(best["state"], params):
+                            b.copy_(p)
                 elif v > kl0 * (1 + s.rise) and len(backoffs) < s.max_backoffs and step + 1 < steps:
                     # Training went the wrong way: back to the best state, on a smaller learning rate.
                     scale /= s.backoff
@@ -253,7 +271,7 @@ def recover(
                         for p, b in zip(params, best["state"]):
                             p.copy_(b)
                     opt = torch.optim.AdamW(params, lr=s.lr * scale, betas=(0.9, 0.95), weight_decay=0.0)
-            if checks[-1][1] > best["kl"]:  # end on the best state seen
+            if not v <= best["kl"]:  # end on the best state seen (a NaN is not <=)
                 with torch.no_grad():
                     for p, b in zip(params, best["state"]):
                         p.copy_(b)

@@ -98,7 +98,11 @@ def check_local_dir(path: Path, allow_pickle: bool) -> None:
 def safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every tensor's shape and file, from the safetensors headers alone (no weight is read)."""
     out = {}
-    for f in sorted(path.glob("*.safetensors")):
+    index = path / "model.safetensors.index.json"
+    files = sorted(path.glob("*.safetensors"))
+    if index.is_file():  # only the shards the index names: a stale file beside them is not the model
+        files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    for f in files:
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
             header = json.loads(fh.read(n))
@@ -112,13 +116,20 @@ def check_weight_shapes(path: Path, config, trust_remote_code: bool = False) -> 
     would fail deep inside its loader with a traceback. Names the first tensor that disagrees and both shapes.
     Per-layer checkpoints (prunekit_layers) are checked by their own loader; tensors the model does not name
     alike (another naming convention) are not compared."""
+    import copy
+
     import torch
     from transformers import AutoModelForCausalLM
 
-    if getattr(config, "prunekit_layers", None) or not any(path.glob("*.safetensors")):
+    if getattr(config, "prunekit_layers", None) or getattr(config, "quantization_config", None):
+        return  # per-layer: its own loader checks; quantized: packed weights have other shapes by design
+    if not any(path.glob("*.safetensors")):
         return
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):  # a copy: from_config fills in the config's attention implementation
+            model = AutoModelForCausalLM.from_config(copy.deepcopy(config), trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 (a model transformers cannot build here is the loader's to report)
+        return
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for name, (shape, file) in safetensors_shapes(path).items():
         if name in want and want[name] != shape:

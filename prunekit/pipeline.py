@@ -81,16 +81,18 @@ class ArtifactsConfig(Config):
         }
         return CompressConfig(**{**kw, **mode_settings(self.mode)})
 
-    def artifact_name(self) -> str:
+    def artifact_name(self, compress_cfg: CompressConfig | None = None) -> str:
+        """--name, else <model>-pruned-<percent> with the layout and the recovery of the compress settings used."""
         from .loading import resolve_source
 
+        c = compress_cfg or self.compress_config()
         base = (
             Path(resolve_source(self.model)[0]).name
             if self.model == "default"
             else self.model.rstrip("/").split("/")[-1]
         )
-        suffix = ("-per-layer" if self.mode == "per-layer" else "") + ("-recovered" if self.recover_tokens else "")
-        return self.name or f"{base}-pruned-{round(self.ratio * 100)}{suffix}"
+        suffix = ("-per-layer" if c.mode == "per-layer" else "") + ("-recovered" if c.recover_tokens else "")
+        return self.name or f"{base}-pruned-{round(c.ratio * 100)}{suffix}"
 
 
 def compress_hash(cfg: CompressConfig) -> str:
@@ -175,7 +177,7 @@ def run_artifacts(cfg: ArtifactsConfig, compress_cfg: CompressConfig | None = No
     `compress_cfg` replaces the compress settings derived from cfg (tests, experts)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     set_threads(cfg.threads)
-    name = cfg.artifact_name()
+    name = cfg.artifact_name(compress_cfg)
     root = Path(cfg.out)
     pruned, art = root / ".work" / name / "pruned", root / name
     ccfg = (compress_cfg or cfg.compress_config()).replace(out=str(pruned), model=cfg.model)

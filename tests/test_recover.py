@@ -53,6 +53,18 @@ def cut_pair(arch: str, **overrides):
 
 
 @pytest.mark.unit
+def test_a_student_gone_to_nan_is_never_kept():
+    """A rate that overflows the weights (NaN logits) counts as a rise, and the run ends on a finite state."""
+    teacher, student, fam = cut_pair("llama")
+    g = torch.Generator().manual_seed(1)
+    seqs, heldout = torch.randint(0, 320, (8, 32), generator=g), torch.randint(0, 320, (2, 32), generator=g)
+    before = kl(student, teacher, heldout)
+    rec = recover(student, teacher, fam, seqs, RecoverSettings(lr=1e30, batch=2, max_backoffs=1), heldout)
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert kl(student, teacher, heldout) <= before * (1 + 1e-4) and not rec["kept"]
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
 def test_recovery_never_ends_worse_than_it_started(arch):
     """At a learning rate far too high for the model (as the default one was for a 0.5B Qwen2 with untied
