@@ -74,7 +74,7 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
 
 
 # Steps from which compiling pays: it costs about 20 s once (2-core Xeon, the default model) and then makes a
-# step about twice as fast (docs/results/compress-recovery.md).
+# step about twice as fast (docs/results/compress-recovery-speed.md).
 COMPILE_FROM_STEPS = 24
 
 
@@ -162,6 +162,13 @@ class HeldOut:
             student.train(was_training)
         v = float(total) / len(self.seqs)
         return v if math.isfinite(v) else math.inf
+
+
+def copy_all(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """The best state kept, or put back: tensor by tensor, across devices."""
+    with torch.no_grad():
+        for d, t in zip(dst, src):
+            d.copy_(t)
 
 
 def train_step(student, teacher, batch, micro: int, device, autocast: bool, opt, fast: Compiled) -> float:
@@ -256,9 +263,7 @@ def recover(
                 bar.set_postfix(kl=f"{total:.3f}", heldout=f"{v:.3f}")
                 if v < best["kl"]:
                     best.update(kl=v, step=step + 1)
-                    with torch.no_grad():
-                        for b, p in zip(best["state"], params):
-                            b.copy_(p)
+                    copy_all(best["state"], params)
                 elif v > kl0 * (1 + s.rise) and len(backoffs) < s.max_backoffs and step + 1 < steps:
                     # Training went the wrong way: back to the best state, on a smaller learning rate.
                     scale /= s.backoff
@@ -267,14 +272,10 @@ def recover(
                         f"{desc}: held-out KL rose to {v:.4f} (from {kl0:.4f}) at step {step + 1}; the best "
                         f"state is back and the learning rate is now {s.lr * scale:.3g}"
                     )
-                    with torch.no_grad():
-                        for p, b in zip(params, best["state"]):
-                            p.copy_(b)
+                    copy_all(params, best["state"])
                     opt = torch.optim.AdamW(params, lr=s.lr * scale, betas=(0.9, 0.95), weight_decay=0.0)
             if not v <= best["kl"]:  # end on the best state seen (a NaN is not <=)
-                with torch.no_grad():
-                    for p, b in zip(params, best["state"]):
-                        p.copy_(b)
+                copy_all(params, best["state"])
         finally:
             opt.zero_grad(set_to_none=True)
             for p, flag in flags:

@@ -68,12 +68,13 @@ def op_table(student, teacher, fam, ids, loss_fn) -> str:
     """torch's profiler table of one whole step's forwards and backward (after one unprofiled pass, which
     compiles whatever this context still needs)."""
     params = trainable(student, fam)
+    autocast = student.dtype == torch.bfloat16  # read before fp32_params makes the weights fp32
     with fp32_params(student):
         for p in params:
             p.requires_grad_(True)
         for prof_on in (False, True):
             with profile(activities=[ProfilerActivity.CPU]) if prof_on else nullcontext() as prof:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=student.dtype == torch.bfloat16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                     with torch.no_grad():
                         tl = teacher(input_ids=ids, use_cache=False).logits
                     loss = loss_fn(student(input_ids=ids, use_cache=False).logits, tl)
@@ -89,7 +90,9 @@ def main() -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--ops", action="store_true", help="also torch's profiler table of the compiled step")
+    ap.add_argument(
+        "--ops", action="store_true", help="also torch's profiler tables of the whole step, eager and compiled"
+    )
     a = ap.parse_args()
     set_threads(a.threads)
     student, fam, _ = load_model(a.checkpoint)
@@ -97,6 +100,7 @@ def main() -> None:
     ids = torch.randint(0, student.config.vocab_size, (4, 512), generator=torch.Generator().manual_seed(0))
     print(f"{cpu_text()}, {a.threads} threads, {student.dtype}; 4 x 512 tokens a step, mean of {a.steps} steps")
     print("| step | teacher fwd | student fwd | loss | backward | optimiser | s/step | tokens/s |\n|---|" + "---|" * 7)
+    tables = []
     rows = [
         ("one sequence per forward (before)", 1, False),
         ("whole step in one forward", 4, False),
@@ -116,6 +120,10 @@ def main() -> None:
             + f" | {ids.numel() / t['step']:.0f} |",
             flush=True,
         )
+        if a.ops and micro == 4:  # the eager and the compiled whole step, after the table
+            tables.append((name, op_table(student, teacher, fam, ids, loss_fn)))
+    for name, table in tables:
+        print(f"\n{name}:\n{table}")
 
 
 if __name__ == "__main__":
