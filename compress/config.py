@@ -61,12 +61,6 @@ class CompressConfig(Config):
         256, "width grid of the kl allocation (rounded down to a multiple of --align, and of --tp where --align is not)"
     )
     compensate: bool = opt(True, "do not refit down_proj/o_proj after a cut", flag="--no-compensate")
-    refit_target: str = opt(
-        "local",
-        "refit to the current layer's own outputs (measured better), or to the dense "
-        "model's layer outputs (also aims to undo earlier cuts' error)",
-        choices=("local", "dense"),
-    )
     # measured: 1e-4 -> 35.4, 1e-2 -> 35.0, 1e-1 -> 36.2 geomean held-out ppl at 20% (docs/results)
     ridge: float = opt(1e-2, "refit ridge, times the median gram diagonal")
     recover_tokens: int = opt(
@@ -135,7 +129,6 @@ class CompressConfig(Config):
             "block-influence scores whole layers only: use --structures layers.",
         )
         check_positive("rounds", self.rounds, allow_none=False)
-        check_choice("refit_target", self.refit_target, ("local", "dense"))
         check_choice("selection", self.selection, SELECTIONS)
         check_choice("allocation", self.allocation, ("score", "kl"))
         check(
@@ -145,9 +138,8 @@ class CompressConfig(Config):
             "--selection obs.",
         )
         check(
-            self.allocation == "score" or (self.rounds == 1 and self.refit_target == "local"),
-            "--allocation kl searches once, against the model it starts from, with the local refit: use "
-            "--rounds 1 and the default --refit-target local.",
+            self.allocation == "score" or self.rounds == 1,
+            "--allocation kl searches once, against the model it starts from: use --rounds 1.",
         )
         check_positive("search_samples", self.search_samples, allow_none=False)
         check_positive("search_step", self.search_step, allow_none=False)
@@ -191,7 +183,6 @@ class CompressConfig(Config):
         for name, on in (
             ("--method taylor (gradients of the whole model)", self.method == "taylor"),
             ("--allocation kl (the whole model's output distribution)", self.allocation == "kl"),
-            ("--refit-target dense (a dense copy beside the pruned model)", self.refit_target == "dense"),
             ("--recover-tokens (training the whole model)", self.recover_tokens > 0),
         ):
             if on:
@@ -229,11 +220,9 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
     "ours-oneshot": ({"rounds": 1}, None),
     "ours-c4only": ({}, ("web",)),
     "ours-nocomp": ({"compensate": False}, None),
-    "ours-densefit": ({"refit_target": "dense"}, None),
     "ours-perlayer": ({"mode": "per-layer"}, None),
     "ours-obs": ({"selection": "obs"}, None),
     "ours-obs-oneshot": ({"selection": "obs", "rounds": 1}, None),
-    "ours-obs-densefit": ({"selection": "obs", "refit_target": "dense", "rounds": 1}, None),
     "ours-kl": ({"selection": "obs", "mode": "per-layer", "allocation": "kl", "rounds": 1}, None),
     # Not retraining-free: the cut, then distillation toward the dense model (compare --recover-tokens).
     "ours-recover": ({"recover_tokens": RECOVER_TOKENS}, None),

@@ -12,7 +12,6 @@ Two choices are made once per run, from the config, and every round follows them
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field, replace
 
@@ -35,7 +34,6 @@ from .stats import (
     advance_cut,
     cached_gram,
     consumer_grams,
-    consumer_inputs,
     consumer_normal,
     make_batches,
     mlp_normal_cached,
@@ -155,9 +153,8 @@ def score_source(s: CompressConfig) -> str:
 
 def one_forward_cut(s: CompressConfig) -> bool:
     """Whether a layer whose MLP alone is cut is cut from one forward (stats.mlp_normal_cached): with the refit,
-    channels chosen by score before the pass (OBS chooses from the refit's full gram, in the pass), and the
-    layer's own output as the refit target (not the dense model's)."""
-    return s.compensate and s.selection == "score" and s.refit_target == "local"
+    and channels chosen by score before the pass (OBS chooses from the refit's full gram, in the pass)."""
+    return s.compensate and s.selection == "score"
 
 
 def carries_scores(s: CompressConfig, source: str) -> bool:
@@ -175,13 +172,11 @@ def cut_pass(
     s: CompressConfig,
     dims: P.Dims,
     desc: str,
-    dense=None,
     score_next: bool = False,
     score_here: bool = False,
 ) -> list[Scores] | None:
     """Apply a round's plan layer by layer. With compensation each refit sees the inputs that the
-    already-cut layers produce (attention first, then the MLP on the cut attention's output); with a
-    dense model given, the refit target is the dense model's output, not the current layer's. With
+    already-cut layers produce (attention first, then the MLP on the cut attention's output). With
     `score_here` (score_source "cut"), the plan holds each layer's width only: the channels are chosen in the
     pass, from the layer's statistics on the stream it is cut on, and written into the plan.
 
@@ -197,15 +192,12 @@ def cut_pass(
                     apply_layer(layers[pos], fam, dims, plan.mlp[idx], plan.groups[idx])
         return None
     runner = LayerRunner(model, fam, batches)
-    ref = Reference(dense, fam, batches) if dense is not None else None
     nxt: list[Scores] = []
     try:
         for pos in tqdm(range(len(layers)), desc=desc, unit="layer", leave=False):
             idx, layer = alive[pos], layers[pos]
             if plan.mlp[idx] is None:
                 continue  # removed at the end of the round; its input passes through unchanged
-            if ref is not None:
-                ref.run_to(idx)
             if (
                 one_forward_cut(s)
                 and cuts_mlp(layer, fam, plan.mlp[idx])
@@ -216,7 +208,7 @@ def cut_pass(
                 nxt += [sc] if score_next else []
                 continue
             with place.layer(layer):
-                _cut_layer(layer, fam, runner, pos, idx, plan, s, dims, ref)
+                _cut_layer(layer, fam, runner, pos, idx, plan, s, dims)
             point("compress:cut")
             with place.layer(layer):
                 if score_next:
@@ -226,31 +218,6 @@ def cut_pass(
     finally:
         runner.close()
     return nxt if score_next else None
-
-
-@dataclass
-class Reference:
-    """The dense model's stream beside the one being cut (--refit-target dense): run up to each layer cut."""
-
-    model: object
-    fam: Family
-    batches: list
-    runner: LayerRunner = field(init=False)
-    next_layer: int = 0  # the next original layer the dense stream has to run
-
-    def __post_init__(self):
-        self.runner = LayerRunner(self.model, self.fam, self.batches)
-        self.layers = get_module(self.model, self.fam.layers)
-
-    def run_to(self, idx: int) -> None:
-        while self.next_layer < idx:
-            self.runner.forward(self.next_layer)
-            self.next_layer += 1
-
-    def consumer(self, idx: int, parent: str, name: str):
-        """Layer idx's consumer in the dense model: its inputs (the refit's targets) and its weight."""
-        c = getattr(getattr(self.layers[idx], parent), name)
-        return consumer_inputs(self.runner, idx, c), c.weight.data
 
 
 def _cut_layer_cached(
@@ -304,9 +271,7 @@ def _cut_layer_cached(
         return keep, layer_scores(layer, fam, runner.model.config, stats, s.method)
 
 
-def _cut_layer(
-    layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig, dims: P.Dims, ref
-) -> None:
+def _cut_layer(layer, fam: Family, runner, pos: int, idx: int, plan: P.Plan, s: CompressConfig, dims: P.Dims) -> None:
     """Cut layer pos's KV groups, then its MLP, each refitted on the inputs the already-cut model gives it."""
     for kind, keep, cuts in (
         ("heads", plan.groups[idx], cuts_heads(layer, fam, dims, plan.groups[idx])),
@@ -316,12 +281,11 @@ def _cut_layer(
             continue
         parent, name = (fam.attn, fam.o) if kind == "heads" else (fam.mlp, fam.down)
         consumer = getattr(getattr(layer, parent), name)
-        targets, target_w = ref.consumer(idx, parent, name) if ref is not None else (None, None)
-        gram = cross = normal = None
+        gram = normal = None
         if kind == "mlp" and s.selection == "obs":
             # The plan fixed how many channels stay; which ones is decided here, where the refit's
             # gram on the already-cut model's activations is at hand (the full gram: OBS reads all of it).
-            gram, cross = consumer_grams(runner, pos, consumer, targets)
+            gram = consumer_grams(runner, pos, consumer)
             keep = plan.mlp[idx] = obs_keep(consumer.weight.data, gram, len(keep), s.ridge)
         else:  # the kept inputs are known: the refit's system on them alone
             if kind == "mlp":  # kept channels first, as in _cut_layer_cached: the same products in both paths
@@ -329,12 +293,12 @@ def _cut_layer(
                 keep = list(range(len(keep)))
                 consumer = getattr(getattr(layer, parent), name)
             rows = torch.tensor(keep) if kind == "mlp" else head_rows(keep, dims.n_rep, dims.head_dim)[0]
-            normal = consumer_normal(runner, pos, consumer, rows, targets, target_w)
+            normal = consumer_normal(runner, pos, consumer, rows)
         module = getattr(layer, parent)
         if kind == "heads":
-            cut_heads(module, fam, keep, dims.n_rep, dims.head_dim, gram, s.ridge, cross, target_w, normal=normal)
+            cut_heads(module, fam, keep, dims.n_rep, dims.head_dim, gram, s.ridge, normal=normal)
         else:
-            cut_mlp(module, fam, keep, gram, s.ridge, cross, target_w, normal=normal)
+            cut_mlp(module, fam, keep, gram, s.ridge, normal=normal)
 
 
 @dataclass
@@ -351,7 +315,6 @@ class Pruning:
     dense: P.Shape = field(init=False)
     kept_mlp: list = field(init=False)  # original channel indices each layer holds, composed across rounds
     kept_groups: list = field(init=False)
-    dense_ref: object = None  # the refit's reference (--refit-target dense): the model as it came in
     probe: KLProbe | None = None  # the dense model's distributions (--allocation kl)
 
     def __post_init__(self):
@@ -362,8 +325,6 @@ class Pruning:
         P.check_dense(self.dense, self.dims, self.s)
         self.kept_mlp = [list(range(w)) for w, _ in self.dense.layers]
         self.kept_groups = [list(range(g)) for _, g in self.dense.layers]
-        if self.s.compensate and self.s.refit_target == "dense":
-            self.dense_ref = copy.deepcopy(self.model)  # a copy: the one being pruned changes
         if score_source(self.s) == "kl":
             self.probe = KLProbe(self.model, self.fam, probe_batches(self.batches, self.s.search_samples))
 
@@ -476,7 +437,6 @@ def prune(
                 s,
                 run.dims,
                 f"{tag} cut",
-                run.dense_ref,
                 score_next=not final and carries_scores(s, source),
                 score_here=live is None,
             )

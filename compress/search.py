@@ -202,7 +202,7 @@ def kl_shape(
         n = down.weight.shape[1]
         widths = grid(n, step, uniform.layers[idx][0])
         if widths:
-            gram, _ = consumer_grams(runner, pos, down)
+            gram = consumer_grams(runner, pos, down)
             orders[idx], _ = obs_order(down.weight.data, gram, n - min(widths), c.ridge)
             curves[idx] = {}
             for w in widths:
@@ -266,7 +266,7 @@ def _composed(
             if w != cur.layers[idx][0]:
                 down = getattr(getattr(layers[pos], fam.mlp), fam.down)
                 keep = keep_after(orders[idx], down.weight.shape[1], w)
-                gram, _ = consumer_grams(runner, pos, down)
+                gram = consumer_grams(runner, pos, down)
                 dw = refit(down.weight.data, gram, torch.tensor(keep), c.ridge)
                 stack.enter_context(swapped_mlp(layers[pos], fam, keep, dw))
             runner.forward(pos)

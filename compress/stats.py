@@ -281,41 +281,19 @@ def run_hooked(runner: LayerRunner, i: int, hook) -> None:
         hook.remove()
 
 
-def consumer_inputs(runner: LayerRunner, i: int, consumer) -> list[torch.Tensor]:
-    """The input of `consumer` (a Linear inside layer i) for every batch, flattened to (tokens, in)."""
-    caught = []
-    run_hooked(
-        runner,
-        i,
-        consumer.register_forward_pre_hook(
-            lambda _m, args: caught.append(args[0].reshape(-1, args[0].shape[-1]).float())
-        ),
-    )
-    return caught
-
-
-def consumer_grams(runner: LayerRunner, i: int, consumer, targets: list[torch.Tensor] | None = None):
-    """G = X^T X of `consumer`'s input over all batches, and C = X^T X_target when targets (the same
-    consumer's inputs in the dense model, batch by batch) are given. fp64 accumulators."""
-    g_sum, c_sum, b = Gram(), Sum(), [0]
+def consumer_grams(runner: LayerRunner, i: int, consumer) -> torch.Tensor:
+    """G = X^T X of `consumer`'s input over all batches, fp64 accumulators."""
+    g_sum = Gram()
 
     def fn(_m, args):
-        x = args[0].reshape(-1, args[0].shape[-1]).float()
-        g_sum.add(x)
-        if targets is not None:
-            c_sum.add(x.T @ targets[b[0]])
-        b[0] += 1
+        g_sum.add(args[0].reshape(-1, args[0].shape[-1]).float())
 
     run_hooked(runner, i, consumer.register_forward_pre_hook(fn))
-    acc = {"g": g_sum.result(), "c": c_sum.result()}
+    g = g_sum.result()
     if world()[1] > 1:  # summed over ranks (a rank without batches adds zeros)
-        # The dense refit target is refused under torchrun (compress/run.py): only the gram is summed.
-        assert targets is None, "consumer_grams: cross grams are not summed over ranks"
         n = consumer.weight.shape[1]
-        acc["g"] = all_sum(
-            acc["g"] if acc["g"] is not None else torch.zeros(n, n, dtype=torch.float64, device=consumer.weight.device)
-        )
-    return acc["g"], acc["c"]
+        g = all_sum(g if g is not None else torch.zeros(n, n, dtype=torch.float64, device=consumer.weight.device))
+    return g
 
 
 def _fast_products(runner: LayerRunner) -> bool:
@@ -329,19 +307,17 @@ def consumer_normal(
     i: int,
     consumer,
     keep: torch.Tensor,
-    targets: list[torch.Tensor] | None = None,
-    target_w: torch.Tensor | None = None,
     on_kept=None,
     gram: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The refit's normal equations on the kept inputs K of `consumer` only: G_KK = X_K^T X_K and
-    R = X_K^T Y, Y the output to preserve (the consumer's own output X W^T as the model computed it; with
-    targets, the dense consumer's T W_dense^T), fp64 accumulators. The same system refit() builds from the
+    R = X_K^T Y, Y the output to preserve (the consumer's own output X W^T as the model computed it), fp64
+    accumulators. The same system refit() builds from the
     full gram (R = G[K, :] W^T), at (K/n)^2 of the gram's cost and memory: when the kept inputs are known
     before the pass (selection by score). `on_kept(xk)`, when given, sees each batch's kept inputs
     (tokens, K) in the compute dtype. Without `gram`, G_KK is left out (None): a caller that
     chooses K after the pass builds it from the inputs it cached (cached_gram)."""
-    g_sum, r_sum, b = Gram(), Sum(), [0]
+    g_sum, r_sum = Gram(), Sum()
     keep = keep.to(consumer.weight.device)
     k = keep.numel()
     # Kept inputs that are the first K (iterate permutes a layer's channels so): a slice, not a gather.
@@ -355,23 +331,19 @@ def consumer_normal(
         if on_kept is not None:
             on_kept(xk)
         xk = xk.float()
-        if targets is not None:
-            y = targets[b[0]] @ target_w.float().T
-        else:
-            # The consumer's own output, less its bias. A bf16 model's output is rounded to bf16: a target off by
-            # at most 2^-9 of each value, far inside the cut's error, with no second product per batch. Both
-            # that and its fp32 X_K^T Y (14% of a 0.5B compress together) are gone; what it costs is that the
-            # rounding follows the thread count's summation order, so plans may differ in a few near-tied
-            # channels between thread counts (measured: held-out perplexity equal to 0.05%).
-            y = out.reshape(-1, out.shape[-1]).float()
-            if bias is not None:
-                y = y - bias
+        # The consumer's own output, less its bias. A bf16 model's output is rounded to bf16: a target off by
+        # at most 2^-9 of each value, far inside the cut's error, with no second product per batch. Both
+        # that and its fp32 X_K^T Y (14% of a 0.5B compress together) are gone; what it costs is that the
+        # rounding follows the thread count's summation order, so plans may differ in a few near-tied
+        # channels between thread counts (measured: held-out perplexity equal to 0.05%).
+        y = out.reshape(-1, out.shape[-1]).float()
+        if bias is not None:
+            y = y - bias
         if gram:
             with bf16_products(fast):
                 g_sum.add(xk)
-        with bf16_products(fast and targets is None and bias is None and out.dtype == torch.bfloat16):
+        with bf16_products(fast and bias is None and out.dtype == torch.bfloat16):
             r_sum.add(xk.T @ y)
-        b[0] += 1
 
     run_hooked(runner, i, consumer.register_forward_hook(fn))
     acc = {"g": g_sum.result(), "r": r_sum.result()}

@@ -29,23 +29,19 @@ def slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     return out
 
 
-def refit(
-    weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float, cross: torch.Tensor | None = None
-) -> torch.Tensor:
+def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float) -> torch.Tensor:
     """Least-squares refit of a consumer weight (out, in) onto the kept inputs, in fp64.
 
-    minimise ||X_K A^T - Y W^T||^2  =>  A^T = (G_KK + lam I)^-1 C_K: W^T, with G = X^T X and
-    C = X^T Y. Y is X itself (local target: preserve this layer's output on its current inputs), or,
-    with `cross`, the dense model's input to the same consumer, whose weight `weight` then is (dense
-    target: also undo the error that earlier cuts left in the residual stream).
+    minimise ||X_K A^T - X W^T||^2  =>  A^T = (G_KK + lam I)^-1 G_K: W^T, with G = X^T X: preserve this
+    layer's output on its current inputs (the dense model's output instead was measured worse,
+    docs/results/retired.md).
     lam is `ridge` times the median of diag(G_KK): the median, not the mean, because a few massive
     activation channels can be 1e5x the rest and a mean-scaled ridge shrinks the refit badly.
     """
     g = gram.double()
     keep = keep.to(g.device)
     gkk = g.index_select(0, keep).index_select(1, keep)
-    c = g if cross is None else cross.double()
-    rhs = c.index_select(0, keep) @ weight.double().T  # (K, out)
+    rhs = g.index_select(0, keep) @ weight.double().T  # (K, out)
     return refit_normal(gkk, rhs, ridge).to(weight.dtype)
 
 
@@ -139,18 +135,15 @@ def refitted(
     keep: torch.Tensor,
     gram: torch.Tensor | None,
     ridge: float,
-    cross: torch.Tensor | None = None,
-    target_weight: torch.Tensor | None = None,
     normal: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> nn.Linear:
     """`consumer` with only its inputs `keep`, refitted from the normal equations on them (when given), or from
-    the full gram (and cross, toward `target_weight`); neither: the kept columns as they are."""
+    the full gram; neither: the kept columns as they are."""
     new = slice_linear(consumer, keep, 1)
     if normal is not None:
         new.weight.data.copy_(refit_normal(*normal, ridge))
     elif gram is not None:
-        w = consumer.weight.data if target_weight is None else target_weight
-        new.weight.data.copy_(refit(w, gram, keep, ridge, cross))
+        new.weight.data.copy_(refit(consumer.weight.data, gram, keep, ridge))
     return new
 
 
@@ -160,14 +153,12 @@ def cut_mlp(
     keep: list[int],
     gram: torch.Tensor | None,
     ridge: float,
-    cross: torch.Tensor | None = None,
-    target_weight: torch.Tensor | None = None,
     normal: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """Keep MLP channels `keep`; down_proj refitted from the full gram (and cross), or from the normal
+    """Keep MLP channels `keep`; down_proj refitted from the full gram, or from the normal
     equations on the kept channels (stats.consumer_normal) when given."""
     idx = torch.tensor(keep, dtype=torch.long)
-    new_down = refitted(getattr(mlp, fam.down), idx, gram, ridge, cross, target_weight, normal)
+    new_down = refitted(getattr(mlp, fam.down), idx, gram, ridge, normal)
     setattr(mlp, fam.gate, slice_linear(getattr(mlp, fam.gate), idx, 0))
     setattr(mlp, fam.up, slice_linear(getattr(mlp, fam.up), idx, 0))
     setattr(mlp, fam.down, new_down)
@@ -200,13 +191,11 @@ def cut_heads(
     hd: int,
     gram: torch.Tensor | None,
     ridge: float,
-    cross: torch.Tensor | None = None,
-    target_weight: torch.Tensor | None = None,
     normal: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Keep whole KV groups (head_rows); o_proj refitted as cut_mlp refits down_proj."""
     q_rows, kv_rows = head_rows(keep_groups, n_rep, hd)
-    new_o = refitted(getattr(attn, fam.o), q_rows, gram, ridge, cross, target_weight, normal)
+    new_o = refitted(getattr(attn, fam.o), q_rows, gram, ridge, normal)
     setattr(attn, fam.q, slice_linear(getattr(attn, fam.q), q_rows, 0))
     setattr(attn, fam.k, slice_linear(getattr(attn, fam.k), kv_rows, 0))
     setattr(attn, fam.v, slice_linear(getattr(attn, fam.v), kv_rows, 0))

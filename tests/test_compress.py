@@ -154,8 +154,6 @@ def test_kl_allocation_needs_per_layer_obs_one_round():
     kl = dict(out="x", allocation="kl", mode="per-layer", selection="obs")
     with pytest.raises(PrunekitError, match="--rounds 1"):
         CompressConfig(**kl, rounds=2)
-    with pytest.raises(PrunekitError, match="--rounds 1"):
-        CompressConfig(**kl, rounds=1, refit_target="dense")
 
 
 @pytest.mark.unit

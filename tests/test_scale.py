@@ -153,7 +153,7 @@ def test_offload_with_fp32_weights_changes_nothing(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("setting", [dict(method="taylor"), dict(recover_tokens=256), dict(refit_target="dense")])
+@pytest.mark.parametrize("setting", [dict(method="taylor"), dict(recover_tokens=256)])
 def test_offload_refuses_what_needs_the_whole_model(bf16_src, tmp_path, setting):
     with pytest.raises(PrunekitError, match="--offload on runs one decoder layer at a time"):
         compress(cfg(bf16_src, tmp_path / "x", offload="on", **setting), log=lambda m: None)
