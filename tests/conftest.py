@@ -218,3 +218,26 @@ def tiny_src(out: Path, arch: str = "llama", **overrides) -> Path:
     model.save_pretrained(out)
     save_tokenizer(tiny_tokenizer(), out)
     return out
+
+
+def tiny_compress_config(src: tuple[Path, Path], out, **kw):
+    """A compress config for a tiny model and mix (`src`: their paths). The tiny model's embeddings dwarf its
+    decoder, so targets are fractions of the decoder."""
+    from prunekit.compress import CompressConfig
+
+    model, mix = src
+    base = dict(
+        model=str(model),
+        calib=str(mix),
+        out=str(out),
+        ratio=0.2,
+        ratio_of="decoder",
+        align=32,
+        structures=("mlp", "heads"),
+        tolerance=0.06,
+        rounds=2,
+        quick_eval=2,
+        seed=0,
+        dtype="float32",
+    )
+    return CompressConfig(**{**base, **kw})

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_mix, tiny_src
+from conftest import tiny_compress_config, tiny_mix, tiny_src
 from prunekit.compress import CompareConfig, CompressConfig, compare, compress
 
 from prunekit.cli import main
@@ -18,24 +18,8 @@ def src(tmp_path_factory):
     return tiny_src(d / "model", intermediate_size=256, num_hidden_layers=4), tiny_mix(d / "mix")
 
 
-def cfg(src, out, **kw) -> CompressConfig:
-    # The tiny model's embeddings dwarf its decoder, so targets are fractions of the decoder.
-    model, mix = src
-    base = dict(
-        model=str(model),
-        calib=str(mix),
-        out=str(out),
-        ratio=0.2,
-        ratio_of="decoder",
-        align=32,
-        structures=("mlp", "heads"),
-        tolerance=0.06,
-        rounds=2,
-        quick_eval=0,
-        seed=0,
-        dtype="float32",
-    )
-    return CompressConfig(**{**base, **kw})
+def cfg(src, out, **kw):
+    return tiny_compress_config(src, out, **{"quick_eval": 0, **kw})
 
 
 def quiet(m):

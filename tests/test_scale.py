@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_mix, tiny_model, tiny_tokenizer
-from prunekit.compress import CompressConfig, compress
+from conftest import tiny_compress_config, tiny_mix, tiny_model, tiny_tokenizer
+from prunekit.compress import compress
 
 from prunekit.errors import PrunekitError
 
@@ -31,23 +31,8 @@ def figures(m) -> dict:
     return {k: v for k, v in m.quality.items() if k != "dense_from_cache"}
 
 
-def cfg(src, out, **kw) -> CompressConfig:
-    model, mix = src
-    base = dict(
-        model=str(model),
-        calib=str(mix),
-        out=str(out),
-        ratio=0.2,
-        ratio_of="decoder",
-        align=32,
-        structures=("mlp", "heads"),
-        tolerance=0.06,
-        rounds=2,
-        quick_eval=2,
-        seed=0,
-        dtype="float32",
-    )
-    return CompressConfig(**{**base, **kw})
+def cfg(src, out, **kw):
+    return tiny_compress_config(src, out, **kw)
 
 
 @pytest.mark.unit
@@ -310,24 +295,15 @@ def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path, structur
         "--threads",
         "1",
     ]
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "prunekit",
-            "compress",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+
+    def torchrun(*cli: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(
+            [*cmd, "-m", "prunekit", "compress", *cli], capture_output=True, text=True, timeout=600, env=env
+        )
+
+    r = torchrun(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("wrote ") == 1  # rank 0 only
     two = json.loads((tmp_path / "two" / "prunekit.json").read_text())
@@ -342,27 +318,7 @@ def test_two_gloo_ranks_give_the_one_process_plan_and_weights(tmp_path, structur
     if structures == "heads":
         return
     # What needs the whole model is refused before any work, on every rank.
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "prunekit",
-            "compress",
-            *args[:5],
-            str(tmp_path / "three"),
-            *args[6:],
-            "--method",
-            "taylor",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = torchrun(*args[:5], str(tmp_path / "three"), *args[6:], "--method", "taylor")
     assert r.returncode != 0 and "needs the whole model at once: run it in one process" in r.stderr
     assert not (tmp_path / "three").exists()
 
