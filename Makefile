@@ -6,9 +6,10 @@ PRUNEKIT := $(VENV)/bin/prunekit
 RUNS ?= runs
 # What `make artifacts` builds (the 20% cut, distilled): serve, bench-serve and optimum-check read it.
 ART ?= artifacts/SmolLM2-135M-Instruct-pruned-20-recovered
+CUT ?= artifacts/.work/SmolLM2-135M-Instruct-pruned-20-recovered/pruned
 
 .PHONY: setup demo test lint format test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check \
-	bench-compress optimum-check
+	bench-compress optimum-check quantize-check bench-frontier
 
 setup:
 	@scripts/setup.sh
@@ -63,6 +64,14 @@ bench-serve: artifacts
 bench: setup
 	$(PRUNEKIT) bench --preset full
 	$(MAKE) bench-speed
+	$(MAKE) bench-frontier
+
+# Quality vs speed of dense, 20% and 40% (the artifacts defaults), each unquantized, int8 and int4: WikiText-2, held-out
+# geomean, bytes on disk, onnxruntime decode timed in turn against dense fp32, vLLM paired with dense bf16; report
+# and plot in bench/results/<date>-<machine>-frontier/ (about 70 minutes on 2 cores with WIKITEXT=64).
+WIKITEXT ?=
+bench-frontier: setup
+	$(PY) -m prunekit.bench.frontier --threads 2 $(if $(WIKITEXT),--wikitext-limit $(WIKITEXT))
 
 # Speed of cuts at real shapes (random weights) on PyTorch, onnxruntime and vLLM, fresh process per run,
 # 5 interleaved repeats: the default model's shape with uniform, per-layer (DeciLM and generic layouts) and
@@ -100,6 +109,18 @@ optimum-check: artifacts
 	@[ -x $(OPTIMUM_VENV)/bin/python ] && $(OPTIMUM_VENV)/bin/python -c "import optimum.onnxruntime" 2>/dev/null || \
 	  { python3 -m venv $(OPTIMUM_VENV) && $(OPTIMUM_VENV)/bin/pip install -q "optimum-onnx[onnxruntime]==0.1.0" torch==2.13.0; }
 	$(OPTIMUM_VENV)/bin/python bench/optimum_check.py $(ART)
+
+# Our int4 (GPTQ) against llm-compressor's GPTQ on the same 20% cut, calibration sequences and WikiText-2 windows
+# (bench/quantize_check.py), in its own venv: llm-compressor 0.14 pins transformers <= 5.17.
+LLMC_VENV ?= .venv-llmc
+quantize-check: setup
+	@[ -x $(LLMC_VENV)/bin/python ] && $(LLMC_VENV)/bin/python -c "import llmcompressor" 2>/dev/null || \
+	  { python3 -m venv $(LLMC_VENV) && $(LLMC_VENV)/bin/pip install -q "llmcompressor==0.14.0.1" torch==2.13.0; }
+	$(PRUNEKIT) artifacts --model default --ratio 0.2 --out artifacts --quantize int4
+	@mkdir -p $(RUNS)
+	$(PY) bench/quantize_check.py --prepare $(CUT) --art $(ART)-int4 --data $(RUNS)/quantize-check.npz
+	$(LLMC_VENV)/bin/python bench/quantize_check.py $(CUT) --art $(ART)-int4 --data $(RUNS)/quantize-check.npz \
+	  --out $(RUNS)/llmc-int4
 
 LMEVAL_VENV ?= .venv-lmeval
 lmeval-check: setup

@@ -6,13 +6,14 @@ The stage's public entry (the Python API; bench and the orchestrator use only th
     compare(CompareConfig(...)) -> dict; compare_markdown(result)          methods side by side
     pruned_variants(...)                                                   in-memory variants (bench)
     load_mix / build_mix / pack_texts                                      the calibration mix's text
+    quantize_calibration(calib, tokenizer, n)                              GPTQ's sequences (export --quantize)
 
 Inside: data (mix), stats (statistics), scores, plan, surgery (cut and refit), iterate (rounds).
 """
 
 from .config import METHODS, VARIANTS, CompareConfig, CompressConfig, check_variants
 from .data import build as build_mix
-from .data import load_mix
+from .data import load_mix, quantize_calibration
 from .data import pack as pack_texts
 from .run import compress
 from .variants import compare, compare_markdown, pruned_variants
@@ -36,4 +37,5 @@ __all__ = [
     "load_mix",
     "pack_texts",
     "pruned_variants",
+    "quantize_calibration",
 ]

@@ -471,3 +471,12 @@ def recovery_set(mix: Mix, tokenizer, sequences: int, domains: tuple[str, ...] =
 def fingerprint(mix: Mix, sources: list[str]) -> str:
     blob = json.dumps({"spec": mix.spec(), "sources": sources}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def quantize_calibration(calib: str, tokenizer, n: int) -> dict:
+    """n calibration sequences of the mix at `calib` for GPTQ (export --quantize int4), its domains in the mix's
+    proportions (at least one each), the first of each domain's calibration set: the text compress calibrates
+    on, never held-out text."""
+    data = build(load_mix(calib), tokenizer, with_heldout=False).calib
+    total = sum(len(v) for v in data.values())
+    return {d: v[: max(1, round(n * len(v) / total))] for d, v in data.items()}

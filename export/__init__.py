@@ -8,7 +8,7 @@ The stage's public entry (the Python API; the orchestrator, serve's users and be
 """
 
 from .checks import format_table, verify
-from .config import RUNTIMES, ExportConfig, VerifyConfig
+from .config import QUANT_SCHEMES, RUNTIMES, ExportConfig, VerifyConfig
 from .run import export
 
-__all__ = ["RUNTIMES", "ExportConfig", "VerifyConfig", "export", "format_table", "verify"]
+__all__ = ["QUANT_SCHEMES", "RUNTIMES", "ExportConfig", "VerifyConfig", "export", "format_table", "verify"]

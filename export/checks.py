@@ -32,6 +32,7 @@ from prunekit.env import cpu_name, package_versions, set_threads
 from prunekit.errors import PrunekitError
 from prunekit.proc import run_group
 
+from .checks_quant import THRESHOLDS, compare_quantized
 from .config import VerifyConfig
 from .run import REFERENCE
 
@@ -100,9 +101,12 @@ def run_onnxruntime(art: Path, manifest: Manifest, ref: dict, threads: int | Non
 def run_vllm(art: Path, manifest: Manifest, ref: dict, kv_cache_gib: float, timeout: int = 900):
     cfg = json.loads((art / "config.json").read_text())
     need = max(len(p) for p in ref["prompt_ids"]) + ref["new_tokens"]
+    quantized = manifest.quantization is not None
     req = {
         "model": str(art.resolve()),
-        "dtype": "float32",
+        # vLLM's CPU int8 and 4-bit kernels run bf16 activations only; its log-probs then give the KL check
+        "dtype": "bfloat16" if quantized else "float32",
+        "logprobs_mode": "raw_logprobs" if quantized else "raw_logits",
         "prompts": ref["prompt_ids"],
         "tokens": ref["new_tokens"],
         "trust_remote_code": needs_remote_code(manifest),
@@ -163,13 +167,18 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
                     out = run_onnxruntime(art, manifest, ref, threads)
                 else:
                     *out, extra = run_vllm(art, manifest, ref, cfg.kv_cache_gib)
-                rows[rt] = {**compare(ref, ref_logits, *out, cfg.atol), **extra}
+                if manifest.quantization:  # this version's thresholds, not those the artifact was written with
+                    th = THRESHOLDS[manifest.quantization["scheme"]]
+                    rows[rt] = {**compare_quantized(ref, ref_logits, *out, th), **extra}
+                else:
+                    rows[rt] = {**compare(ref, ref_logits, *out, cfg.atol), **extra}
             except Exception as e:  # a runtime that cannot load the artifact is a result, not a crash
                 rows[rt] = {"loads": False, "passed": False, "error": f"{type(e).__name__}: {e}"[:1000]}
             rows[rt]["seconds"] = round(time.time() - t, 1)
     report = {
         "artifact": str(art),
         "layout": manifest.layout,
+        "quantization": (manifest.quantization or {}).get("scheme"),
         "atol": cfg.atol,
         "prompts": len(ref.get("prompts", [])),
         "new_tokens": ref.get("new_tokens"),
@@ -189,21 +198,41 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
     return report
 
 
+def _quant_rows(report: dict) -> list[str]:
+    th = next((r["thresholds"] for r in report["runtimes"].values() if "thresholds" in r), {})
+    lines = [
+        f"quantized ({report['quantization']}): checked against the unquantized model; pass at top-1 >= "
+        f"{th.get('top1')}, mean KL <= {th.get('kl')}, greedy prefix >= {th.get('greedy')}",
+        "| runtime | loads | top-1 agreement | KL mean (max) | greedy prefix | greedy exact | passed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["runtimes"].items():
+        kl = f"{r['kl_mean']:.4f} ({r['kl_max']:.4f}; {r['kl_scope']})" if "kl_mean" in r else "-"
+        lines.append(
+            f"| {name} | {'yes' if r['loads'] else 'no'} | {r.get('top1_agreement', '-')} | {kl} | "
+            f"{r.get('greedy_prefix', '-')} | {r.get('greedy_match', '-')} | {'PASS' if r['passed'] else 'FAIL'} |"
+        )
+    return lines
+
+
 def format_table(report: dict) -> str:
     lines = [
         f"verify {report['artifact']} ({report['layout']} layout, {report['prompts']} prompts x "
         f"{report['new_tokens']} greedy tokens, atol {report['atol']:g})"
         + "".join(f"; vLLM ran {r['model_class']}" for k, r in report["runtimes"].items() if r.get("model_class")),
-        "| runtime | loads | max abs logit diff | greedy tokens match | passed |",
-        "|---|---|---|---|---|",
     ]
+    if report.get("quantization"):
+        lines += _quant_rows(report)
+    else:
+        lines += ["| runtime | loads | max abs logit diff | greedy tokens match | passed |", "|---|---|---|---|---|"]
+        for name, r in report["runtimes"].items():
+            diff = f"{r['max_abs_logit_diff']:.2e} ({r['logits_compared']})" if "max_abs_logit_diff" in r else "-"
+            lines.append(
+                f"| {name} | {'yes' if r['loads'] else 'no'} | {diff} | {r.get('greedy_match', '-')} | "
+                f"{'PASS' if r['passed'] else 'FAIL'} |"
+            )
     for name, r in report["runtimes"].items():
-        diff = f"{r['max_abs_logit_diff']:.2e} ({r['logits_compared']})" if "max_abs_logit_diff" in r else "-"
-        lines.append(
-            f"| {name} | {'yes' if r['loads'] else 'no'} | {diff} | {r.get('greedy_match', '-')} | "
-            f"{'PASS' if r['passed'] else 'FAIL'} |"
-        )
         if r.get("error"):
-            lines.append(f"|   {name} error: {r['error'][:300]} | | | | |")
+            lines.append(f"{name} error: {r['error'][:300]}")
     lines.append("verify: " + ("PASSED" if report["passed"] else "FAILED"))
     return "\n".join(lines)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prunekit.config import Config, check, check_positive, opt
 
 RUNTIMES = ("transformers", "onnxruntime", "vllm")
+QUANT_SCHEMES = ("int8", "int4")
 HF_LAYOUTS = ("auto", "per-layer")  # export --layout (export/hf.py picks the layout under auto)
 
 
@@ -26,6 +27,20 @@ class ExportConfig(Config):
         "config; vLLM runs it through its slower Transformers backend)",
         choices=HF_LAYOUTS,
     )
+    quantize: str | None = opt(
+        None,
+        "quantize the projections after the cut: int8 (W8A8 for vLLM, 8-bit MatMulNBits for onnxruntime) or int4 "
+        "(W4A16 per group, 4-bit MatMulNBits); off by default",
+        choices=QUANT_SCHEMES,
+        type=str,
+    )
+    quant_method: str = opt(
+        "auto", "auto (int8: round-to-nearest, int4: GPTQ), rtn or gptq", choices=("auto", "rtn", "gptq")
+    )
+    calib: str = opt("default", "calibration mix YAML for GPTQ (default: the packaged mix)")
+    quant_samples: int = opt(
+        128, "calibration sequences for GPTQ, spread over the mix's domains (at most the mix's: 66 in the default)"
+    )
     tokens: int = opt(16, "greedy tokens in the reference that verify checks")
     force: bool = opt(False, "replace a non-empty --out")
     trust_remote_code: bool = opt(False, "run the model's own code (off by default)")
@@ -35,6 +50,13 @@ class ExportConfig(Config):
         check(bool(self.model), "export needs a model: the pruned checkpoint directory (or 'default').")
         check(bool(self.out), "export needs --out: the artifact directory to create.")
         check_positive("tokens", self.tokens, allow_none=False)
+        check_positive("quant_samples", self.quant_samples, allow_none=False)
+
+    def method(self) -> str:
+        """The quantization method that runs: int4 needs GPTQ's error correction, int8 rounds to nearest."""
+        if self.quant_method != "auto":
+            return self.quant_method
+        return "gptq" if self.quantize == "int4" else "rtn"
 
     def inputs(self) -> dict:
         """What decides the artifact's content (the orchestrator hashes it for resume)."""

@@ -20,6 +20,8 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from prunekit.artifact import sha256_file
 from prunekit.checkpoint import save_model, save_tokenizer
 from prunekit.errors import PrunekitError
@@ -123,10 +125,40 @@ def decilm_config_json(cfg: dict, fam: Family) -> dict:
 REWRITE = {"per-layer": per_layer_config_json, "decilm": decilm_config_json}
 
 
-def write_hf(model, tokenizer, fam: Family, out: Path, prefer: str = "auto") -> dict:
-    """Write the checkpoint into `out`; returns {layout, reason, shipped_code: {file: sha256}}."""
+def compressed_tensors(model, records: dict, info: dict, dtype):
+    """Turn the quantized projections into compressed-tensors form in place (int8: W8A8, per-channel weights and
+    dynamic per-token activations, the CPU int8 kernel of vLLM; int4: W4A16 packed, per group), with the scales
+    chosen by prunekit/quantize.py. Returns the compressor, whose update_config writes quantization_config."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, apply_quantization_config
+    from compressed_tensors.quantization.quant_scheme import preset_name_to_scheme
+
+    preset = "W8A8" if info["bits"] == 8 else "W4A16"
+    scheme = preset_name_to_scheme(preset, sorted(records))
+    if info["bits"] == 4:
+        scheme.weights.group_size = info["group_size"]
+    qc = QuantizationConfig(config_groups={"group_0": scheme}, quantization_status=QuantizationStatus.FROZEN)
+    model.float()
+    apply_quantization_config(model, qc)
+    mods = dict(model.named_modules())
+    for name, r in records.items():
+        mod = mods[name]
+        with torch.no_grad():
+            mod.weight_scale.data = r.scale.clone().reshape(mod.weight_scale.shape)
+            mod.weight_zero_point.data.zero_()
+    fmt = "int-quantized" if info["bits"] == 8 else "pack-quantized"
+    comp = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
+    comp.compress_model(model)
+    model.to(dtype)  # floating tensors only: the integers stay; scales are bf16 values already
+    return comp
+
+
+def write_hf(model, tokenizer, fam: Family, out: Path, prefer: str = "auto", quant=None, dtype=None) -> dict:
+    """Write the checkpoint into `out`; returns {layout, reason, shipped_code: {file: sha256}}. `quant`
+    (records, info) writes a compressed-tensors checkpoint of the quantized projections."""
     layout, reason = layout_of(model.config, fam, prefer)
     model.config.head_dim = head_dim(model.config)  # explicit, also where the config derives it (Qwen2)
+    comp = compressed_tensors(model, *quant, dtype) if quant else None
     save_model(model, out)
     save_tokenizer(tokenizer, out)
     shipped = {}
@@ -136,4 +168,6 @@ def write_hf(model, tokenizer, fam: Family, out: Path, prefer: str = "auto") -> 
         code = SHIPPED[layout]
         shutil.copyfile(code, out / code.name)
         shipped[code.name] = sha256_file(out / code.name)
+    if comp is not None:
+        comp.update_config(str(out))  # after the layout's rewrite, which would drop quantization_config
     return {"layout": layout, "reason": reason, "shipped_code": shipped}

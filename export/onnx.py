@@ -70,12 +70,19 @@ def sample_inputs(model, batch: int = 2, seq: int = 3, past: int = 4):
     return (ids, mask, pos, *kv)
 
 
-def check_domains(path: str | Path) -> list[str]:
-    """Fail unless every node uses a standard ONNX domain; returns the op types used."""
+def check_domains(path: str | Path, allow: tuple[str, ...] = ()) -> list[str]:
+    """Fail unless every node uses a standard ONNX domain, or is one of the contrib ops `allow` names (a
+    quantized graph's MatMulNBits); returns the op types used."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
-    bad = sorted({f"{n.domain}::{n.op_type}" for n in m.graph.node if n.domain not in STANDARD_DOMAINS})
+    bad = sorted(
+        {
+            f"{n.domain}::{n.op_type}"
+            for n in m.graph.node
+            if n.domain not in STANDARD_DOMAINS and not (n.domain == "com.microsoft" and n.op_type in allow)
+        }
+    )
     local = {f.name for f in m.functions}
     calls = sorted({n.op_type for n in m.graph.node if n.op_type in local})
     if bad or calls:

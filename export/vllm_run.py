@@ -29,7 +29,7 @@ def main(request_path: str, result_path: str) -> None:
         req.get("max_model_len", 512),
         req.get("trust_remote_code", False),
         req.get("kv_cache_gib", 1),
-        logprobs_mode="raw_logits",
+        logprobs_mode=req.get("logprobs_mode", "raw_logits"),
         max_logprobs=k,
     )
     t1 = time.time()

@@ -8,13 +8,13 @@ import sys
 
 from prunekit.bench import BenchConfig, run_bench
 from prunekit.compress import CompareConfig, CompressConfig, compare, compare_markdown, compress
-from prunekit.export import ExportConfig, VerifyConfig, export, format_table, verify
+from prunekit.export import ExportConfig, VerifyConfig, format_table, verify
 from prunekit.serve import LoadConfig, ServeConfig, Server, format_load, models, run_load, serve
 
 from .artifact import write_json_atomic
 from .config import add_args, from_args
 from .errors import PrunekitError
-from .pipeline import ArtifactsConfig, run_artifacts
+from .pipeline import ArtifactsConfig, export_calibrated, run_artifacts
 
 
 def _default_model(args) -> None:
@@ -98,7 +98,7 @@ COMMANDS = (
         "export",
         "turn a pruned checkpoint into a deployable artifact (HF + ONNX)",
         ExportConfig,
-        _run(export, ExportConfig),
+        _run(export_calibrated, ExportConfig),
     ),
     ("verify", "run an artifact in transformers, onnxruntime and vLLM; compare to PyTorch", VerifyConfig, _verify),
     ("serve", "serve a verified artifact with vLLM's OpenAI-compatible server", ServeConfig, _serve),

@@ -113,11 +113,26 @@ def readme(art: Path, a: Manifest, c: Manifest | None, report: dict, src: dict |
     q = ((c.quality if c else None) or {}).get("heldout_ppl", {})
     dense, pruned = q.get("dense", {}), q.get("pruned", {})
     rows = "\n".join(f"| {d} | {dense[d]:.2f} | {pruned[d]:.2f} |" for d in dense if d in pruned)
-    vr = "\n".join(
-        f"| {k} | {'yes' if r['loads'] else 'no'} | {r.get('max_abs_logit_diff', float('nan')):.2e} | "
-        f"{r.get('greedy_match', '-')} |"
-        for k, r in report["runtimes"].items()
-    )
+    qz = a.quantization or {}
+    if qz:
+        vr = "| runtime | loads | top-1 agreement | mean KL | greedy prefix |\n|---|---|---|---|---|\n" + "\n".join(
+            f"| {k} | {'yes' if r['loads'] else 'no'} | {r.get('top1_agreement', '-')} | {r.get('kl_mean', '-')} | "
+            f"{r.get('greedy_prefix', '-')} |"
+            for k, r in report["runtimes"].items()
+        )
+        against = "the unquantized model"
+        quant = (
+            f"- Quantized {qz['scheme']} ({qz['method']}, group {qz['group_size']}): compressed-tensors "
+            f"{'W8A8' if qz['bits'] == 8 else 'W4A16'} for vLLM and transformers, `MatMulNBits` (com.microsoft) in "
+            "the ONNX graph, the LM head int8 there too. vLLM runs it in bfloat16.\n"
+        )
+    else:
+        vr = "| runtime | loads | max abs logit diff | greedy match |\n|---|---|---|---|\n" + "\n".join(
+            f"| {k} | {'yes' if r['loads'] else 'no'} | {r.get('max_abs_logit_diff', float('nan')):.2e} | "
+            f"{r.get('greedy_match', '-')} |"
+            for k, r in report["runtimes"].items()
+        )
+        against, quant = "PyTorch", ""
     code = ", ".join(a.shipped_code or {})
     trc = f" (it ships {code}; prunekit checks its sha256 before passing --trust-remote-code)" if code else ""
     remote = ", trust_remote_code=True" if code else ""
@@ -161,7 +176,7 @@ no sparse weights, so every stock runtime runs it at its smaller size. {lic}
 ## How it was made
 
 - Method `{st.get("method", "?")}`, {st.get("rounds", "?")} calibration rounds{refit}.{rec}
-{_plan_lines(c)}- Layout: **{a.layout}**{trc}.
+{_plan_lines(c)}{quant}- Layout: **{a.layout}**{trc}.
 
 ## Run it
 
@@ -185,9 +200,7 @@ and returns `logits` and `present.N.key|value` (optimum's names).
 |---|---|---|
 {rows}
 
-## Verified ({report["prompts"]} prompts x {report["new_tokens"]} greedy tokens against PyTorch)
+## Verified ({report["prompts"]} prompts x {report["new_tokens"]} greedy tokens against {against})
 
-| runtime | loads | max abs logit diff | greedy match |
-|---|---|---|---|
 {vr}
 """

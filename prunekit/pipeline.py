@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunekit.compress import REVISION, CompressConfig, compress, load_mix
-from prunekit.export import RUNTIMES, ExportConfig, VerifyConfig, export, format_table, verify
+from prunekit.compress import REVISION, CompressConfig, compress, load_mix, quantize_calibration
+from prunekit.export import QUANT_SCHEMES, RUNTIMES, ExportConfig, VerifyConfig, export, format_table, verify
 
 from .artifact import Manifest, inputs_hash, read_manifest, sha256_file, write_json_atomic, write_text_atomic
 from .config import Config, check, check_positive, opt
@@ -52,6 +52,13 @@ class ArtifactsConfig(Config):
         196608,
         "after the cut, distil from the dense model on this many calibration-mix tokens (training; 0: the "
         "retraining-free cut alone; see prunekit compress --help)",
+    )
+    quantize: str | None = opt(
+        None,
+        "also quantize after the cut and recovery: int8 (W8A8 / 8-bit MatMulNBits) or int4 (GPTQ, W4A16 / 4-bit "
+        "MatMulNBits); see prunekit export --help",
+        choices=QUANT_SCHEMES,
+        type=str,
     )
     out: str = opt("artifacts", "artifacts go to OUT/<name>/")
     name: str | None = opt(None, "artifact name (default: <model>-pruned-<percent>[-per-layer][-recovered])")
@@ -92,7 +99,10 @@ class ArtifactsConfig(Config):
             else self.model.rstrip("/").split("/")[-1]
         )
         suffix = ("-per-layer" if c.mode == "per-layer" else "") + ("-recovered" if c.recover_tokens else "")
-        return self.name or f"{base}-pruned-{round(c.ratio * 100)}{suffix}"
+        return self.name or f"{base}-pruned-{round(c.ratio * 100)}{suffix}{self.quant_suffix()}"
+
+    def quant_suffix(self) -> str:
+        return f"-{self.quantize}" if self.quantize else ""
 
 
 def compress_hash(cfg: CompressConfig) -> str:
@@ -110,6 +120,18 @@ def compress_hash(cfg: CompressConfig) -> str:
             "revision": REVISION,
         }
     )
+
+
+def export_calibrated(cfg: ExportConfig, log=None, inputs_hash: str | None = None):
+    """`prunekit export`: the export stage, handed GPTQ's calibration sequences when its quantization needs them
+    (the mix is compress's; export does not read it itself)."""
+    calib = None
+    if cfg.quantize and cfg.method() == "gptq":
+        from .loading import load_config, load_tokenizer
+
+        _, source, _ = load_config(cfg.model, cfg.trust_remote_code)
+        calib = quantize_calibration(cfg.calib, load_tokenizer(source, cfg.trust_remote_code), cfg.quant_samples)
+    return export(cfg, log=log, inputs_hash=inputs_hash, calib=calib)
 
 
 def build_artifact(
@@ -152,7 +174,7 @@ def build_artifact(
         log(f"export: reusing {art}")
     else:
         log(f"export -> {art}")
-        a = export(export_cfg.replace(out=str(art), force=True), log=log, inputs_hash=h)
+        a = export_calibrated(export_cfg.replace(out=str(art), force=True), log=log, inputs_hash=h)
     timings["export"] = round(time.time() - t, 1)
 
     report = None
@@ -179,11 +201,13 @@ def run_artifacts(cfg: ArtifactsConfig, compress_cfg: CompressConfig | None = No
     set_threads(cfg.threads)
     name = cfg.artifact_name(compress_cfg)
     root = Path(cfg.out)
-    pruned, art = root / ".work" / name / "pruned", root / name
+    # The cut is the same with or without quantization: the quantized artifact reuses the unquantized one's.
+    cut = name.removesuffix(cfg.quant_suffix()) if cfg.name is None else name
+    pruned, art = root / ".work" / cut / "pruned", root / name
     ccfg = (compress_cfg or cfg.compress_config()).replace(out=str(pruned), model=cfg.model)
     c, a, report, timings = build_artifact(
         art,
-        ExportConfig(model=str(pruned), out=str(art)),
+        ExportConfig(model=str(pruned), out=str(art), quantize=cfg.quantize, calib=cfg.calib),
         ccfg,
         cfg.runtimes,
         cfg.kv_cache_gib,

@@ -124,8 +124,18 @@ def port_free(host: str, port: int) -> None:
             ) from e
 
 
-def server_dtype(cfg: ServeConfig) -> str:
-    return compute_dtype() if cfg.dtype == "auto" else cfg.dtype
+def server_dtype(cfg: ServeConfig, manifest: Manifest | None = None) -> str:
+    """The dtype vLLM runs in. A quantized artifact runs in bf16 whatever the machine: vLLM's CPU int8 and 4-bit
+    kernels take bf16 activations only (float32 fails to start)."""
+    quant = (manifest.quantization or {}).get("scheme") if manifest is not None else None
+    if not quant:
+        return compute_dtype() if cfg.dtype == "auto" else cfg.dtype
+    if cfg.dtype not in ("auto", "bfloat16"):
+        raise PrunekitError(
+            f"this artifact is quantized ({quant}); vLLM runs its int8/int4 kernels with bfloat16 activations only, "
+            f"not {cfg.dtype}. Drop --dtype (or pass --dtype bfloat16)."
+        )
+    return "bfloat16"
 
 
 def command(art: Path, manifest: Manifest, cfg: ServeConfig) -> tuple[list[str], dict]:
@@ -143,7 +153,7 @@ def command(art: Path, manifest: Manifest, cfg: ServeConfig) -> tuple[list[str],
         "--port",
         str(cfg.port),
         "--dtype",
-        server_dtype(cfg),
+        server_dtype(cfg, manifest),
         "--max-model-len",
         str(cfg.max_model_len),
         "--kv-cache-memory-bytes",
@@ -226,7 +236,9 @@ def serve(cfg: ServeConfig) -> int:
     srv = Server(cfg)
     # SIGTERM (docker stop, CI cancel) takes the same path as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"starting vLLM for {srv.art} ({srv.manifest.layout} layout, dtype {server_dtype(cfg)}) ...", file=sys.stderr)
+    quant = (srv.manifest.quantization or {}).get("scheme")
+    dtype = server_dtype(cfg, srv.manifest) + (f" (quantized {quant}: vLLM's kernels for it run bf16)" if quant else "")
+    print(f"starting vLLM for {srv.art} ({srv.manifest.layout} layout, dtype {dtype}) ...", file=sys.stderr)
     try:
         srv.start()
         print(
