@@ -21,7 +21,6 @@ from prunekit.faults import point
 from prunekit.loading import load_config, load_model, load_tokenizer
 from prunekit.runtimes import torch_greedy
 
-from .checks_quant import THRESHOLDS
 from .config import ExportConfig
 from .hf import layout_of, write_hf
 from .onnx import check_domains, export_onnx
@@ -105,14 +104,12 @@ def check_quantizable(model, fam, cfg: ExportConfig) -> None:
 
 
 def quantize_model(model, fam, cfg: ExportConfig, calib: dict | None, log) -> tuple[dict, dict]:
-    """Quantize the projections in place (after the reference is taken); returns (records, info), info with
-    the thresholds verify holds the artifact to."""
+    """Quantize the projections in place (after the reference is taken); returns (records, info)."""
     from prunekit.quantize import quantize
 
     t = time.time()
     method = cfg.method()
     records, info = quantize(model, fam, cfg.quantize, method, calib)
-    info["thresholds"] = THRESHOLDS[cfg.quantize]
     info["seconds"] = round(time.time() - t, 1)
     log(
         f"quantize: {cfg.quantize} ({method}, group {info['group_size']}) of {len(records)} projections "

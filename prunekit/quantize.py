@@ -2,11 +2,12 @@
 
 The model keeps float weights, each replaced by its dequantized value (integer x scale), and a `Quantized`
 record per linear holds the integers and scales that the writers pack: compressed-tensors for the HF
-checkpoint (export/hf.py) and MatMulNBits for the ONNX graph (export/quantize_onnx.py). In the core: export
-quantizes; the calibration sequences GPTQ needs come from compress's mix (`prunekit.compress.quantize_calibration`),
-which the app layer builds and hands to export. Both therefore carry
-the same numbers, and every check of the float model is a check of what the runtimes run. Scales are rounded to
-bfloat16 first: vLLM loads them in bf16 on CPU, so the integers it sees are the ones chosen here.
+checkpoint (export/hf.py) and MatMulNBits for the ONNX graph (export/quantize_onnx.py). Both therefore carry
+the same numbers, and every check of the float model is a check of what the runtimes run. Scales are rounded up
+to bfloat16: vLLM loads them in bf16 on CPU, so the integers it sees are the ones chosen here.
+
+In the core because export quantizes; the calibration sequences GPTQ needs come from compress's mix
+(`prunekit.compress.quantize_calibration`), which the app layer builds and hands to export.
 
 Methods: round-to-nearest (`rtn`), and GPTQ (`gptq`: each column's rounding error spread over the columns not
 yet quantized, weighted by the inverse Hessian of the layer's calibration inputs), run layer by layer on the
