@@ -9,7 +9,7 @@ ART ?= artifacts/SmolLM2-135M-Instruct-pruned-20-recovered
 CUT ?= artifacts/.work/SmolLM2-135M-Instruct-pruned-20-recovered/pruned
 
 .PHONY: setup demo test lint format test-fast compare clean artifacts serve bench bench-speed bench-serve bench-quick lmeval-check \
-	bench-compress optimum-check quantize-check bench-frontier
+	bench-compress optimum-check quantize-check bench-frontier bench-genai
 
 setup:
 	@scripts/setup.sh
@@ -65,6 +65,7 @@ bench: setup
 	$(PRUNEKIT) bench --preset full
 	$(MAKE) bench-speed
 	$(MAKE) bench-frontier
+	$(MAKE) bench-genai
 
 # Quality vs speed of dense, 20% and 40% (the artifacts defaults), each unquantized, int8 and int4: WikiText-2, held-out
 # geomean, bytes on disk, onnxruntime decode timed in turn against dense fp32, vLLM paired with dense bf16; report
@@ -72,6 +73,16 @@ bench: setup
 WIKITEXT ?=
 bench-frontier: setup
 	$(PY) -m prunekit.bench.frontier --threads 2 $(if $(WIKITEXT),--wikitext-limit $(WIKITEXT))
+
+# Our ONNX graph against onnxruntime-genai's graph of the same artifact (export --genai): decode at batch 1 and 8,
+# fresh processes alternating (genai's session spins its threads: it cannot share a process with a timed one), the
+# default model's dense and 20% artifacts of bench-frontier, then Qwen2.5-0.5B's shape dense and 20% (random
+# weights); about 25 minutes on 2 cores after `make artifacts`.
+bench-genai: artifacts
+	$(PRUNEKIT) export default --out bench/work/genai/dense --genai --force
+	$(PRUNEKIT) export $(CUT) --out bench/work/genai/cut-20 --genai --force
+	$(PY) -m prunekit.bench.genai_compare bench/work/genai/dense bench/work/genai/cut-20 --repeats 6 \
+	  --shape qwen2.5-0.5b --cuts 'dense,20%' --out bench/results/$$(date +%F)-genai
 
 # Speed of cuts at real shapes (random weights) on PyTorch, onnxruntime and vLLM, fresh process per run,
 # 5 interleaved repeats: the default model's shape with uniform, per-layer (DeciLM and generic layouts) and

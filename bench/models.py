@@ -39,7 +39,8 @@ def weight_bytes_per_token(artifact: Path) -> int:
                 if len(shape) != 2 or ("embed_tokens" in k and not cfg.get("tie_word_embeddings")):
                     continue
                 n = shape[0] * shape[1]
-                total += n * {"F32": 4, "BF16": 2, "F16": 2}.get(sl.get_dtype(), 4)
+                # I8: int8 weights; I32: 4-bit weights packed eight to a word (so 4 bytes per entry is right)
+                total += n * {"F32": 4, "BF16": 2, "F16": 2, "I8": 1, "U8": 1}.get(sl.get_dtype(), 4)
     return total
 
 

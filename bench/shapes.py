@@ -105,7 +105,7 @@ SHAPES = {
     ),
 }
 CUTS = ("dense", "20%", "40%", "30%", "30% per-layer", "30% per-layer generic")
-CUT_RE = re.compile(r"^(?:dense|(\d{1,2})%( per-layer)?( generic)?( a(\d+))?)$")
+CUT_RE = re.compile(r"^(?:dense|(\d{1,2})%( per-layer)?( generic)?( a(\d+))?)( int8| int4)?$")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,9 @@ class Cut:
     per_layer: bool = False
     generic: bool = False  # the heterogeneous per-layer layout instead of DeciLM
     align: int = 0  # 0: compress's default
+    quant: str | None = (
+        None  # int8 / int4: export --quantize, rounding to nearest (random weights: nothing to calibrate)
+    )
 
 
 def default_align() -> int:
@@ -128,12 +131,18 @@ def parse_cut(label: str) -> Cut:
     if not m or (m.group(3) and not m.group(2)):
         raise PrunekitError(
             f"cut {label!r} is not understood; write e.g. 'dense', '20%', '30% per-layer', "
-            "'30% per-layer generic', '20% a64'."
+            "'30% per-layer generic', '20% a64', '20% int8', 'dense int4'."
         )
-    if label.strip() == "dense":
-        return Cut("dense")
+    quant = m.group(6).strip() if m.group(6) else None
+    if not m.group(1):
+        return Cut(label.strip(), quant=quant)
     return Cut(
-        label.strip(), int(m.group(1)) / 100, bool(m.group(2)), bool(m.group(3)), int(m.group(5) or default_align())
+        label.strip(),
+        int(m.group(1)) / 100,
+        bool(m.group(2)),
+        bool(m.group(3)),
+        int(m.group(5) or default_align()),
+        quant,
     )
 
 
@@ -162,8 +171,9 @@ def widths_for(cfg: dict, cut: Cut) -> list[int]:
     return [max(a, min(dense, round(r * scale / a) * a)) for r in raw]
 
 
-def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "default") -> Path:
-    """The artifact of one shape and cut (reused when a complete one is there)."""
+def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "default", genai: bool = False) -> Path:
+    """The artifact of one shape and cut (reused when a complete one is there); with `genai`, an
+    onnxruntime-genai folder beside the graph (uniform cuts)."""
     import torch
     import transformers
     from prunekit.export import ExportConfig, export
@@ -173,7 +183,9 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
     from prunekit.families import family_for_config
     from prunekit.loading import load_tokenizer
 
+    genai = genai and onnx and not cut.per_layer  # the builder holds one width per model
     name = f"{shape}-{cut.label.replace('%', 'pct').replace(' ', '-')}" + ("" if onnx else "-noonnx")
+    name += "-genai" if genai else ""
     art = work / name
     if read_manifest(art) is not None:
         return art
@@ -203,7 +215,15 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
     log(f"shapes: {name}: widths {sorted(set(widths))}, exporting")
     export(
         ExportConfig(
-            model=str(src), out=str(art), tokens=4, onnx=onnx, force=True, layout="per-layer" if cut.generic else "auto"
+            model=str(src),
+            out=str(art),
+            tokens=4,
+            onnx=onnx,
+            genai=genai,
+            quantize=cut.quant,
+            quant_method="rtn" if cut.quant else "auto",
+            force=True,
+            layout="per-layer" if cut.generic else "auto",
         ),
         log=lambda m: None,
     )

@@ -97,6 +97,21 @@ def load_onnxruntime(req: dict, artifact: str):
     return Loaded(lm.greedy, lm.steps, json.load(open(f"{artifact}/config.json"))["vocab_size"], load)
 
 
+def run_genai(req: dict) -> dict:
+    """An artifact's onnxruntime-genai folder (export --genai) in genai's own generator and cache. Solo only: genai's
+    session spins its threads between runs (no option turns that off), which would slow a session paired with it."""
+    from prunekit.artifact import read_manifest
+    from prunekit.runtimes import genai_greedy, genai_model
+
+    t = time.perf_counter()
+    model = genai_model(Path(req["artifact"]) / read_manifest(req["artifact"]).genai["dir"], req["threads"])
+    load = time.perf_counter() - t
+    vocab = json.load(open(f"{req['artifact']}/config.json"))["vocab_size"]
+    out = measure(lambda p, n: genai_greedy(model, p, n), req, vocab)
+    out["load_s"] = load
+    return out
+
+
 def run_torch(req: dict) -> dict:
     import torch
 
@@ -248,7 +263,9 @@ def main(req_path: str, res_path: str) -> None:
     fn = (
         run_paired
         if req.get("pair_with")
-        else {"torch": run_torch, "onnxruntime": run_onnxruntime, "vllm": run_vllm}[req["runtime"]]
+        else {"torch": run_torch, "onnxruntime": run_onnxruntime, "onnxruntime-genai": run_genai, "vllm": run_vllm}[
+            req["runtime"]
+        ]
     )
     rss = PeakRss()
     out = fn(req)

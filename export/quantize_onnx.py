@@ -20,6 +20,8 @@ import torch
 
 from prunekit.quantize import Quantized, rtn
 
+from .onnx_ops import FUSIONS
+
 CONTRIB = "com.microsoft"
 QUANT_OPS = ("MatMulNBits",)
 INT8_BLOCK = 128  # MatMulNBits blocks must be powers of two >= 16; per-channel int8 repeats its scale per block
@@ -51,16 +53,33 @@ def pack(r: Quantized, block: int) -> tuple[np.ndarray, np.ndarray, int]:
     return np.ascontiguousarray(stored), np.ascontiguousarray(scales.astype(np.float32)), block
 
 
+def _fused_records(model, records: dict[str, Quantized]) -> dict[str, tuple[Quantized, int]]:
+    """The records of the export's fused projections (q/k/v, gate/up: export/onnx_ops.py), by weight key: their
+    integers and scales side by side, as the fused weight holds their values."""
+    out = {}
+    mods = dict(model.named_modules())
+    for name in mods:
+        for names in FUSIONS:
+            full = [f"{name}.{n}" for n in names]
+            rs = [records.get(f) for f in full]
+            if None in rs or len({(r.bits, r.group) for r in rs}) != 1:
+                continue
+            w = torch.cat([mods[f].weight.detach().float() for f in full]).numpy()
+            q, s = torch.cat([r.q for r in rs]), torch.cat([r.scale for r in rs])
+            out[_key(w)] = (Quantized(q, s, rs[0].bits, rs[0].group), len(rs))
+    return out
+
+
 def rewrite(path: Path, model, records: dict[str, Quantized], head_bits: int = 8) -> dict:
     """Replace the matched MatMuls of the graph at `path` (saved again in place, external data beside it) and
     quantize the LM head's. Returns what was quantized."""
     import onnx
     from onnx import helper, numpy_helper
 
-    by_weight = {}
+    by_weight = _fused_records(model, records)
     for name, mod in model.named_modules():
         if name in records:
-            by_weight[_key(mod.weight.detach().float().numpy())] = records[name]
+            by_weight[_key(mod.weight.detach().float().numpy())] = (records[name], 1)
     g = onnx.load(str(path), load_external_data=True)
     graph = g.graph
     inits = {i.name: i for i in graph.initializer}
@@ -85,8 +104,8 @@ def rewrite(path: Path, model, records: dict[str, Quantized], head_bits: int = 8
         else:
             new_nodes.append(node)
             continue
-        r = by_weight.get(_key(w))
-        done += r is not None
+        r, covers = by_weight.get(_key(w), (None, 0))
+        done += covers
         if r is None:
             if w.shape[0] != model.config.vocab_size:  # not a projection we know, not the head: leave it
                 dropped.discard(producer[b].name if b in producer else "")

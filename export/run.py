@@ -22,6 +22,7 @@ from prunekit.loading import load_config, load_model, load_tokenizer
 from prunekit.runtimes import torch_greedy
 
 from .config import ExportConfig
+from .genai import GENAI_DIR, build_genai, check_genai
 from .hf import layout_of, write_hf
 from .onnx import check_domains, export_onnx
 from .quantize_onnx import QUANT_OPS, rewrite
@@ -138,6 +139,8 @@ def export(
     model, fam, source = load_source(source, cfg.trust_remote_code, cfg.allow_pickle)
     tok = load_tokenizer(source, cfg.trust_remote_code)
     upstream = read_manifest(source)
+    if cfg.genai:
+        check_genai(layout_of(model.config, fam, cfg.layout)[0], cfg.quantize)
     if cfg.quantize:
         check_quantizable(model, fam, cfg)
         prompts = tuple(prompts) + QUANT_PROMPTS
@@ -164,6 +167,12 @@ def export(
         dtype = getattr(torch, stored)
         hf = write_hf(model if quant else model.to(dtype), tok, fam, tmp, cfg.layout, quant, dtype)
         log(f"hf: {hf['layout']} layout{' (' + hf['reason'] + ')' if hf.get('reason') else ''}, {stored}")
+        genai = None
+        if cfg.genai:
+            t = time.time()
+            genai = build_genai(tmp, tmp / GENAI_DIR)
+            point("export:genai")
+            log(f"genai: {GENAI_DIR}/ by {genai['builder']} ({time.time() - t:.0f} s)")
         up = upstream.to_dict() if upstream is not None else {}
         manifest = Manifest(
             stage="export",
@@ -174,6 +183,7 @@ def export(
             **hf,
             dtype=stored,
             onnx=onnx_info,
+            genai=genai,
             quantization=quant[1] if quant else None,
             source={
                 "path": source,
@@ -194,7 +204,10 @@ def export(
             },
             reference=ref_meta,
             files=file_hashes(tmp),
-            versions={"prunekit": __version__, **package_versions("torch", "transformers", "onnx", "onnxruntime")},
+            versions={
+                "prunekit": __version__,
+                **package_versions("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai"),
+            },
             export_s=round(time.time() - t0, 1),
         )
         write_manifest(tmp, manifest)

@@ -208,6 +208,7 @@ class Manifest:
     shipped_code: dict | None = None  # file name -> sha256 of code loaded with trust_remote_code
     dtype: str | None = None
     onnx: dict | None = None
+    genai: dict | None = None  # the onnxruntime-genai folder (export --genai)
     quantization: dict | None = None  # scheme, method, group size (None: not quantized)
     source: dict | None = None  # the pruned checkpoint this was exported from
     reference: dict | None = None  # prompts, prompt ids and greedy tokens verify compares with

@@ -60,6 +60,7 @@ class ArtifactsConfig(Config):
         choices=QUANT_SCHEMES,
         type=str,
     )
+    genai: bool = opt(False, "also write an onnxruntime-genai model folder (see prunekit export --help)")
     out: str = opt("artifacts", "artifacts go to OUT/<name>/")
     name: str | None = opt(None, "artifact name (default: <model>-pruned-<percent>[-per-layer][-recovered])")
     runtimes: tuple[str, ...] = opt(RUNTIMES, "runtimes verify checks")
@@ -75,6 +76,15 @@ class ArtifactsConfig(Config):
             f"--name {self.name!r} must be a plain directory name.",
         )
         check_positive("threads", self.threads)
+        check(
+            not (self.genai and self.quantize),
+            "--genai with --quantize: onnxruntime-genai's builder quantizes by its own method; build the "
+            "unquantized artifact with --genai, or the quantized one without it.",
+        )
+        check(
+            not self.genai or self.mode != "per-layer",
+            "--genai needs the uniform layout: drop it with --mode per-layer.",
+        )
 
     def compress_config(self) -> CompressConfig:
         kw = {
@@ -207,7 +217,7 @@ def run_artifacts(cfg: ArtifactsConfig, compress_cfg: CompressConfig | None = No
     ccfg = (compress_cfg or cfg.compress_config()).replace(out=str(pruned), model=cfg.model)
     c, a, report, timings = build_artifact(
         art,
-        ExportConfig(model=str(pruned), out=str(art), quantize=cfg.quantize, calib=cfg.calib),
+        ExportConfig(model=str(pruned), out=str(art), quantize=cfg.quantize, calib=cfg.calib, genai=cfg.genai),
         ccfg,
         cfg.runtimes,
         cfg.kv_cache_gib,

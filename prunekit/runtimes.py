@@ -4,7 +4,8 @@ with a KV cache (PyTorch, onnxruntime) and the one place that builds a vLLM engi
 Each greedy loop takes a batch of equal-length prompts (token ids), decodes `n` tokens with no stopping on EOS
 (so every runtime is compared over the same number of steps) and returns (tokens [B, n], first-step
 logits [B, vocab]). bench times the same loops; their step generators (torch_steps, OrtLM.steps, vllm_steps)
-let it interleave two models' steps.
+let it interleave two models' steps. onnxruntime-genai runs its own loop (genai_greedy) on the folder export --genai
+writes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class OrtLM:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+        # Idle pool threads otherwise spin for a while after each run: alone that gains nothing here (36.7 vs 35.6
+        # tok/s at batch 1 on the 2-core Xeon), but beside a second session (the bench's pairs) it halved both.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
@@ -70,17 +74,30 @@ class OrtLM:
         return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32) for i in self.past}
 
     def steps(self, prompts: list[list[int]]):
-        """As torch_steps: one session run per next(), yielding (next tokens [B, 1], logits [B, vocab])."""
+        """As torch_steps: one session run per next(), yielding (next tokens [B, 1], logits [B, vocab]). The cache
+        stays in onnxruntime's own tensors between steps (I/O binding): each step's present is bound as the next
+        one's past, never copied out to numpy and back."""
         ids = np.asarray(prompts, dtype=np.int64)
         b, t = ids.shape
         past = self.empty_cache(b)
         mask = np.ones((b, t), np.int64)
         step_ids, pos = ids, np.broadcast_to(np.arange(t, dtype=np.int64), (b, t))
+        io = self.session.io_binding()
         for i in itertools.count():
-            res = self.session.run(
-                None, {"input_ids": step_ids, "attention_mask": mask, "position_ids": np.ascontiguousarray(pos), **past}
-            )
-            logits = res[0][:, -1]
+            io.clear_binding_inputs()
+            io.clear_binding_outputs()
+            for name, v in (("input_ids", step_ids), ("attention_mask", mask), ("position_ids", pos)):
+                io.bind_cpu_input(name, np.ascontiguousarray(v))
+            for p in self.past:
+                if isinstance(past[p.name], np.ndarray):  # the first step's empty cache
+                    io.bind_cpu_input(p.name, past[p.name])
+                else:
+                    io.bind_ortvalue_input(p.name, past[p.name])
+            for name in self.outputs:
+                io.bind_output(name)
+            self.session.run_with_iobinding(io)
+            res = io.get_outputs()
+            logits = res[0].numpy()[:, -1]
             nxt = logits.argmax(-1)[:, None].astype(np.int64)
             yield nxt, logits
             past = {p.name: r for p, r in zip(self.past, res[1:])}
@@ -158,3 +175,33 @@ def vllm_steps(llm, prompts: list[list[int]]):
             yield None, None
     finally:
         eng.abort_request(ids)  # a generator closed early leaves no request running in the engine
+
+
+def genai_model(folder: str | Path, threads: int | None):
+    """An onnxruntime-genai model folder (export --genai) loaded for genai's own generator."""
+    import json
+
+    import onnxruntime_genai as og
+
+    cfg = og.Config(str(folder))
+    if threads:
+        cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    return og.Model(cfg)
+
+
+def genai_greedy(model, prompts: list[list[int]], n: int) -> tuple[list[list[int]], np.ndarray]:
+    """Greedy tokens (n each, EOS not stopping them, as the reference runs) and the first-step logits."""
+    import onnxruntime_genai as og
+
+    length = len(prompts[0]) + n
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=length, min_length=length, do_sample=False, batch_size=len(prompts))
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(prompts, dtype=np.int32))
+    first = np.array(gen.get_logits()).reshape(len(prompts), -1)
+    out: list[list[int]] = [[] for _ in prompts]
+    while not gen.is_done():
+        gen.generate_next_token()
+        for row, t in zip(out, gen.get_next_tokens()):
+            row.append(int(t))
+    return out, first

@@ -150,6 +150,17 @@ def test_per_layer_artifacts_search_widths_by_kl():
 
 
 @pytest.mark.unit
+def test_artifacts_refuses_genai_where_its_builder_cannot_go():
+    from prunekit.pipeline import ArtifactsConfig
+
+    ArtifactsConfig(genai=True)  # uniform, unquantized: fine
+    with pytest.raises(PrunekitError, match="--genai with --quantize"):
+        ArtifactsConfig(genai=True, quantize="int8")
+    with pytest.raises(PrunekitError, match="uniform layout"):
+        ArtifactsConfig(genai=True, mode="per-layer")
+
+
+@pytest.mark.unit
 def test_compress_step_hash_follows_the_mix_file(src, tmp_path):
     import shutil
 

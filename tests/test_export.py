@@ -115,6 +115,54 @@ def test_transformers_and_onnxruntime_match_reference(artifact):
     assert report["passed"], report
 
 
+def test_onnx_attention_reads_the_cache_at_kv_heads_and_honours_padding(artifact):
+    """The graph attends with the opset-23 Attention op fed the cache inputs as they arrive (no repeat of KV
+    heads, no transpose), and a left-padded batch gives transformers' logits at every real position, in the
+    prefill and in a decode step on the cache it returned (fp32 on both sides)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    graph = onnx.load(str(artifact / "onnx" / "model.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    layers = len(read_manifest(artifact).onnx["outputs"]) // 2
+    assert ops.count("Attention") == layers and ops.count("RMSNormalization") == 2 * layers + 1
+    past = [n.input[4:6] for n in graph.node if n.op_type == "Attention"]
+    assert [list(p) for p in past] == [
+        [f"past_key_values.{i}.key", f"past_key_values.{i}.value"] for i in range(layers)
+    ]
+    assert "Softmax" not in ops  # attention is the one op, not a decomposition of it
+    model = AutoModelForCausalLM.from_pretrained(artifact, trust_remote_code=True, dtype=torch.float32).eval()
+    sess = ort.InferenceSession(str(artifact / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    past_in = sess.get_inputs()[3:]
+    ids = torch.randint(3, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :3] = 0  # the second row is three tokens shorter, padded on the left
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy()}
+    feed |= {i.name: np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32) for i in past_in}
+    out = sess.run(None, feed)
+    nxt = torch.tensor([[5], [7]])
+    mask2 = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+    pos2 = pos[:, -1:] + 1
+    step = sess.run(
+        None,
+        {"input_ids": nxt.numpy(), "attention_mask": mask2.numpy(), "position_ids": pos2.numpy()}
+        | {i.name: v for i, v in zip(past_in, out[1:])},
+    )[0]
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        ref2 = model(
+            input_ids=torch.cat([ids, nxt], 1), attention_mask=mask2, position_ids=torch.cat([pos, pos2], 1)
+        ).logits[:, -1]
+    real = mask.bool().numpy()
+    assert np.isfinite(out[0]).all() and np.isfinite(step).all()
+    assert np.abs(out[0][real] - ref.numpy()[real]).max() < 1e-4
+    assert np.abs(step[:, -1] - ref2.numpy()).max() < 1e-4
+
+
 def test_onnx_graph_uses_only_standard_domains(artifact, tmp_path):
     import onnx
     from onnx import helper
@@ -265,3 +313,30 @@ def test_config_without_head_dim_exports(tmp_path):
     save_tokenizer(tiny_tokenizer(), tmp_path / "src")
     m = export(tmp_path / "src", tmp_path / "art", onnx=False)
     assert m.layout == "uniform" and json.loads((tmp_path / "art" / "config.json").read_text())["head_dim"] == 32
+
+
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Qwen2ForCausalLM"])
+def test_genai_folder_is_built_and_verified(tmp_path, arch):
+    """export --genai writes onnxruntime-genai's own folder for a uniform cut (Qwen2: biases, untied head), and
+    verify runs it through genai's generator against the reference, beside our graph."""
+    src = tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS["uniform"])
+    m = export(src, tmp_path / "art", genai=True)
+    assert m.genai["dir"] == "genai" and (tmp_path / "art" / "genai" / "genai_config.json").is_file()
+    assert any(f.startswith("genai/") for f in m.files)
+    rows = check(tmp_path / "art", runtimes=("onnxruntime", "onnxruntime-genai"), threads=2)["runtimes"]
+    assert rows["onnxruntime-genai"]["passed"] and rows["onnxruntime-genai"]["greedy_match"] == "5/5", rows
+    assert rows["onnxruntime-genai"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_genai_refuses_what_its_builder_cannot_hold(tmp_path):
+    src = tiny_checkpoint(tmp_path / "src", "llama", **LAYOUTS["decilm"])
+    with pytest.raises(PrunekitError, match="--genai needs the uniform layout"):
+        export(src, tmp_path / "art", genai=True)
+    assert not (tmp_path / "art").exists()
+    with pytest.raises(PrunekitError, match="--genai with --quantize"):
+        export(
+            tiny_checkpoint(tmp_path / "u", "llama", **LAYOUTS["uniform"]),
+            tmp_path / "art",
+            genai=True,
+            quantize="int8",
+        )

@@ -39,6 +39,37 @@ def test_shapes_cut_widths():
     assert abs(1 - params(cfg, w) / dense - 0.3) < 0.01
     with pytest.raises(PrunekitError, match="not understood"):
         parse_cut("30% generic")
+    assert (parse_cut("20% int8").quant, parse_cut("20% int8").ratio, parse_cut("dense int4").quant) == (
+        "int8",
+        0.2,
+        "int4",
+    )
+    assert parse_cut("30% per-layer int4").per_layer and parse_cut("40%").quant is None
+
+
+@pytest.mark.integration
+def test_shapes_quantized_cut_and_genai_folder(tmp_path):
+    """A quantized cut of a shape is a quantized artifact whose weights read fewer bytes a token; a uniform cut can
+    carry onnxruntime-genai's folder, which genai_compare times beside our graph."""
+    from conftest import tiny_tokenizer
+    from prunekit.bench.genai_compare import compare
+    from prunekit.bench.models import weight_bytes_per_token
+    from prunekit.bench.shapes import build, parse_cut
+
+    from prunekit.artifact import read_manifest
+
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    arts = {
+        c: build("tiny", parse_cut(c), tmp_path, True, lambda m: None, str(tmp_path / "tok"))
+        for c in ("20%", "20% int8")
+    }
+    assert read_manifest(arts["20% int8"]).quantization["scheme"] == "int8"
+    assert weight_bytes_per_token(arts["20% int8"]) < 0.6 * weight_bytes_per_token(arts["20%"])
+    art = build("tiny", parse_cut("20%"), tmp_path, True, lambda m: None, str(tmp_path / "tok"), genai=True)
+    assert read_manifest(art).genai and art.name.endswith("-genai")
+    (row,) = compare({"tiny": art}, threads=2, repeats=2, batch=2, prompt_len=8, new_tokens=4, log=lambda m: None)
+    for rt in ("onnxruntime", "onnxruntime-genai"):
+        assert row["summary"][rt]["runs"] == 2 and row["summary"][rt]["decode_tok_s_b1"]["median"] > 0, row
 
 
 @pytest.mark.unit

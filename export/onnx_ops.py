@@ -1,0 +1,120 @@
+"""The decoder's norms, rotary embedding and attention as single opset-23 ONNX operators, for the export only.
+
+Traced as transformers writes them, each RMSNorm is six nodes, each rotary application seven, and attention
+repeats the KV heads up to the query head count (grouped-query attention is used by transformers' SDPA path only
+when no mask is passed; the export always passes one), then transposes the whole cache every step: about 75 nodes
+a layer, which at the default model's size cost more than its matmuls on onnxruntime's CPU provider. Opset 23 has
+`RMSNormalization`, `RotaryEmbedding` and `Attention` (which reads the cache at the KV head count and returns the
+present cache itself), all in the standard domain. While `standard_ops(model)` is active, each RMSNorm and each
+attention module of the model computes with `torch.nn.functional.rms_norm` and `torch.onnx.ops`, which the
+exporter writes as those operators, and q/k/v (and gate/up) are one MatMul each, split after: one pass over the
+activations instead of three (two). The graph's inputs, outputs and cache layout stay what they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.errors import PrunekitError
+
+OPSET = 23
+FUSED = "_prunekit_fused"  # the attribute holding a module's fused projection while the export runs
+# The projections each fused MatMul stands for, in the order of its output columns.
+FUSIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def fused_linear(parts: list[nn.Linear]) -> nn.Linear:
+    """One Linear computing `parts` side by side (their outputs concatenated)."""
+    w = torch.cat([p.weight.detach() for p in parts])
+    out = nn.Linear(w.shape[1], w.shape[0], bias=any(p.bias is not None for p in parts))
+    out.weight = nn.Parameter(w, requires_grad=False)
+    if out.bias is not None:
+        b = [p.bias.detach() if p.bias is not None else torch.zeros(p.out_features) for p in parts]
+        out.bias = nn.Parameter(torch.cat(b), requires_grad=False)
+    return out
+
+
+def fusions(model):
+    """(module, [its projection names]) for every fusable group in `model`."""
+    for m in model.modules():
+        for names in FUSIONS:
+            if all(isinstance(getattr(m, n, None), nn.Linear) for n in names):
+                yield m, names
+
+
+def _rms_norm(self, x):
+    return F.rms_norm(x, tuple(self.weight.shape), self.weight, self.variance_epsilon)
+
+
+def _attention(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **_):
+    if attention_mask is None or past_key_values is None:
+        # A missing mask would silently drop padding; the export always traces with both.
+        raise PrunekitError("ONNX export traced attention without a mask or a cache: an exporter bug, report it.")
+    hd = self.head_dim
+    hq, hk = self.q_proj.weight.shape[0] // hd, self.k_proj.weight.shape[0] // hd
+    q, k, v = getattr(self, FUSED)(hidden_states).split([hq * hd, hk * hd, hk * hd], -1)
+    if hasattr(self, "q_norm"):  # Qwen3: RMSNorm over each head
+        q = self.q_norm(q.unflatten(-1, (hq, hd))).flatten(-2)
+        k = self.k_norm(k.unflatten(-1, (hk, hd))).flatten(-2)
+    cos, sin = position_embeddings  # [batch, seq, head_dim], each half repeated (rotate-half layout)
+    cos, sin = cos[..., : hd // 2], sin[..., : hd // 2]
+    q = torch.onnx.ops.rotary_embedding(q, cos, sin, num_heads=hq)
+    k = torch.onnx.ops.rotary_embedding(k, cos, sin, num_heads=hk)
+    layer = past_key_values.layers[self.layer_idx]
+    out, layer.keys, layer.values, _ = torch.onnx.ops.attention(
+        q, k, v, attention_mask, layer.keys, layer.values, q_num_heads=hq, kv_num_heads=hk, scale=self.scaling
+    )
+    return self.o_proj(out), None
+
+
+def _mlp(self, x):
+    gate, up = getattr(self, FUSED)(x).split([self.gate_proj.out_features, self.up_proj.out_features], -1)
+    return self.down_proj(self.act_fn(gate) * up)
+
+
+def _is_rms_norm(m) -> bool:
+    return type(m).__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon") and hasattr(m, "weight")
+
+
+def _is_attention(m) -> bool:
+    return all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx"))
+
+
+@contextlib.contextmanager
+def standard_ops(model):
+    """Patch every RMSNorm and attention module of `model` to compute with the opset-23 operators, and restore
+    them after. Refuses a model whose rotary embedding does not cover the whole head (the operator is given
+    half a head of cos/sin)."""
+    cfg = model.config
+    if float(getattr(cfg, "partial_rotary_factor", 1.0) or 1.0) != 1.0:
+        raise PrunekitError(
+            f"partial rotary embedding (partial_rotary_factor {cfg.partial_rotary_factor}) is not supported by the "
+            "ONNX export: it needs the rotary over the whole head."
+        )
+    patched = []
+    for m in model.modules():
+        if _is_rms_norm(m):
+            m.forward = types.MethodType(_rms_norm, m)
+        elif _is_attention(m):
+            m.forward = types.MethodType(_attention, m)
+        elif hasattr(m, "act_fn") and all(isinstance(getattr(m, n, None), nn.Linear) for n in FUSIONS[1]):
+            m.forward = types.MethodType(_mlp, m)
+        else:
+            continue
+        patched.append(m)
+    if not any(_is_attention(m) for m in patched):
+        raise PrunekitError(f"ONNX export found no attention module it knows in {type(model).__name__}.")
+    for m, names in fusions(model):
+        setattr(m, FUSED, fused_linear([getattr(m, n) for n in names]))
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward  # the class's forward again
+            if hasattr(m, FUSED):
+                delattr(m, FUSED)
