@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from prunekit.artifact import read_manifest
 from prunekit.env import cpu_text
 
 from .shapes import _spread, build, parse_cut
@@ -95,9 +96,15 @@ def main(argv: list[str] | None = None) -> None:
         print(msg, flush=True)
 
     arts = {Path(p).name: Path(p) for p in a.artifacts}
+    for art in arts.values():
+        m = read_manifest(art)
+        if m is None or not m.genai:
+            ap.error(f"{art} has no onnxruntime-genai folder: export it with --genai")
     if a.shape:
         for c in a.cuts.split(","):
             cut = parse_cut(c)
+            if cut.per_layer or cut.quant:
+                ap.error(f"cut {c!r}: onnxruntime-genai's builder takes uniform, unquantized cuts only")
             arts[f"{a.shape} {cut.label}"] = build(a.shape, cut, Path(a.work), True, log, genai=True)
     if not arts:
         ap.error("give artifacts exported with --genai, or --shape")

@@ -31,7 +31,8 @@ FUSIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 def fused_linear(parts: list[nn.Linear]) -> nn.Linear:
     """One Linear computing `parts` side by side (their outputs concatenated)."""
     w = torch.cat([p.weight.detach() for p in parts])
-    out = nn.Linear(w.shape[1], w.shape[0], bias=any(p.bias is not None for p in parts))
+    # On the meta device: no full weight allocated and initialised only to be replaced.
+    out = nn.Linear(w.shape[1], w.shape[0], bias=any(p.bias is not None for p in parts), device="meta")
     out.weight = nn.Parameter(w, requires_grad=False)
     if out.bias is not None:
         b = [p.bias.detach() if p.bias is not None else torch.zeros(p.out_features) for p in parts]
@@ -62,6 +63,11 @@ def _attention(self, hidden_states, position_embeddings=None, attention_mask=Non
         q = self.q_norm(q.unflatten(-1, (hq, hd))).flatten(-2)
         k = self.k_norm(k.unflatten(-1, (hk, hd))).flatten(-2)
     cos, sin = position_embeddings  # [batch, seq, head_dim], each half repeated (rotate-half layout)
+    if cos.shape[-1] != hd:
+        raise PrunekitError(
+            f"rotary embedding over {cos.shape[-1]} of {hd} head dims (partial rotary) is not supported by the ONNX "
+            "export: it needs the rotary over the whole head."
+        )
     cos, sin = cos[..., : hd // 2], sin[..., : hd // 2]
     q = torch.onnx.ops.rotary_embedding(q, cos, sin, num_heads=hq)
     k = torch.onnx.ops.rotary_embedding(k, cos, sin, num_heads=hk)
@@ -96,25 +102,30 @@ def standard_ops(model):
             f"partial rotary embedding (partial_rotary_factor {cfg.partial_rotary_factor}) is not supported by the "
             "ONNX export: it needs the rotary over the whole head."
         )
-    patched = []
-    for m in model.modules():
-        if _is_rms_norm(m):
-            m.forward = types.MethodType(_rms_norm, m)
-        elif _is_attention(m):
-            m.forward = types.MethodType(_attention, m)
-        elif hasattr(m, "act_fn") and all(isinstance(getattr(m, n, None), nn.Linear) for n in FUSIONS[1]):
-            m.forward = types.MethodType(_mlp, m)
-        else:
-            continue
-        patched.append(m)
-    if not any(_is_attention(m) for m in patched):
-        raise PrunekitError(f"ONNX export found no attention module it knows in {type(model).__name__}.")
-    for m, names in fusions(model):
-        setattr(m, FUSED, fused_linear([getattr(m, n) for n in names]))
+    patched: dict = {}  # module -> the forward it had on the instance (None: the class's)
     try:
+        for m in model.modules():
+            if _is_rms_norm(m):
+                fwd = _rms_norm
+            elif _is_attention(m):
+                fwd = _attention
+            elif hasattr(m, "act_fn") and all(isinstance(getattr(m, n, None), nn.Linear) for n in FUSIONS[1]):
+                fwd = _mlp
+            else:
+                continue
+            patched[m] = m.__dict__.get("forward")
+            m.forward = types.MethodType(fwd, m)
+        if not any(_is_attention(m) for m in patched):
+            raise PrunekitError(f"ONNX export found no attention module it knows in {type(model).__name__}.")
+        for m, names in fusions(model):
+            setattr(m, FUSED, fused_linear([getattr(m, n) for n in names]))
         yield
     finally:
-        for m in patched:
-            del m.forward  # the class's forward again
+        for m, fwd in patched.items():
+            if fwd is None:
+                del m.forward  # the class's forward again
+            else:
+                m.forward = fwd
+        for m, _ in fusions(model):
             if hasattr(m, FUSED):
                 delattr(m, FUSED)

@@ -140,7 +140,7 @@ def export(
     tok = load_tokenizer(source, cfg.trust_remote_code)
     upstream = read_manifest(source)
     if cfg.genai:
-        check_genai(layout_of(model.config, fam, cfg.layout)[0], cfg.quantize)
+        check_genai(*layout_of(model.config, fam, cfg.layout), cfg.quantize)
     if cfg.quantize:
         check_quantizable(model, fam, cfg)
         prompts = tuple(prompts) + QUANT_PROMPTS

@@ -189,13 +189,17 @@ def genai_model(folder: str | Path, threads: int | None):
     return og.Model(cfg)
 
 
-def genai_greedy(model, prompts: list[list[int]], n: int) -> tuple[list[list[int]], np.ndarray]:
-    """Greedy tokens (n each, EOS not stopping them, as the reference runs) and the first-step logits."""
+def genai_greedy(
+    model, prompts: list[list[int]], n: int, stop_at_eos: bool = False
+) -> tuple[list[list[int]], np.ndarray]:
+    """Greedy tokens and the first-step logits: n tokens each (genai's min_length, which suppresses EOS: what the
+    timings need), or with stop_at_eos, up to n, ending at the first EOS."""
     import onnxruntime_genai as og
 
     length = len(prompts[0]) + n
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=length, min_length=length, do_sample=False, batch_size=len(prompts))
+    opts = dict(max_length=length, do_sample=False, batch_size=len(prompts))
+    params.set_search_options(**opts, **({} if stop_at_eos else {"min_length": length}))
     gen = og.Generator(model, params)
     gen.append_tokens(np.asarray(prompts, dtype=np.int32))
     first = np.array(gen.get_logits()).reshape(len(prompts), -1)

@@ -316,11 +316,12 @@ def test_config_without_head_dim_exports(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Qwen2ForCausalLM"])
-def test_genai_folder_is_built_and_verified(tmp_path, arch):
-    """export --genai writes onnxruntime-genai's own folder for a uniform cut (Qwen2: biases, untied head), and
-    verify runs it through genai's generator against the reference, beside our graph."""
-    src = tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS["uniform"])
-    m = export(src, tmp_path / "art", genai=True)
+def test_genai_folder_is_built_and_verified(tmp_path, arch, monkeypatch):
+    """export --genai writes onnxruntime-genai's own folder for a uniform cut (Qwen2: biases, untied head), to a
+    relative --out as a user types it, and verify runs it through genai's generator against the reference."""
+    tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS["uniform"])
+    monkeypatch.chdir(tmp_path)
+    m = export(Path("src"), Path("art"), genai=True)
     assert m.genai["dir"] == "genai" and (tmp_path / "art" / "genai" / "genai_config.json").is_file()
     assert any(f.startswith("genai/") for f in m.files)
     rows = check(tmp_path / "art", runtimes=("onnxruntime", "onnxruntime-genai"), threads=2)["runtimes"]
@@ -328,7 +329,9 @@ def test_genai_folder_is_built_and_verified(tmp_path, arch):
     assert rows["onnxruntime-genai"]["max_abs_logit_diff"] < 1e-4
 
 
-def test_genai_refuses_what_its_builder_cannot_hold(tmp_path):
+def test_genai_refuses_what_its_builder_cannot_hold(tmp_path, artifact):
+    rows = check(artifact, runtimes=("onnxruntime-genai",))  # asked for, but exported without --genai
+    assert not rows["passed"] and "export with --genai" in rows["runtimes"]["onnxruntime-genai"]["error"]
     src = tiny_checkpoint(tmp_path / "src", "llama", **LAYOUTS["decilm"])
     with pytest.raises(PrunekitError, match="--genai needs the uniform layout"):
         export(src, tmp_path / "art", genai=True)
