@@ -74,30 +74,17 @@ class OrtLM:
         return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32) for i in self.past}
 
     def steps(self, prompts: list[list[int]]):
-        """As torch_steps: one session run per next(), yielding (next tokens [B, 1], logits [B, vocab]). The cache
-        stays in onnxruntime's own tensors between steps (I/O binding): each step's present is bound as the next
-        one's past, never copied out to numpy and back."""
+        """As torch_steps: one session run per next(), yielding (next tokens [B, 1], logits [B, vocab])."""
         ids = np.asarray(prompts, dtype=np.int64)
         b, t = ids.shape
         past = self.empty_cache(b)
         mask = np.ones((b, t), np.int64)
         step_ids, pos = ids, np.broadcast_to(np.arange(t, dtype=np.int64), (b, t))
-        io = self.session.io_binding()
         for i in itertools.count():
-            io.clear_binding_inputs()
-            io.clear_binding_outputs()
-            for name, v in (("input_ids", step_ids), ("attention_mask", mask), ("position_ids", pos)):
-                io.bind_cpu_input(name, np.ascontiguousarray(v))
-            for p in self.past:
-                if isinstance(past[p.name], np.ndarray):  # the first step's empty cache
-                    io.bind_cpu_input(p.name, past[p.name])
-                else:
-                    io.bind_ortvalue_input(p.name, past[p.name])
-            for name in self.outputs:
-                io.bind_output(name)
-            self.session.run_with_iobinding(io)
-            res = io.get_outputs()
-            logits = res[0].numpy()[:, -1]
+            res = self.session.run(
+                None, {"input_ids": step_ids, "attention_mask": mask, "position_ids": np.ascontiguousarray(pos), **past}
+            )
+            logits = res[0][:, -1]
             nxt = logits.argmax(-1)[:, None].astype(np.int64)
             yield nxt, logits
             past = {p.name: r for p, r in zip(self.past, res[1:])}
