@@ -59,7 +59,7 @@ class OrtLM:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
-        # Idle pool threads otherwise spin for a while after each run: alone that gains nothing here (36.7 vs 35.6
+        # Idle pool threads otherwise spin after each run: alone that gains little (lab/ort_spinning.py: 74.0 vs 71.5
         # tok/s at batch 1 on the 2-core Xeon), but beside a second session (the bench's pairs) it halved both.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = (
