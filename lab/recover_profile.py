@@ -1,6 +1,7 @@
 """Where a recovery step's time goes, on the default model and its cut: the step as it ran before (one sequence
-per forward), with the whole step in one forward, and compiled (what `prunekit compress --recover-tokens` runs
-for 24 steps or more). Synthetic token ids, 4 x 512 tokens a step, the compute dtype of the machine.
+per forward), with the whole step in one forward, compiled (what `prunekit compress --recover-tokens` runs
+for 24 steps or more), with fused AdamW, and on pieces of 256 tokens (--recover-seq-len 256). Synthetic token
+ids, 2,048 tokens a step, the compute dtype of the machine.
 
     .venv/bin/python lab/recover_profile.py CUT_CHECKPOINT [--threads 2] [--steps 4] [--ops]
 
@@ -14,14 +15,14 @@ import time
 from contextlib import nullcontext
 
 import torch
-from prunekit.compress.recover import fp32_params, kl_to_teacher, trainable
+from prunekit.compress.recover import adamw, fp32_params, kl_to_teacher, trainable
 from torch.profiler import ProfilerActivity, profile
 
 from prunekit.env import cpu_text, set_threads
 from prunekit.loading import load_model
 
 
-def timed_steps(student, teacher, fam, ids, micro: int, steps: int, loss_fn=kl_to_teacher) -> dict:
+def timed_steps(student, teacher, fam, ids, micro: int, steps: int, loss_fn=kl_to_teacher, fused=False) -> dict:
     """Seconds per step of each part (teacher forward, student forward, loss, backward, optimiser)."""
     params = trainable(student, fam)
     for p in student.parameters():
@@ -31,7 +32,7 @@ def timed_steps(student, teacher, fam, ids, micro: int, steps: int, loss_fn=kl_t
     with fp32_params(student):
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.95))
+        opt = adamw(params, 1e-6) if fused else torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.95))
         student.train()
         for step in range(steps + 1):  # the first step warms up (and compiles): not counted
             t = {"teacher": 0.0, "student": 0.0, "loss": 0.0, "backward": 0.0}
@@ -98,30 +99,33 @@ def main() -> None:
     student, fam, _ = load_model(a.checkpoint)
     teacher, _, _ = load_model("default")
     ids = torch.randint(0, student.config.vocab_size, (4, 512), generator=torch.Generator().manual_seed(0))
-    print(f"{cpu_text()}, {a.threads} threads, {student.dtype}; 4 x 512 tokens a step, mean of {a.steps} steps")
+    print(f"{cpu_text()}, {a.threads} threads, {student.dtype}; 2,048 tokens a step, mean of {a.steps} steps")
     print("| step | teacher fwd | student fwd | loss | backward | optimiser | s/step | tokens/s |\n|---|" + "---|" * 7)
     tables = []
     rows = [
-        ("one sequence per forward (before)", 1, False),
-        ("whole step in one forward", 4, False),
-        ("compiled layers and loss (now)", 4, True),
+        ("one sequence per forward (before)", 1, False, False, 512),
+        ("whole step in one forward", 4, False, False, 512),
+        ("compiled layers and loss", 4, True, False, 512),
+        ("compiled, fused AdamW", 4, True, True, 512),
+        ("compiled, fused AdamW, 8 x 256 (now)", 8, True, True, 256),
     ]
-    for name, micro, compiled in rows:
-        loss_fn = kl_to_teacher
-        if compiled:
+    compiled_loss = None
+    for name, micro, compiled, fused, seq_len in rows:
+        if compiled and compiled_loss is None:
             for m in (student, teacher):
                 for layer in m.model.layers:
                     layer.compile(dynamic=False)
-            loss_fn = torch.compile(kl_to_teacher, dynamic=False)
-        t = timed_steps(student, teacher, fam, ids, micro, a.steps, loss_fn)
+            compiled_loss = torch.compile(kl_to_teacher, dynamic=False)
+        loss_fn = compiled_loss if compiled else kl_to_teacher
+        t = timed_steps(student, teacher, fam, ids.reshape(-1, seq_len), micro, a.steps, loss_fn, fused)
         print(
             f"| {name} | "
             + " | ".join(f"{t[k]:.2f}" for k in ("teacher", "student", "loss", "backward", "optimiser", "step"))
             + f" | {ids.numel() / t['step']:.0f} |",
             flush=True,
         )
-        if a.ops and micro == 4:  # the eager and the compiled whole step, after the table
-            tables.append((name, op_table(student, teacher, fam, ids, loss_fn)))
+        if a.ops and micro > 1 and (not compiled or seq_len == 256):  # eager, and the compiled step of now
+            tables.append((name, op_table(student, teacher, fam, ids.reshape(-1, seq_len), loss_fn)))
     for name, table in tables:
         print(f"\n{name}:\n{table}")
 

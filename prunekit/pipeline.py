@@ -44,9 +44,10 @@ class ArtifactsConfig(Config):
         choices=("uniform", "per-layer"),
     )
     # The artifact a user deploys is the cut, then distilled: at 20% on the default model, WikiText-2 x2.43 of dense
-    # for the cut alone, x1.93 with these defaults, in about 6 minutes of compress (8 for the whole `make artifacts`)
-    # on a 2-core AMX Xeon (docs/results/compress-recovery-speed.md). One round: followed by recovery, one cut
-    # beat two rounds on three seeds at 40% (docs/results/compress-recovery.md), in half the cut's time.
+    # for the cut alone, x1.89 with these defaults, in about 5 minutes of compress (5.5 for the whole `make
+    # artifacts`) on a 2-core AMX Xeon (docs/results/compress-levers.md). One round: followed by recovery, one cut
+    # beat two rounds on three seeds at 40% (docs/results/compress-recovery.md), in half the cut's time. The KL
+    # widths (--mode per-layer) add about 5 minutes and give up the stock layout: one flag, not the default.
     rounds: int = opt(1, "calibration rounds")
     recover_tokens: int = opt(
         196608,
@@ -119,7 +120,7 @@ def compress_hash(cfg: CompressConfig) -> str:
     """What decides a compress step's output: its settings and the mix's spec (an edited mix file, the
     packaged default included, is a changed input even when --calib names the same path)."""
     # The recovery's settings count only when it runs: artifacts built before they existed stay valid.
-    off = ("recover_tokens", "recover_lr", "recover_batch") if not cfg.recover_tokens else ()
+    off = ("recover_tokens", "recover_lr", "recover_batch", "recover_seq_len") if not cfg.recover_tokens else ()
     # Where the dense evaluation came from (--no-eval-cache) does not change the output. The revision does:
     # an artifact that older code cut from the same settings is not reused.
     return inputs_hash(

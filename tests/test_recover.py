@@ -8,7 +8,15 @@ import torch
 from conftest import ARCH_CONFIGS, tiny_mix, tiny_model, tiny_src, tiny_tokenizer
 from prunekit.compress import CompressConfig, compress
 from prunekit.compress import data as D
-from prunekit.compress.recover import RecoverSettings, curve, kl_to_teacher, recover, schedule, warmup_steps
+from prunekit.compress.recover import (
+    RecoverSettings,
+    curve,
+    kl_to_teacher,
+    recover,
+    recovery_data,
+    schedule,
+    warmup_steps,
+)
 
 from prunekit.errors import PrunekitError
 from prunekit.families import family_for_config, get_module
@@ -155,6 +163,20 @@ def test_recovery_set_comes_from_the_calibration_pool(tmp_path, monkeypatch):
 
 
 @pytest.mark.unit
+def test_recovery_pieces_split_whole_sequences(tmp_path):
+    mix = D.load_mix(tiny_mix(tmp_path / "mix"))
+    tok = tiny_tokenizer()
+    whole, heldout, _ = recovery_data(mix, tok, CompressConfig(out="x", recover_tokens=100))
+    half = mix.seq_len // 2
+    pieces, heldout2, _ = recovery_data(mix, tok, CompressConfig(out="x", recover_tokens=100, recover_seq_len=half))
+    # The same tokens, cut in two; the held-out KL stays on whole sequences.
+    assert pieces.shape == (2 * len(whole), half) and torch.equal(pieces.reshape(whole.shape), whole)
+    assert torch.equal(heldout2, heldout) and heldout.shape[1] == mix.seq_len
+    with pytest.raises(PrunekitError, match="does not divide"):
+        recovery_data(mix, tok, CompressConfig(out="x", recover_tokens=100, recover_seq_len=mix.seq_len - 1))
+
+
+@pytest.mark.unit
 def test_compress_records_the_recovery(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -198,6 +220,7 @@ def test_compress_records_the_recovery(tmp_path):
         ({"recover_tokens": -1}, "--recover-tokens"),
         ({"recover_lr": 0.0}, "--recover-lr"),
         ({"recover_batch": 0}, "--recover-batch"),
+        ({"recover_seq_len": 0}, "--recover-seq-len"),
     ],
 )
 def test_recover_options_are_checked(kw, match):
