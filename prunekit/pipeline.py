@@ -47,7 +47,7 @@ class ArtifactsConfig(Config):
     # for the cut alone, x1.89 with these defaults, in about 5 minutes of compress (5.5 for the whole `make
     # artifacts`) on a 2-core AMX Xeon (docs/results/compress-levers.md). One round: followed by recovery, one cut
     # beat two rounds on three seeds at 40% (docs/results/compress-recovery.md), in half the cut's time. The KL
-    # widths (--mode per-layer) add about 5 minutes and give up the stock layout: one flag, not the default.
+    # widths (--mode per-layer) add about 4 minutes and give up the stock layout: one flag, not the default.
     rounds: int = opt(1, "calibration rounds")
     recover_tokens: int = opt(
         196608,
