@@ -115,9 +115,8 @@ class Cut:
     per_layer: bool = False
     generic: bool = False  # the heterogeneous per-layer layout instead of DeciLM
     align: int = 0  # 0: compress's default
-    quant: str | None = (
-        None  # int8 / int4: export --quantize, rounding to nearest (random weights: nothing to calibrate)
-    )
+    # int8 / int4: export --quantize, rounding to nearest (random weights: nothing to calibrate)
+    quant: str | None = None
 
 
 def default_align() -> int:

@@ -5,10 +5,21 @@ The stage's public entry (the Python API; the orchestrator, serve's users and be
     export(ExportConfig(model=PRUNED, out=ART)) -> Manifest   HF checkpoint (+ per-layer layout), ONNX, reference
     verify(VerifyConfig(artifact=ART)) -> dict                  transformers, onnxruntime, vLLM vs the reference
     format_table(report) -> str                                 the verify table
+    check_genai(layout, why, quantize)                           refuse --genai where its builder cannot go
 """
 
 from .checks import format_table, verify
 from .config import QUANT_SCHEMES, RUNTIMES, ExportConfig, VerifyConfig
+from .genai import check_genai
 from .run import export
 
-__all__ = ["QUANT_SCHEMES", "RUNTIMES", "ExportConfig", "VerifyConfig", "export", "format_table", "verify"]
+__all__ = [
+    "QUANT_SCHEMES",
+    "RUNTIMES",
+    "ExportConfig",
+    "VerifyConfig",
+    "check_genai",
+    "export",
+    "format_table",
+    "verify",
+]

@@ -96,6 +96,13 @@ def check_domains(path: str | Path, allow: tuple[str, ...] = ()) -> list[str]:
     return sorted({n.op_type for n in m.graph.node})
 
 
+def own_error(e: BaseException) -> PrunekitError | None:
+    """The PrunekitError (a refusal with its fix, raised while tracing) inside the exporter's error, if any."""
+    while e is not None and not isinstance(e, PrunekitError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 def export_onnx(model, out_dir: Path) -> dict:
     """Export `model` (fp32, eval) to out_dir/model.onnx (+ model.onnx.data). Returns a summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,16 +123,22 @@ def export_onnx(model, out_dir: Path) -> dict:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings(), standard_ops(model):
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            wrapped,
-            args,
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_shapes=shapes,
-            verbose=False,
-        )
+        try:
+            prog = torch.onnx.export(
+                wrapped,
+                args,
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=shapes,
+                verbose=False,
+            )
+        except Exception as e:  # noqa: BLE001 (the exporter wraps what the traced code raised in its own errors)
+            mine = own_error(e)
+            if mine is None:
+                raise
+            raise mine from None  # the refusal alone, not the exporter's pages around it
     path = out_dir / ONNX_FILE
     # External data always: the weights live beside the graph, so >2 GB models work the same way.
     prog.save(str(path), external_data=True)

@@ -94,14 +94,8 @@ def _is_attention(m) -> bool:
 @contextlib.contextmanager
 def standard_ops(model):
     """Patch every RMSNorm and attention module of `model` to compute with the opset-23 operators, and restore
-    them after. Refuses a model whose rotary embedding does not cover the whole head (the operator is given
-    half a head of cos/sin)."""
-    cfg = model.config
-    if float(getattr(cfg, "partial_rotary_factor", 1.0) or 1.0) != 1.0:
-        raise PrunekitError(
-            f"partial rotary embedding (partial_rotary_factor {cfg.partial_rotary_factor}) is not supported by the "
-            "ONNX export: it needs the rotary over the whole head."
-        )
+    them after. The trace refuses a rotary embedding that does not cover the whole head (the operator is given
+    half a head of cos/sin), whatever config key asked for it."""
     patched: dict = {}  # module -> the forward it had on the instance (None: the class's)
     try:
         for m in model.modules():

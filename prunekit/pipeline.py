@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunekit.compress import REVISION, CompressConfig, compress, load_mix, quantize_calibration
-from prunekit.export import QUANT_SCHEMES, RUNTIMES, ExportConfig, VerifyConfig, export, format_table, verify
+from prunekit.export import (
+    QUANT_SCHEMES,
+    RUNTIMES,
+    ExportConfig,
+    VerifyConfig,
+    check_genai,
+    export,
+    format_table,
+    verify,
+)
 
 from .artifact import Manifest, inputs_hash, read_manifest, sha256_file, write_json_atomic, write_text_atomic
 from .config import Config, check, check_positive, opt
@@ -77,15 +86,8 @@ class ArtifactsConfig(Config):
             f"--name {self.name!r} must be a plain directory name.",
         )
         check_positive("threads", self.threads)
-        check(
-            not (self.genai and self.quantize),
-            "--genai with --quantize: onnxruntime-genai's builder quantizes by its own method; build the "
-            "unquantized artifact with --genai, or the quantized one without it.",
-        )
-        check(
-            not self.genai or self.mode != "per-layer",
-            "--genai needs the uniform layout: drop it with --mode per-layer.",
-        )
+        if self.genai:  # export refuses the same, after minutes of compress: say it before them
+            check_genai("uniform" if self.mode == "uniform" else "per-layer", f"--mode {self.mode}", self.quantize)
 
     def compress_config(self) -> CompressConfig:
         kw = {

@@ -183,6 +183,29 @@ def test_onnx_graph_uses_only_standard_domains(artifact, tmp_path):
         check_domains(bad)
 
 
+def test_onnx_export_refuses_partial_rotary_and_restores_the_model(tmp_path):
+    import torch
+    from conftest import tiny_model
+    from prunekit.export.onnx import export_onnx
+
+    model = tiny_model("LlamaForCausalLM")
+    rotary = model.model.rotary_emb
+    full = rotary.forward
+
+    def half(x, position_ids):  # a rotary over half of each head, as partial-rotary families compute it
+        cos, sin = full(x, position_ids)
+        return cos[..., : cos.shape[-1] // 2], sin[..., : sin.shape[-1] // 2]
+
+    rotary.forward = half
+    with pytest.raises(PrunekitError, match="partial rotary"):
+        export_onnx(model, tmp_path / "onnx")
+    # Every patched forward and fused projection is gone again: the model still runs as transformers wrote it.
+    del rotary.forward
+    assert not any("forward" in m.__dict__ or hasattr(m, "_prunekit_fused") for m in model.modules())
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).logits.isfinite().all()
+
+
 def test_refuses_to_overwrite_without_force(artifact, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
