@@ -74,15 +74,16 @@ WIKITEXT ?=
 bench-frontier: setup
 	$(PY) -m prunekit.bench.frontier --threads 2 $(if $(WIKITEXT),--wikitext-limit $(WIKITEXT))
 
-# Our ONNX graph against onnxruntime-genai's graph of the same artifact (export --genai): decode at batch 1 and 8,
-# fresh processes alternating (genai's session spins its threads: it cannot share a process with a timed one), the
-# default model's dense and 20% artifacts of bench-frontier, then Qwen2.5-0.5B's shape dense and 20% (random
-# weights); about 25 minutes on 2 cores after `make artifacts`.
+# Our ONNX graph (the in-place cache one, --onnx-cache inplace) against onnxruntime-genai's graph of the same
+# artifact (export --genai): decode at batch 1 and 8, fresh processes alternating, each alone with onnxruntime's
+# default thread spinning (genai's session spins: it cannot share a process with a timed one), the default model's
+# dense and 20% cut, then Qwen2.5-0.5B's shape dense and 20% (random weights); about 25 minutes on 2 cores after
+# `make artifacts`.
 bench-genai: artifacts
-	$(PRUNEKIT) export default --out bench/work/genai/dense --genai --force
-	$(PRUNEKIT) export $(CUT) --out bench/work/genai/cut-20 --genai --force
+	$(PRUNEKIT) export default --out bench/work/genai/dense --genai --onnx-cache inplace --force
+	$(PRUNEKIT) export $(CUT) --out bench/work/genai/cut-20 --genai --onnx-cache inplace --force
 	$(PY) -m prunekit.bench.genai_compare bench/work/genai/dense bench/work/genai/cut-20 --repeats 6 \
-	  --shape qwen2.5-0.5b --cuts 'dense,20%' --out bench/results/$$(date +%F)-genai
+	  --shape qwen2.5-0.5b --cuts 'dense,20%' --onnx-cache inplace --out bench/results/$$(date +%F)-genai
 
 # Speed of cuts at real shapes (random weights) on PyTorch, onnxruntime and vLLM, fresh process per run,
 # 5 interleaved repeats: the default model's shape with uniform, per-layer (DeciLM and generic layouts) and

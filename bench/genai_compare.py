@@ -8,6 +8,7 @@ option turns that off), which halves a session beside it. Both fp32 on the CPU w
 table (ours / genai, ratio of medians: above 1 means our graph is faster) and writes it with the raw runs to --out.
 
     python -m prunekit.bench.genai_compare ART... [--shape qwen2.5-0.5b --cuts dense,20%] [--repeats 4]
+        [--onnx-cache inplace]
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shape", help="also build random-weight artifacts of this shape (bench/shapes.py SHAPES)")
     ap.add_argument("--cuts", default="dense,20%", help="uniform cuts of --shape")
     ap.add_argument("--work", default="bench/work/shapes")
+    ap.add_argument("--onnx-cache", default="concat", choices=("concat", "inplace"), help="our graph of --shape")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
             cut = parse_cut(c)
             if cut.per_layer or cut.quant:
                 ap.error(f"cut {c!r}: onnxruntime-genai's builder takes uniform, unquantized cuts only")
-            arts[f"{a.shape} {cut.label}"] = build(a.shape, cut, Path(a.work), True, log, genai=True)
+            arts[f"{a.shape} {cut.label}"] = build(
+                a.shape, cut, Path(a.work), True, log, genai=True, onnx_cache=a.onnx_cache
+            )
     if not arts:
         ap.error("give artifacts exported with --genai, or --shape")
     m = machine()

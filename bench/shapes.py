@@ -170,9 +170,18 @@ def widths_for(cfg: dict, cut: Cut) -> list[int]:
     return [max(a, min(dense, round(r * scale / a) * a)) for r in raw]
 
 
-def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "default", genai: bool = False) -> Path:
+def build(
+    shape: str,
+    cut: Cut,
+    work: Path,
+    onnx: bool,
+    log,
+    tokenizer: str = "default",
+    genai: bool = False,
+    onnx_cache: str = "concat",
+) -> Path:
     """The artifact of one shape and cut (reused when a complete one is there); with `genai`, an
-    onnxruntime-genai folder beside the graph (uniform cuts)."""
+    onnxruntime-genai folder beside the graph (uniform cuts); `onnx_cache` as export's --onnx-cache."""
     import torch
     import transformers
     from prunekit.export import ExportConfig, export
@@ -185,6 +194,7 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
     genai = genai and onnx and not cut.per_layer  # the builder holds one width per model
     name = f"{shape}-{cut.label.replace('%', 'pct').replace(' ', '-')}" + ("" if onnx else "-noonnx")
     name += "-genai" if genai else ""
+    name += "-inplace" if onnx and onnx_cache == "inplace" else ""
     art = work / name
     if read_manifest(art) is not None:
         return art
@@ -219,6 +229,7 @@ def build(shape: str, cut: Cut, work: Path, onnx: bool, log, tokenizer: str = "d
             tokens=4,
             onnx=onnx,
             genai=genai,
+            onnx_cache=onnx_cache,
             quantize=cut.quant,
             quant_method="rtn" if cut.quant else "auto",
             force=True,

@@ -9,11 +9,12 @@ The stage's public entry (the Python API; the orchestrator, serve's users and be
 """
 
 from .checks import format_table, verify
-from .config import QUANT_SCHEMES, RUNTIMES, ExportConfig, VerifyConfig
+from .config import CACHES, QUANT_SCHEMES, RUNTIMES, ExportConfig, VerifyConfig
 from .genai import check_genai
 from .run import export
 
 __all__ = [
+    "CACHES",
     "QUANT_SCHEMES",
     "RUNTIMES",
     "ExportConfig",

@@ -10,6 +10,7 @@ from prunekit.config import Config, check, check_positive, opt
 RUNTIMES = ("transformers", "onnxruntime", "onnxruntime-genai", "vllm")
 QUANT_SCHEMES = ("int8", "int4")
 HF_LAYOUTS = ("auto", "per-layer")  # export --layout (export/hf.py picks the layout under auto)
+CACHES = ("concat", "inplace")  # export --onnx-cache (export/onnx.py)
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,13 @@ class ExportConfig(Config):
     )
     out: str = opt("", "artifact directory to create", required=True)
     onnx: bool = opt(True, "skip the ONNX graph", flag="--no-onnx")
+    onnx_cache: str = opt(
+        "concat",
+        "the ONNX graph's KV cache: concat (past in, a longer present out; what optimum runs) or inplace "
+        "(opset 24: a preallocated buffer that each step writes into, bound in place by prunekit's runner; "
+        "faster decode, see docs/export.md)",
+        choices=CACHES,
+    )
     genai: bool = opt(
         False,
         "also write genai/: an onnxruntime-genai model folder built by its own builder (uniform layout, "

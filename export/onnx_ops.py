@@ -23,7 +23,10 @@ from torch import nn
 from prunekit.errors import PrunekitError
 
 OPSET = 23
+# The in-place cache writes each step's keys and values into the buffer with TensorScatter, new in opset 24.
+OPSET_INPLACE = 24
 FUSED = "_prunekit_fused"  # the attribute holding a module's fused projection while the export runs
+INPLACE = "_prunekit_inplace"  # the attribute holding the in-place graph's shared mask and write positions
 # The projections each fused MatMul stands for, in the order of its output columns.
 FUSIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -53,6 +56,9 @@ def _rms_norm(self, x):
 
 
 def _attention(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **_):
+    inplace = getattr(self, INPLACE, None)
+    if inplace is not None:
+        attention_mask = inplace["mask"]  # the graph's own mask over the buffer, not transformers'
     if attention_mask is None or past_key_values is None:
         # A missing mask would silently drop padding; the export always traces with both.
         raise PrunekitError("ONNX export traced attention without a mask or a cache: an exporter bug, report it.")
@@ -72,10 +78,30 @@ def _attention(self, hidden_states, position_embeddings=None, attention_mask=Non
     q = torch.onnx.ops.rotary_embedding(q, cos, sin, num_heads=hq)
     k = torch.onnx.ops.rotary_embedding(k, cos, sin, num_heads=hk)
     layer = past_key_values.layers[self.layer_idx]
-    out, layer.keys, layer.values, _ = torch.onnx.ops.attention(
-        q, k, v, attention_mask, layer.keys, layer.values, q_num_heads=hq, kv_num_heads=hk, scale=self.scaling
-    )
+    if inplace is not None:
+        out, layer.keys, layer.values = _buffer_attention(q, k, v, layer, inplace, hq, hk, hd, self.scaling)
+    else:
+        out, layer.keys, layer.values, _ = torch.onnx.ops.attention(
+            q, k, v, attention_mask, layer.keys, layer.values, q_num_heads=hq, kv_num_heads=hk, scale=self.scaling
+        )
     return self.o_proj(out), None
+
+
+def _buffer_attention(q, k, v, layer, ctx, hq, hk, hd, scale):
+    """Attention over a preallocated cache buffer [batch, capacity, kv_heads * head_dim]: this step's keys and
+    values are written into it at ctx["index"] (TensorScatter, which onnxruntime runs in place when the runner
+    binds the present output to the past input's memory), then attention reads the whole buffer under
+    ctx["mask"]. No copy of the cache a step, where `Attention` with past and present returns a new, longer cache
+    every step; and the buffer keeps the projections' own layout, so nothing is reshaped or transposed."""
+
+    def scatter(buf, new):
+        return torch.onnx.ops.symbolic(
+            "TensorScatter", (buf, new, ctx["index"]), {"axis": 1}, dtype=buf.dtype, shape=buf.shape, version=24
+        )
+
+    keys, values = scatter(layer.keys, k), scatter(layer.values, v)
+    out = torch.onnx.ops.attention(q, keys, values, ctx["mask"], q_num_heads=hq, kv_num_heads=hk, scale=scale)[0]
+    return out, keys, values
 
 
 def _mlp(self, x):
@@ -92,10 +118,11 @@ def _is_attention(m) -> bool:
 
 
 @contextlib.contextmanager
-def standard_ops(model):
+def standard_ops(model, inplace: dict | None = None):
     """Patch every RMSNorm and attention module of `model` to compute with the opset-23 operators, and restore
     them after. The trace refuses a rotary embedding that does not cover the whole head (the operator is given
-    half a head of cos/sin), whatever config key asked for it."""
+    half a head of cos/sin), whatever config key asked for it. With `inplace` (a dict the traced wrapper fills
+    with the mask and write positions each call), attention writes into a preallocated cache buffer instead."""
     patched: dict = {}  # module -> the forward it had on the instance (None: the class's)
     try:
         for m in model.modules():
@@ -109,6 +136,8 @@ def standard_ops(model):
                 continue
             patched[m] = m.__dict__.get("forward")
             m.forward = types.MethodType(fwd, m)
+            if fwd is _attention and inplace is not None:
+                setattr(m, INPLACE, inplace)
         if not any(_is_attention(m) for m in patched):
             raise PrunekitError(f"ONNX export found no attention module it knows in {type(model).__name__}.")
         for m, names in fusions(model):
@@ -123,3 +152,6 @@ def standard_ops(model):
         for m, _ in fusions(model):
             if hasattr(m, FUSED):
                 delattr(m, FUSED)
+        for m in patched:
+            if INPLACE in m.__dict__:
+                delattr(m, INPLACE)

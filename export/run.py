@@ -151,7 +151,7 @@ def export(
         onnx_info = None
         if cfg.onnx:
             t = time.time()
-            onnx_info = export_onnx(model, tmp / "onnx")
+            onnx_info = export_onnx(model, tmp / "onnx", cfg.onnx_cache)
             if quant:
                 onnx_info["quantization"] = rewrite(tmp / onnx_info["file"], model, quant[0])
                 onnx_info["op_types"] = check_domains(tmp / onnx_info["file"], allow=QUANT_OPS)

@@ -164,6 +164,15 @@ def readme(art: Path, a: Manifest, c: Manifest | None, report: dict, src: dict |
         else "Licence: the source model states none that prunekit could read; check its terms before publishing."
     )
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    onnx_io = (
+        "onnxruntime: `onnx/model.onnx` keeps its KV cache in preallocated buffers written in place (export "
+        "--onnx-cache inplace): `past_key_values.N.key|value` [batch, capacity, kv_heads * head_dim], "
+        "`cache_position`, and an `attention_mask` over the buffer; bind each `present.N.*` to its past's memory "
+        "(prunekit's docs/export.md shows how). optimum runs only the default graph."
+        if (a.onnx or {}).get("cache") == "inplace"
+        else "onnxruntime: `onnx/model.onnx` takes `input_ids`, `attention_mask`, `position_ids` and "
+        "`past_key_values.N.key|value`\nand returns `logits` and `present.N.key|value` (optimum's names)."
+    )
     return f"""---
 {front}---
 
@@ -191,8 +200,7 @@ vllm serve {art}{vremote}     # or: prunekit serve {art} (127.0.0.1:8000)
 prunekit load http://127.0.0.1:8000 --requests 32 --concurrency 4
 ```
 
-onnxruntime: `onnx/model.onnx` takes `input_ids`, `attention_mask`, `position_ids` and `past_key_values.N.key|value`
-and returns `logits` and `present.N.key|value` (optimum's names).
+{onnx_io}
 
 ## Quality (held-out perplexity, text disjoint from calibration)
 

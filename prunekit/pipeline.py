@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prunekit.compress import REVISION, CompressConfig, compress, load_mix, quantize_calibration
 from prunekit.export import (
+    CACHES,
     QUANT_SCHEMES,
     RUNTIMES,
     ExportConfig,
@@ -71,6 +72,9 @@ class ArtifactsConfig(Config):
         type=str,
     )
     genai: bool = opt(False, "also write an onnxruntime-genai model folder (see prunekit export --help)")
+    onnx_cache: str = opt(
+        "concat", "the ONNX graph's KV cache: concat or inplace (see prunekit export --help)", choices=CACHES
+    )
     out: str = opt("artifacts", "artifacts go to OUT/<name>/")
     name: str | None = opt(None, "artifact name (default: <model>-pruned-<percent>[-per-layer][-recovered])")
     runtimes: tuple[str, ...] = opt(RUNTIMES, "runtimes verify checks")
@@ -220,7 +224,14 @@ def run_artifacts(cfg: ArtifactsConfig, compress_cfg: CompressConfig | None = No
     ccfg = (compress_cfg or cfg.compress_config()).replace(out=str(pruned), model=cfg.model)
     c, a, report, timings = build_artifact(
         art,
-        ExportConfig(model=str(pruned), out=str(art), quantize=cfg.quantize, calib=cfg.calib, genai=cfg.genai),
+        ExportConfig(
+            model=str(pruned),
+            out=str(art),
+            quantize=cfg.quantize,
+            calib=cfg.calib,
+            genai=cfg.genai,
+            onnx_cache=cfg.onnx_cache,
+        ),
         ccfg,
         cfg.runtimes,
         cfg.kv_cache_gib,

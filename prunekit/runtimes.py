@@ -51,30 +51,42 @@ def torch_greedy(model, prompts: list[list[int]], n: int, device: str = "cpu"):
 
 
 class OrtLM:
-    """An ONNX KV-cache graph in onnxruntime, with the session built once."""
+    """An ONNX KV-cache graph in onnxruntime, with the session built once. Either cache contract export writes:
+    past in, a longer present out (the default graph), or a preallocated buffer written in place (a graph with a
+    cache_position input, export --onnx-cache inplace), whose present outputs are bound to the past inputs'
+    memory so that no step copies the cache."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, optimize: bool = True):
+    GROW = 64  # buffer slots added when an in-place cache is full (attention reads the whole buffer: keep it tight)
+
+    def __init__(self, path: str | Path, threads: int | None = None, optimize: bool = True, spin: bool = False):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
-        # Idle pool threads otherwise spin after each run: alone that gains little (lab/ort_spinning.py: 74.0 vs 71.5
-        # tok/s at batch 1 on the 2-core Xeon), but beside a second session (the bench's pairs) it halved both.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Idle pool threads spin after each run unless told not to: alone in a process that gains a little
+        # (lab/ort_spinning.py: 74.0 vs 71.5 tok/s at batch 1 on the 2-core Xeon), but beside a second session (the
+        # bench's pairs) it halved both. So off unless the caller runs this session alone (`spin`).
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.inplace = any(i.name == "cache_position" for i in self.session.get_inputs())
 
     def empty_cache(self, batch: int) -> dict:
         # Shapes are [batch, kv_heads, past, head_dim]; kv_heads and head_dim are static in the graph.
         return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32) for i in self.past}
 
-    def steps(self, prompts: list[list[int]]):
-        """As torch_steps: one session run per next(), yielding (next tokens [B, 1], logits [B, vocab])."""
+    def steps(self, prompts: list[list[int]], capacity: int | None = None):
+        """As torch_steps: one session run per next(), yielding (next tokens [B, 1], logits [B, vocab]). `capacity`
+        (prompt + new tokens, when known) sizes an in-place cache buffer once; without it the buffer grows."""
+        if self.inplace:
+            yield from self._buffer_steps(prompts, capacity)
+            return
         ids = np.asarray(prompts, dtype=np.int64)
         b, t = ids.shape
         past = self.empty_cache(b)
@@ -91,9 +103,56 @@ class OrtLM:
             step_ids, pos = nxt, np.full((b, 1), t + i, np.int64)
             mask = np.concatenate([mask, np.ones((b, 1), np.int64)], 1)
 
+    def _buffer_steps(self, prompts: list[list[int]], capacity: int | None):
+        import onnxruntime as ort
+
+        ids = np.asarray(prompts, dtype=np.int64)
+        b, t = ids.shape
+        cap = max(capacity or 0, t + self.GROW if capacity is None else t)
+        binding = self.session.io_binding()
+        binding.bind_output("logits")  # bound first: get_outputs()[0]
+        bufs: dict[str, np.ndarray] = {}
+        mask = np.zeros((b, cap), np.int64)
+
+        def bind(new_cap: int):
+            # ortvalue_from_numpy shares the array's memory: onnxruntime writes each step into `bufs` in place.
+            for i in self.past:
+                old = bufs.get(i.name)
+                bufs[i.name] = np.zeros((b, new_cap, i.shape[2]), np.float32)  # [batch, capacity, kv width]
+                if old is not None:
+                    bufs[i.name][:, : old.shape[1]] = old
+                value = ort.OrtValue.ortvalue_from_numpy(bufs[i.name])
+                binding.bind_ortvalue_input(i.name, value)
+                binding.bind_ortvalue_output(i.name.replace("past_key_values.", "present."), value)
+
+        bind(cap)
+        filled, step_ids = 0, ids
+        while True:
+            new = step_ids.shape[1]
+            if filled + new > cap:
+                cap = filled + new + self.GROW
+                mask = np.concatenate([mask, np.zeros((b, cap - mask.shape[1]), np.int64)], 1)
+                bind(cap)
+            mask[:, filled : filled + new] = 1
+            feeds = {
+                "input_ids": step_ids,
+                "attention_mask": mask,
+                "position_ids": np.ascontiguousarray(np.broadcast_to(np.arange(filled, filled + new), (b, new))),
+                "cache_position": np.full(b, filled, np.int64),
+            }
+            for name, arr in feeds.items():
+                binding.bind_cpu_input(name, arr)
+            binding.bind_output("logits")  # unallocated again: its shape changes after the prefill
+            self.session.run_with_iobinding(binding)
+            logits = binding.get_outputs()[0].numpy()[:, -1]
+            nxt = logits.argmax(-1)[:, None].astype(np.int64)
+            yield nxt, logits
+            filled += new
+            step_ids = nxt
+
     def greedy(self, prompts: list[list[int]], n: int):
         out, first = [], None
-        for _, (nxt, logits) in zip(range(n), self.steps(prompts)):
+        for _, (nxt, logits) in zip(range(n), self.steps(prompts, capacity=len(prompts[0]) + n)):
             if first is None:
                 first = logits.copy()
             out.append(nxt)

@@ -163,6 +163,96 @@ def test_onnx_attention_reads_the_cache_at_kv_heads_and_honours_padding(artifact
     assert np.abs(step[:, -1] - ref2.numpy()).max() < 1e-4
 
 
+INPLACE_CASES = [("llama", "per-layer", None), ("Qwen2ForCausalLM", "uniform", "int8")]
+
+
+@pytest.mark.parametrize("arch,layout,quantize", INPLACE_CASES)
+def test_inplace_cache_graph_matches_transformers(tmp_path, arch, layout, quantize):
+    """export --onnx-cache inplace: each layer writes its step into a preallocated buffer (TensorScatter) and
+    attends over it, with per-layer KV head counts (Llama) and biases under int8 MatMulNBits (Qwen2); verify
+    passes it through prunekit's runner, and a left-padded batch gives transformers' logits for the last position
+    (the graph's only one) in the prefill and in a decode step written into the same buffers (fp32 on both
+    sides)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_checkpoint(tmp_path / "src", arch, **LAYOUTS[layout])
+    m = export(src, tmp_path / "art", onnx_cache="inplace", quantize=quantize)
+    assert m.onnx["cache"] == "inplace" and m.onnx["opset"] == 24 and "cache_position" in m.onnx["inputs"]
+    graph = onnx.load(str(tmp_path / "art" / "onnx" / "model.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    layers = len(m.onnx["outputs"]) // 2
+    assert ops.count("TensorScatter") == 2 * layers and ops.count("Attention") == layers
+    assert "Transpose" not in ops[ops.index("Attention") - 4 : ops.index("Attention") + 2]  # the cache's own layout
+    row = check(tmp_path / "art", runtimes=("onnxruntime",), threads=2)["runtimes"]["onnxruntime"]
+    assert row["passed"], row  # int8: by agreement with the unquantized reference, as every quantized graph
+    if quantize:
+        return  # the padding check below compares with the unquantized model
+    assert row["greedy_match"] == "5/5" and row["max_abs_logit_diff"] < 1e-4, row
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "art", trust_remote_code=True, dtype=torch.float32)
+    sess = ort.InferenceSession(str(tmp_path / "art" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    past = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+    cap = 9  # room for the 6-token prompt, one decode step and two slots never written
+    bufs = {i.name: np.zeros((2, cap, i.shape[2]), np.float32) for i in past}
+    binding = sess.io_binding()
+    for name, arr in bufs.items():
+        value = ort.OrtValue.ortvalue_from_numpy(arr)
+        binding.bind_ortvalue_input(name, value)
+        binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
+
+    def run(ids, mask, pos, at):
+        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "cache_position": np.full(2, at)}
+        for name, arr in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr, dtype=np.int64))
+        binding.bind_output("logits")
+        sess.run_with_iobinding(binding)
+        return binding.get_outputs()[-1].numpy()
+
+    ids = torch.randint(3, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :3] = 0  # the second row is three tokens shorter, padded on the left
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    buf_mask = np.zeros((2, cap), np.int64)
+    buf_mask[:, :6] = mask.numpy()
+    out = run(ids.numpy(), buf_mask, pos.numpy(), 0)
+    assert np.abs(bufs[past[0].name][:, 6:]).max() == 0 and np.abs(bufs[past[0].name][:, :6]).max() > 0
+    nxt, pos2 = torch.tensor([[5], [7]]), pos[:, -1:] + 1
+    buf_mask[:, 6] = 1
+    step = run(nxt.numpy(), buf_mask, pos2.numpy(), 6)
+    with torch.no_grad():
+        mask2 = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        ref2 = model(
+            input_ids=torch.cat([ids, nxt], 1), attention_mask=mask2, position_ids=torch.cat([pos, pos2], 1)
+        ).logits[:, -1]
+    assert out.shape == (2, 1, model.config.vocab_size)  # the last position's logits only
+    assert np.abs(out[:, -1] - ref.numpy()[:, -1]).max() < 1e-4
+    assert np.abs(step[:, -1] - ref2.numpy()).max() < 1e-4
+
+
+def test_runner_grows_an_inplace_cache(tmp_path):
+    """Without a known length OrtLM starts the buffer at prompt + GROW slots and grows it when full: 80 greedy
+    steps through two growths equal transformers' (fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.runtimes import OrtLM, torch_greedy
+
+    src = tiny_checkpoint(tmp_path / "src", "llama", **LAYOUTS["uniform"])
+    export(src, tmp_path / "art", onnx_cache="inplace")
+    lm = OrtLM(tmp_path / "art" / "onnx" / "model.onnx", threads=2)
+    assert lm.inplace
+    prompts = [[5, 9, 11, 3, 7], [4, 4, 19, 21, 2]]
+    steps = lm.steps(prompts)
+    got = [next(steps)[0][:, 0].tolist() for _ in range(80)]
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    want, _ = torch_greedy(model, prompts, 80)
+    assert [list(r) for r in zip(*got)] == want
+
+
 def test_onnx_graph_uses_only_standard_domains(artifact, tmp_path):
     import onnx
     from onnx import helper
