@@ -74,16 +74,16 @@ WIKITEXT ?=
 bench-frontier: setup
 	$(PY) -m prunekit.bench.frontier --threads 2 $(if $(WIKITEXT),--wikitext-limit $(WIKITEXT))
 
-# Our ONNX graph (the in-place cache one, --onnx-cache inplace) against onnxruntime-genai's graph of the same
+# Our ONNX graph (the default, in-place cache) against onnxruntime-genai's graph of the same
 # artifact (export --genai): decode at batch 1 and 8, fresh processes alternating, each alone with onnxruntime's
 # default thread spinning (genai's session spins: it cannot share a process with a timed one), the default model's
 # dense and 20% cut, then Qwen2.5-0.5B's shape dense and 20% (random weights); about 25 minutes on 2 cores after
 # `make artifacts`.
 bench-genai: artifacts
-	$(PRUNEKIT) export default --out bench/work/genai/dense --genai --onnx-cache inplace --force
-	$(PRUNEKIT) export $(CUT) --out bench/work/genai/cut-20 --genai --onnx-cache inplace --force
+	$(PRUNEKIT) export default --out bench/work/genai/dense --genai --force
+	$(PRUNEKIT) export $(CUT) --out bench/work/genai/cut-20 --genai --force
 	$(PY) -m prunekit.bench.genai_compare bench/work/genai/dense bench/work/genai/cut-20 --repeats 6 \
-	  --shape qwen2.5-0.5b --cuts 'dense,20%' --onnx-cache inplace --out bench/results/$$(date +%F)-genai
+	  --shape qwen2.5-0.5b --cuts 'dense,20%' --out bench/results/$$(date +%F)-genai
 
 # Speed of cuts at real shapes (random weights) on PyTorch, onnxruntime and vLLM, fresh process per run,
 # 5 interleaved repeats: the default model's shape with uniform, per-layer (DeciLM and generic layouts) and
@@ -114,13 +114,16 @@ bench-quick: setup
 
 # Our zero-shot scorer against lm-eval 0.4.13 itself, choice by choice, on the first 200 ARC-Easy docs
 # of the dense default model (lm-eval lives in its own venv: its dependencies are not ours).
-# optimum's ORTModelForCausalLM loads the 20% artifact's ONNX and generates the same greedy tokens as PyTorch
-# (bench/optimum_check.py), in its own venv: optimum-onnx 0.1.0 pins transformers < 4.58.
+# optimum's ORTModelForCausalLM loads the 20% cut's ONNX and generates the same greedy tokens as PyTorch
+# (bench/optimum_check.py), in its own venv: optimum-onnx 0.1.0 pins transformers < 4.58. optimum runs the graph
+# that passes the cache in and out (--onnx-cache concat), not the default in-place one: exported here for it.
 OPTIMUM_VENV ?= .venv-optimum
+OPTIMUM_ART ?= bench/work/optimum/cut-20
 optimum-check: artifacts
+	$(PRUNEKIT) export $(CUT) --out $(OPTIMUM_ART) --onnx-cache concat --force
 	@[ -x $(OPTIMUM_VENV)/bin/python ] && $(OPTIMUM_VENV)/bin/python -c "import optimum.onnxruntime" 2>/dev/null || \
 	  { python3 -m venv $(OPTIMUM_VENV) && $(OPTIMUM_VENV)/bin/pip install -q "optimum-onnx[onnxruntime]==0.1.0" torch==2.13.0; }
-	$(OPTIMUM_VENV)/bin/python bench/optimum_check.py $(ART)
+	$(OPTIMUM_VENV)/bin/python bench/optimum_check.py $(OPTIMUM_ART)
 
 # Our int4 (GPTQ) against llm-compressor's GPTQ on the same 20% cut, calibration sequences and WikiText-2 windows
 # (bench/quantize_check.py), in its own venv: llm-compressor 0.14 pins transformers <= 5.17.

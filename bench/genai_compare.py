@@ -8,7 +8,7 @@ option turns that off), which halves a session beside it. Both fp32 on the CPU w
 table (ours / genai, ratio of medians: above 1 means our graph is faster) and writes it with the raw runs to --out.
 
     python -m prunekit.bench.genai_compare ART... [--shape qwen2.5-0.5b --cuts dense,20%] [--repeats 4]
-        [--onnx-cache inplace]
+        [--onnx-cache concat]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shape", help="also build random-weight artifacts of this shape (bench/shapes.py SHAPES)")
     ap.add_argument("--cuts", default="dense,20%", help="uniform cuts of --shape")
     ap.add_argument("--work", default="bench/work/shapes")
-    ap.add_argument("--onnx-cache", default="concat", choices=("concat", "inplace"), help="our graph of --shape")
+    ap.add_argument("--onnx-cache", default="inplace", choices=("inplace", "concat"), help="our graph of --shape")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)

@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{art} is not an exported artifact with ONNX (no onnx/model.onnx or prunekit.json); build one with "
             "`make artifacts` or `prunekit export`."
         )
+    onnx = json.loads(manifest.read_text()).get("onnx") or {}
+    if onnx.get("cache", "concat") != "concat":
+        sys.exit(
+            f"{art}'s graph keeps its cache in place (--onnx-cache {onnx['cache']}), which optimum does not drive; "
+            "export the graph optimum runs with `prunekit export PRUNED --out DIR --onnx-cache concat`."
+        )
     try:
         from importlib.metadata import version
 

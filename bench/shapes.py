@@ -178,7 +178,7 @@ def build(
     log,
     tokenizer: str = "default",
     genai: bool = False,
-    onnx_cache: str = "concat",
+    onnx_cache: str = "inplace",
 ) -> Path:
     """The artifact of one shape and cut (reused when a complete one is there); with `genai`, an
     onnxruntime-genai folder beside the graph (uniform cuts); `onnx_cache` as export's --onnx-cache."""
@@ -193,8 +193,8 @@ def build(
 
     genai = genai and onnx and not cut.per_layer  # the builder holds one width per model
     name = f"{shape}-{cut.label.replace('%', 'pct').replace(' ', '-')}" + ("" if onnx else "-noonnx")
+    name += f"-{onnx_cache}" if onnx else ""  # never a cached graph of the other cache contract
     name += "-genai" if genai else ""
-    name += "-inplace" if onnx and onnx_cache == "inplace" else ""
     art = work / name
     if read_manifest(art) is not None:
         return art

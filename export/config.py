@@ -23,10 +23,10 @@ class ExportConfig(Config):
     out: str = opt("", "artifact directory to create", required=True)
     onnx: bool = opt(True, "skip the ONNX graph", flag="--no-onnx")
     onnx_cache: str = opt(
-        "concat",
-        "the ONNX graph's KV cache: concat (past in, a longer present out; what optimum runs) or inplace "
-        "(opset 24: a preallocated buffer that each step writes into, bound in place by prunekit's runner; "
-        "faster decode, see docs/export.md)",
+        "inplace",
+        "the ONNX graph's KV cache: inplace (opset 24: a preallocated buffer that each step writes into, bound in "
+        "place by prunekit's runner: decode on par with onnxruntime-genai's graph; docs/export.md shows the "
+        "contract) or concat (opset 23: past in, a longer present out; what optimum's ORTModelForCausalLM runs)",
         choices=CACHES,
     )
     genai: bool = opt(

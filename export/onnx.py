@@ -6,14 +6,13 @@ past_key_values.N.key/value [batch, kv_heads_N, past, head_dim]; outputs: logits
 Per-layer widths export the same way: each layer's cache simply has its own KV-head count. Norms, rotary
 embedding and attention are opset-23 operators (export/onnx_ops.py), so the cache is read at the KV head count.
 
-`cache="inplace"` (opset 24) writes a graph for a preallocated cache instead, as onnxruntime-genai's graphs
-use one: past_key_values.N.* are buffers [batch, capacity, kv_heads * head_dim], a `cache_position` input
-[batch] says where this step's tokens go, attention_mask [batch, capacity] marks the slots that hold tokens
-(this step's included), logits are the last position's [batch, 1, vocab], and present.N.* are the same buffers
-with this step written in. A runner that binds
-each present output to its past input's memory (onnxruntime I/O binding; prunekit's OrtLM does) never copies
-the cache; one that does not still gets correct results, at a copy per step. optimum does not know this
-contract: it runs the default graph.
+`cache="inplace"` (opset 24; export's default, --onnx-cache) writes a graph for a preallocated cache instead,
+as onnxruntime-genai's graphs use one: past_key_values.N.* are buffers [batch, capacity, kv_heads * head_dim], a
+`cache_position` input [batch] says where this step's tokens go, attention_mask [batch, capacity] marks the
+slots that hold tokens (this step's included), logits are the last position's [batch, 1, vocab], and
+present.N.* are the same buffers with this step written in. A runner that binds each present output to its past
+input's memory (onnxruntime I/O binding; prunekit's OrtLM does) never copies the cache; one that does not still
+gets correct results, at a copy per step. optimum does not know this contract: it runs cache="concat".
 """
 
 from __future__ import annotations

@@ -73,7 +73,9 @@ class ArtifactsConfig(Config):
     )
     genai: bool = opt(False, "also write an onnxruntime-genai model folder (see prunekit export --help)")
     onnx_cache: str = opt(
-        "concat", "the ONNX graph's KV cache: concat or inplace (see prunekit export --help)", choices=CACHES
+        "inplace",
+        "the ONNX graph's KV cache: inplace or concat (for optimum; see prunekit export --help)",
+        choices=CACHES,
     )
     out: str = opt("artifacts", "artifacts go to OUT/<name>/")
     name: str | None = opt(None, "artifact name (default: <model>-pruned-<percent>[-per-layer][-recovered])")

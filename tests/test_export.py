@@ -115,15 +115,20 @@ def test_transformers_and_onnxruntime_match_reference(artifact):
     assert report["passed"], report
 
 
-def test_onnx_attention_reads_the_cache_at_kv_heads_and_honours_padding(artifact):
-    """The graph attends with the opset-23 Attention op fed the cache inputs as they arrive (no repeat of KV
-    heads, no transpose), and a left-padded batch gives transformers' logits at every real position, in the
-    prefill and in a decode step on the cache it returned (fp32 on both sides)."""
+def test_concat_graph_reads_the_cache_at_kv_heads_and_honours_padding(tmp_path):
+    """--onnx-cache concat (the graph optimum runs) attends with the opset-23 Attention op fed the cache inputs as
+    they arrive (no repeat of KV heads, no transpose), per-layer KV heads, and a left-padded batch gives
+    transformers' logits at every real position, in the prefill and in a decode step on the cache it returned
+    (fp32 on both sides)."""
     import numpy as np
     import onnx
     import onnxruntime as ort
     import torch
     from transformers import AutoModelForCausalLM
+
+    artifact = tmp_path / "art"
+    m = export(tiny_checkpoint(tmp_path / "src", "llama", **LAYOUTS["per-layer"]), artifact, onnx_cache="concat")
+    assert m.onnx["cache"] == "concat" and m.onnx["opset"] == 23 and "cache_position" not in m.onnx["inputs"]
 
     graph = onnx.load(str(artifact / "onnx" / "model.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
