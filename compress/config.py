@@ -71,11 +71,17 @@ class CompressConfig(Config):
         "distribution on this many tokens of the calibration mix's pools (0: off; "
         "training, not retraining-free)",
     )
-    # Measured at 20% on the default model: at 196,608 tokens (96 steps) 1.5e-4 -> WikiText-2 58.48, 4e-4 -> 57.11,
-    # 1e-3 -> 58.10 (the guard backed it off to 2.5e-4), 4e-4 better on every held-out domain too
-    # (docs/results/compress-levers.md); at 16k tokens (16 steps) 1.5e-4 had been best. Too high for a model, the
-    # guard restores the best state and divides it by 4.
-    recover_lr: float = opt(4e-4, "peak learning rate of the recovery (AdamW, warm-up then cosine)")
+    # Measured at 20% on the default model (docs/results/compress-levers.md): at 196,608 tokens (96 steps) 1.5e-4 ->
+    # WikiText-2 58.48, 4e-4 -> 57.11, 1e-3 -> 58.10 (the guard backed it off to 2.5e-4); at 32,768 tokens (16
+    # steps) 62.54 vs 67.65 and at 65,536 (32 steps) 60.83 vs 64.26 the other way round. So the default follows the
+    # run's length (compress/recover.py auto_lr). Too high for a model, the guard restores the best state and
+    # divides it by 4.
+    recover_lr: float | None = opt(
+        None,
+        "peak learning rate of the recovery (AdamW, warm-up then cosine); default: by the run's length, 1.5e-4 up "
+        "to 32 steps rising to 4e-4 at 96 (the default 196,608 tokens)",
+        type=float,
+    )
     recover_batch: int = opt(4, "sequences of the mix's length per recovery step")
     recover_seq_len: int | None = opt(
         None,
@@ -162,7 +168,7 @@ class CompressConfig(Config):
             isinstance(self.recover_tokens, int) and self.recover_tokens >= 0,
             f"--recover-tokens must be a non-negative integer, got {self.recover_tokens!r}.",
         )
-        check(self.recover_lr > 0, f"--recover-lr must be > 0, got {self.recover_lr}.")
+        check(self.recover_lr is None or self.recover_lr > 0, f"--recover-lr must be > 0, got {self.recover_lr}.")
         check_positive("recover_batch", self.recover_batch, allow_none=False)
         check_positive("recover_seq_len", self.recover_seq_len)
         check(self.ridge >= 0, f"--ridge must be >= 0, got {self.ridge}.")

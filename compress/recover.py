@@ -33,7 +33,7 @@ LOGITS_BUDGET = 2**28
 
 @dataclass(frozen=True)
 class RecoverSettings:
-    lr: float = 4e-4  # CompressConfig.recover_lr, where the choice is measured
+    lr: float | None = None  # CompressConfig.recover_lr; None: auto_lr(steps), where the choice is measured
     batch: int = 4  # sequences per optimiser step
     micro: int | None = None  # sequences per forward (gradients accumulate); None: as LOGITS_BUDGET allows
     warmup: float = 0.1  # share of the steps with a linear warm-up; cosine decay to 0 after it
@@ -121,6 +121,21 @@ def adamw(params, lr: float) -> torch.optim.AdamW:
     """AdamW with its fused kernel (one pass over each parameter: the optimiser took 0.19 s of a 2.7 s step
     on a 2-core Xeon with the multi-tensor one, 0.10 s fused); fused=None would pick the multi-tensor one."""
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+
+
+# The peak learning rate that suits a run depends on its length (20% of the default model, uniform, the guard's
+# held-out KL and the held-out perplexities of docs/results/compress-levers.md): at 16 and 32 steps 1.5e-4 beats
+# 4e-4 on every held-out column (4e-4 overshoots in the warm-up: the guard kept step 2 of 16, or backed off at
+# step 8 of 32), at 96 steps 4e-4 beats 1.5e-4 on every column. Between the measured ends, log-linear in steps.
+AUTO_LR = ((32, 1.5e-4), (96, 4e-4))
+
+
+def auto_lr(steps: int) -> float:
+    """The default peak learning rate of a recovery of `steps` optimiser steps (AUTO_LR)."""
+    (s0, lr0), (s1, lr1) = AUTO_LR
+    if steps <= s0 or steps >= s1:
+        return lr0 if steps <= s0 else lr1
+    return lr0 * (lr1 / lr0) ** ((math.log(steps) - math.log(s0)) / (math.log(s1) - math.log(s0)))
 
 
 def warmup_steps(steps: int, s: RecoverSettings) -> int:
@@ -235,6 +250,7 @@ def recover(
     was_training = student.training
     micro = s.micro or max(1, min(s.batch, LOGITS_BUDGET // (seqs.shape[1] * student.config.vocab_size)))
     steps = math.ceil(len(seqs) / s.batch)
+    lr = s.lr if s.lr is not None else auto_lr(steps)
     warm = warmup_steps(steps, s)
     every = max(1, math.ceil(steps / max(1, s.checks)))
     losses: list[float] = []
@@ -250,13 +266,13 @@ def recover(
         checks, backoffs, scale, v = [(0, round(kl0, 5))], [], 1.0, kl0
         compile_ = s.compile if s.compile is not None else steps >= COMPILE_FROM_STEPS
         fast = Compiled([student, teacher], fam, compile_, log)
-        opt = adamw(params, s.lr)
+        opt = adamw(params, lr)
         student.train()
         try:
             bar = tqdm(range(steps), desc=desc, unit="step")
             for step in bar:
                 for g in opt.param_groups:
-                    g["lr"] = s.lr * scale * schedule(step, steps, warm)
+                    g["lr"] = lr * scale * schedule(step, steps, warm)
                 batch = seqs[step * s.batch : (step + 1) * s.batch]
                 total = train_step(student, teacher, batch, micro, device, autocast, opt, fast)
                 torch.nn.utils.clip_grad_norm_(params, s.clip)
@@ -274,13 +290,13 @@ def recover(
                 elif v > kl0 * (1 + s.rise) and len(backoffs) < s.max_backoffs and step + 1 < steps:
                     # Training went the wrong way: back to the best state, on a smaller learning rate.
                     scale /= s.backoff
-                    backoffs.append({"step": step + 1, "heldout_kl": round(v, 5), "lr": s.lr * scale})
+                    backoffs.append({"step": step + 1, "heldout_kl": round(v, 5), "lr": lr * scale})
                     log(
                         f"{desc}: held-out KL rose to {v:.4f} (from {kl0:.4f}) at step {step + 1}; the best "
-                        f"state is back and the learning rate is now {s.lr * scale:.3g}"
+                        f"state is back and the learning rate is now {lr * scale:.3g}"
                     )
                     copy_all(params, best["state"])
-                    opt = adamw(params, s.lr * scale)
+                    opt = adamw(params, lr * scale)
             if not v <= best["kl"]:  # end on the best state seen (a NaN is not <=)
                 copy_all(params, best["state"])
         finally:
@@ -304,7 +320,8 @@ def recover(
         "batch": s.batch,
         "micro": micro,
         "compiled": not fast.failed,
-        "lr": s.lr,
+        "lr": lr,
+        "lr_rule": "given" if s.lr is not None else f"auto for {steps} steps (compress/recover.py AUTO_LR)",
         "warmup_steps": warm,
         "schedule": "linear warm-up, cosine to 0",
         "loss": "KL(dense || pruned), full vocabulary",

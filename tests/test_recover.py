@@ -10,6 +10,7 @@ from prunekit.compress import CompressConfig, compress
 from prunekit.compress import data as D
 from prunekit.compress.recover import (
     RecoverSettings,
+    auto_lr,
     curve,
     kl_to_teacher,
     recover,
@@ -44,6 +45,7 @@ def test_recover_moves_the_student_toward_the_teacher():
     rec = recover(student, teacher, fam, seqs.repeat(4, 1), RecoverSettings(lr=3e-3, batch=2, micro=1), heldout=seqs)
     assert kl(student, teacher, seqs) < 0.6 * before
     assert rec["steps"] == 8 and rec["tokens"] == 16 * 32 and len(rec["kl_curve"]) == 8
+    assert rec["lr"] == 3e-3 and rec["lr_rule"] == "given"
     assert torch.equal(student.model.embed_tokens.weight, embed)  # embeddings (tied head) stay
     assert [p.requires_grad for p in student.parameters()] == flags and student.dtype == torch.float32
     assert all(p.grad is None for p in student.parameters())
@@ -127,6 +129,16 @@ def test_recover_keeps_a_bf16_model_bf16_and_its_rope_tables_fp32():
     for n, b in student.named_buffers():
         if n in rope:
             assert b.dtype == rope[n][0] and torch.equal(b, rope[n][1]), n
+
+
+@pytest.mark.unit
+def test_default_learning_rate_follows_the_run_length():
+    """Short runs get the rate measured best at 16 and 32 steps, the default 96-step run the one best there, and
+    lengths between a rate between, rising with the length."""
+    assert auto_lr(1) == auto_lr(16) == auto_lr(32) == 1.5e-4 and auto_lr(96) == auto_lr(1000) == 4e-4
+    mid = [auto_lr(n) for n in range(32, 97)]
+    assert all(a < b for a, b in zip(mid, mid[1:])) and 2.5e-4 < auto_lr(64) < 3e-4
+    assert CompressConfig().recover_lr is None  # the CLI default is the rule, recorded as such
 
 
 @pytest.mark.unit
