@@ -51,10 +51,10 @@ def torch_greedy(model, prompts: list[list[int]], n: int, device: str = "cpu"):
 
 
 class OrtLM:
-    """An ONNX KV-cache graph in onnxruntime, with the session built once. Either cache contract export writes:
-    past in, a longer present out (the default graph), or a preallocated buffer written in place (a graph with a
-    cache_position input, export --onnx-cache inplace), whose present outputs are bound to the past inputs'
-    memory so that no step copies the cache."""
+    """An ONNX KV-cache graph in onnxruntime, with the session built once. Either cache contract export writes: a
+    preallocated buffer written in place (export's default, --onnx-cache inplace: a graph with a cache_position
+    input), whose present outputs are bound to the past inputs' memory so that no step copies the cache, or past
+    in and a longer present out (--onnx-cache concat, the graph optimum runs)."""
 
     GROW = 64  # buffer slots added when an in-place cache is full (attention reads the whole buffer: keep it tight)
 
@@ -108,7 +108,7 @@ class OrtLM:
 
         ids = np.asarray(prompts, dtype=np.int64)
         b, t = ids.shape
-        cap = max(capacity or 0, t + self.GROW if capacity is None else t)
+        cap = t + self.GROW if capacity is None else max(capacity, t)
         binding = self.session.io_binding()
         binding.bind_output("logits")  # bound first: get_outputs()[0]
         bufs: dict[str, np.ndarray] = {}
@@ -137,7 +137,7 @@ class OrtLM:
             feeds = {
                 "input_ids": step_ids,
                 "attention_mask": mask,
-                "position_ids": np.ascontiguousarray(np.broadcast_to(np.arange(filled, filled + new), (b, new))),
+                "position_ids": np.tile(np.arange(filled, filled + new, dtype=np.int64), (b, 1)),
                 "cache_position": np.full(b, filled, np.int64),
             }
             for name, arr in feeds.items():
