@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+from prunekit.export import CACHES
+
 from prunekit.artifact import read_manifest
 from prunekit.env import cpu_text
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shape", help="also build random-weight artifacts of this shape (bench/shapes.py SHAPES)")
     ap.add_argument("--cuts", default="dense,20%", help="uniform cuts of --shape")
     ap.add_argument("--work", default="bench/work/shapes")
-    ap.add_argument("--onnx-cache", default="inplace", choices=("inplace", "concat"), help="our graph of --shape")
+    ap.add_argument("--onnx-cache", default="inplace", choices=CACHES, help="our graph of --shape")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)

@@ -134,8 +134,10 @@ AUTO_LR = ((32, 1.5e-4), (96, 4e-4))
 def auto_lr(steps: int) -> float:
     """The default peak learning rate of a recovery of `steps` optimiser steps (AUTO_LR)."""
     (s0, lr0), (s1, lr1) = AUTO_LR
-    if steps <= s0 or steps >= s1:
-        return lr0 if steps <= s0 else lr1
+    if steps <= s0:
+        return lr0
+    if steps >= s1:
+        return lr1
     return lr0 * (lr1 / lr0) ** ((math.log(steps) - math.log(s0)) / (math.log(s1) - math.log(s0)))
 
 

@@ -51,10 +51,12 @@ class WithCache(nn.Module):
             past_key_values=cache,
             use_cache=True,
         )
-        present = []
-        for layer in out.past_key_values.layers:
-            present += [layer.keys, layer.values]
-        return (out.logits, *present)
+        return flat(out)
+
+
+def flat(out) -> tuple:
+    """(logits, key 0, value 0, key 1, ...): a model output as the graph's outputs."""
+    return (out.logits, *(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)))
 
 
 class WithBuffer(WithCache):
@@ -80,10 +82,7 @@ class WithBuffer(WithCache):
         out = self.model(
             input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
         )
-        present = []
-        for layer in out.past_key_values.layers:
-            present += [layer.keys, layer.values]
-        return (out.logits, *present)
+        return flat(out)
 
 
 def kv_heads(model) -> list[int]:
@@ -149,7 +148,7 @@ def own_error(e: BaseException) -> PrunekitError | None:
     return e
 
 
-def export_onnx(model, out_dir: Path, cache: str = "concat") -> dict:
+def export_onnx(model, out_dir: Path, cache: str = "inplace") -> dict:
     """Export `model` (fp32, eval) to out_dir/model.onnx (+ model.onnx.data). Returns a summary."""
     if cache not in CACHES:
         raise PrunekitError(f"unknown ONNX cache {cache!r}: choose one of {', '.join(CACHES)}.")
@@ -160,7 +159,6 @@ def export_onnx(model, out_dir: Path, cache: str = "concat") -> dict:
     args = sample_inputs(model, cache=cache)
     b, s, p = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("past")
     # forward(*past) is one argument to torch.export: its shapes go in one tuple.
-    past_shapes = tuple({0: b, 2: p} for _ in range(2 * n))
     ctx: dict | None = None
     if cache == "inplace":  # the mask spans the buffer (one length, "past"); cache_position one per row
         ctx = {}
@@ -168,6 +166,7 @@ def export_onnx(model, out_dir: Path, cache: str = "concat") -> dict:
         shapes = ({0: b, 1: s}, {0: b, 1: p}, {0: b, 1: s}, {0: b}, past_shapes)
         wrapped = WithBuffer(model, ctx).eval()
     else:
+        past_shapes = tuple({0: b, 2: p} for _ in range(2 * n))
         shapes = ({0: b, 1: s}, {0: b, 1: torch.export.Dim.DYNAMIC}, {0: b, 1: s}, past_shapes)
         wrapped = WithCache(model).eval()
     opset = OPSET_INPLACE if cache == "inplace" else OPSET
