@@ -1,5 +1,5 @@
 """Thirty layers' attention at one decode step, three ways, on onnxruntime's CPU provider (fp32, 2 threads):
-the default graph's opset-23 `Attention` with past and present (a new, longer cache each step), opset-24
+the concat graph's opset-23 `Attention` with past and present (a new, longer cache each step), opset-24
 `TensorScatter` into a preallocated buffer bound in place + `Attention` over the buffer (export --onnx-cache
 inplace), and the contrib `GroupQueryAttention` with a shared buffer (onnxruntime-genai's graph). 9 query heads, 3
 KV heads, head_dim 64 (the default model's attention). The figures in docs/results/onnx-genai.md:
@@ -112,7 +112,7 @@ def main() -> None:
     b, past, cap = (int(x) for x in sys.argv[1:4])
     base_ms, base = timed("concat", b, past, cap)
     print(f"batch {b}, past {past}, buffer {cap}; 30 layers, ms a step")
-    print(f"  Attention, past -> present (default graph): {base_ms:.2f}")
+    print(f"  Attention, past -> present (concat graph): {base_ms:.2f}")
     for kind, label in (
         ("scatter", "TensorScatter in place + Attention over the buffer"),
         ("gqa", "GroupQueryAttention, shared buffer"),

@@ -288,6 +288,7 @@ def test_artifacts_pipeline_builds_then_resumes(src, tmp_path):
     assert {"prunekit", "pruned", read_manifest(art).family, "onnx"} <= set(meta["tags"])
     assert "base_model" not in meta  # a local directory with no hub id: none is made up
     assert "Licence: `mit`" in readme and "## How it was made" in readme and "MLP width" in readme
+    assert "cache_position" in readme and "--onnx-cache concat" in readme  # the default in-place graph, and optimum's
     assert not any("reusing" in m for m in logs)
     logs.clear()
     run_artifacts(a, c, log=logs.append)
